@@ -1,0 +1,161 @@
+//! H.264 through libx264 (`x264-sys`, Debian's libx264).
+//!
+//! Settings: preset `ultrafast`, tune `zerolatency` (no lookahead, no B-frames, no frame
+//! threading delay), constrained baseline profile (`42e01f`, what every WebRTC stack decodes),
+//! ABR with VBV max rate = target rate and a VBV buffer of a quarter second, an endless GOP
+//! with IDR frames only on request, Annex-B output with SPS/PPS repeated before every IDR, and
+//! BT.601 limited-range colour signalled in the VUI. Zero frames of encoder delay.
+
+use std::ffi::CString;
+use std::mem::MaybeUninit;
+use std::os::raw::c_int;
+use std::ptr;
+
+use bytes::Bytes;
+use x264_sys as x;
+
+use super::{check_size, Codec, EncodeError, EncodedFrame, EncoderSettings, VideoEncoder};
+use crate::framebuffer::I420;
+
+/// An open libx264 encoder.
+pub struct X264Encoder {
+    settings: EncoderSettings,
+    handle: *mut x::x264_t,
+}
+
+// SAFETY: the x264 handle is used from one thread at a time (`&mut self` methods only);
+// libx264 encoder handles are not tied to the thread that opened them.
+unsafe impl Send for X264Encoder {}
+
+fn open_error(settings: &EncoderSettings, reason: &str) -> EncodeError {
+    EncodeError::Open { codec: Codec::H264, width: settings.width, height: settings.height, reason: reason.into() }
+}
+
+impl X264Encoder {
+    pub fn open(settings: EncoderSettings) -> Result<Self, EncodeError> {
+        let preset = CString::new("ultrafast").map_err(|_| open_error(&settings, "preset"))?;
+        let tune = CString::new("zerolatency").map_err(|_| open_error(&settings, "tune"))?;
+        let profile = CString::new("baseline").map_err(|_| open_error(&settings, "profile"))?;
+        let mut param = MaybeUninit::<x::x264_param_t>::zeroed();
+        // SAFETY: x264_param_default_preset fully initialises the struct it is given.
+        let mut p = unsafe {
+            if x::x264_param_default_preset(param.as_mut_ptr(), preset.as_ptr(), tune.as_ptr()) != 0 {
+                return Err(open_error(&settings, "x264_param_default_preset failed"));
+            }
+            param.assume_init()
+        };
+        p.i_width = settings.width as c_int;
+        p.i_height = settings.height as c_int;
+        p.i_csp = x::X264_CSP_I420 as c_int;
+        p.i_threads = settings.threads.max(1) as c_int;
+        p.b_sliced_threads = 1;
+        p.i_log_level = x::X264_LOG_WARNING as c_int;
+        p.i_bframe = 0;
+        p.i_keyint_max = x::X264_KEYINT_MAX_INFINITE as c_int;
+        p.i_keyint_min = 1;
+        p.b_intra_refresh = 0;
+        p.b_repeat_headers = 1;
+        p.b_annexb = 1;
+        p.b_aud = 0;
+        // Constant-rate input as far as x264 knows: VFR mode would hold every frame back by
+        // one to learn its duration. Rate control thus budgets bitrate/max_fps per frame, and
+        // a screen that changes less often simply uses less.
+        p.b_vfr_input = 0;
+        p.i_timebase_num = 1;
+        p.i_timebase_den = 1000;
+        p.i_fps_num = settings.max_fps.max(1);
+        p.i_fps_den = 1;
+        p.rc.i_rc_method = x::X264_RC_ABR as c_int;
+        p.rc.i_bitrate = settings.bitrate_kbps as c_int;
+        p.rc.i_vbv_max_bitrate = settings.bitrate_kbps as c_int;
+        p.rc.i_vbv_buffer_size = (settings.bitrate_kbps / 4).max(100) as c_int;
+        p.rc.i_lookahead = 0;
+        p.rc.b_mb_tree = 0;
+        p.i_sync_lookahead = 0;
+        // BT.601 limited range, matching the colour conversion and what VP8 receivers assume.
+        p.vui.i_colorprim = 6;
+        p.vui.i_transfer = 6;
+        p.vui.i_colmatrix = 6;
+        p.vui.b_fullrange = 0;
+        // SAFETY: `p` is an initialised parameter set; the profile string outlives the call.
+        let handle = unsafe {
+            if x::x264_param_apply_profile(&mut p, profile.as_ptr()) != 0 {
+                return Err(open_error(&settings, "x264_param_apply_profile(baseline) failed"));
+            }
+            x::x264_encoder_open(&mut p)
+        };
+        if handle.is_null() {
+            return Err(open_error(&settings, "x264_encoder_open returned NULL"));
+        }
+        Ok(Self { settings, handle })
+    }
+}
+
+impl VideoEncoder for X264Encoder {
+    fn settings(&self) -> &EncoderSettings {
+        &self.settings
+    }
+
+    fn encode(&mut self, picture: &I420, pts_ms: i64, keyframe: bool) -> Result<Option<EncodedFrame>, EncodeError> {
+        check_size(&self.settings, picture)?;
+        let mut pic = MaybeUninit::<x::x264_picture_t>::zeroed();
+        let mut out = MaybeUninit::<x::x264_picture_t>::zeroed();
+        let mut nals: *mut x::x264_nal_t = ptr::null_mut();
+        let mut nal_count: c_int = 0;
+        // SAFETY: the picture points at planes that live for the duration of the call and
+        // have the strides given; x264 only reads them. The NAL array it returns stays valid
+        // until the next call on this handle, and we copy the payload out before returning.
+        let (size, out) = unsafe {
+            x::x264_picture_init(pic.as_mut_ptr());
+            let mut pic = pic.assume_init();
+            pic.img.i_csp = x::X264_CSP_I420 as c_int;
+            pic.img.i_plane = 3;
+            pic.img.plane[0] = picture.y.as_ptr() as *mut u8;
+            pic.img.plane[1] = picture.u.as_ptr() as *mut u8;
+            pic.img.plane[2] = picture.v.as_ptr() as *mut u8;
+            pic.img.i_stride[0] = picture.y_stride() as c_int;
+            pic.img.i_stride[1] = picture.chroma_stride() as c_int;
+            pic.img.i_stride[2] = picture.chroma_stride() as c_int;
+            pic.i_pts = pts_ms;
+            pic.i_type = if keyframe { x::X264_TYPE_IDR as c_int } else { 0 };
+            let size = x::x264_encoder_encode(self.handle, &mut nals, &mut nal_count, &mut pic, out.as_mut_ptr());
+            (size, out.assume_init())
+        };
+        if size < 0 {
+            return Err(EncodeError::Encode {
+                codec: Codec::H264,
+                reason: format!("x264_encoder_encode returned {size}"),
+            });
+        }
+        if size == 0 || nals.is_null() || nal_count <= 0 {
+            return Ok(None);
+        }
+        // SAFETY: x264 guarantees the payloads of one call's NALs are contiguous, starting at
+        // the first NAL's payload, `size` bytes in all.
+        let data = unsafe { std::slice::from_raw_parts((*nals).p_payload, size as usize) };
+        Ok(Some(EncodedFrame { data: Bytes::copy_from_slice(data), keyframe: out.b_keyframe != 0 }))
+    }
+}
+
+impl Drop for X264Encoder {
+    fn drop(&mut self) {
+        // SAFETY: the handle came from x264_encoder_open and is closed once.
+        unsafe { x::x264_encoder_close(self.handle) };
+    }
+}
+
+/// The NAL unit types in an Annex-B byte stream.
+#[cfg(test)]
+pub fn nal_types(annexb: &[u8]) -> Vec<u8> {
+    let mut types = Vec::new();
+    let mut i = 0;
+    while i + 3 < annexb.len() {
+        if annexb[i] == 0 && annexb[i + 1] == 0 && annexb[i + 2] == 1 {
+            types.push(annexb[i + 3] & 0x1f);
+            i += 3;
+        } else {
+            i += 1;
+        }
+    }
+    types
+}

@@ -1,0 +1,239 @@
+//! HTTP: the WHEP endpoint, health and metrics.
+//!
+//! - `POST /whep[?codec=h264|vp8]` — SDP offer in (`Content-Type: application/sdp`, at most
+//!   64 KiB), `201 Created` with the SDP answer and `Location: /whep/sessions/{id}` out.
+//! - `DELETE /whep/sessions/{id}` — ends the session. `PATCH` there answers 405: the answer
+//!   already carries every candidate (no trickle ICE).
+//! - `GET /healthz` — JSON; 200 while the VNC connection is up, 503 otherwise.
+//! - `GET /metrics` — Prometheus text.
+//!
+//! With a token configured, WHEP requests need `Authorization: Bearer <token>` (compared in
+//! constant time); anything else is 401. CORS is open so a page from another origin can
+//! connect; the token, not the origin, is the access control.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde::Deserialize;
+use subtle::ConstantTimeEq;
+use tower_http::cors::{Any, CorsLayer};
+
+use crate::encode::Codec;
+use crate::metrics::Metrics;
+use crate::peer::{Role, SessionError, Viewers};
+use crate::pipeline::{Pipelines, Screen};
+
+/// The largest SDP offer accepted. Browser offers are 2–8 KiB.
+pub const MAX_OFFER_BYTES: usize = 64 * 1024;
+
+/// Bearer tokens. An empty set means no authentication.
+#[derive(Clone, Default)]
+pub struct Tokens {
+    pub control: Vec<String>,
+    pub view: Vec<String>,
+}
+
+impl Tokens {
+    pub fn required(&self) -> bool {
+        !self.control.is_empty() || !self.view.is_empty()
+    }
+
+    /// The role a request's `Authorization` header grants, if any.
+    fn role(&self, headers: &HeaderMap) -> Option<Role> {
+        if !self.required() {
+            return Some(Role::Control);
+        }
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)?;
+        let matches =
+            |list: &[String]| list.iter().fold(false, |acc, t| acc | bool::from(t.as_bytes().ct_eq(given.as_bytes())));
+        if matches(&self.control) {
+            Some(Role::Control)
+        } else if matches(&self.view) {
+            Some(Role::View)
+        } else {
+            None
+        }
+    }
+}
+
+pub struct AppState {
+    pub viewers: Arc<Viewers>,
+    pub pipelines: Arc<Pipelines>,
+    pub screen: Arc<Screen>,
+    pub metrics: Arc<Metrics>,
+    pub default_codec: Codec,
+    pub tokens: Tokens,
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    let cors = CorsLayer::new()
+        .allow_origin(Any)
+        .allow_methods([Method::GET, Method::POST, Method::DELETE, Method::PATCH, Method::OPTIONS])
+        .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION, header::IF_MATCH])
+        .expose_headers([
+            header::LOCATION,
+            header::ETAG,
+            header::LINK,
+            header::HeaderName::from_static("accept-patch"),
+        ]);
+    Router::new()
+        .route("/whep", post(whep_post))
+        .route("/whep/sessions/{id}", axum::routing::delete(whep_delete).patch(whep_patch))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .layer(DefaultBodyLimit::max(MAX_OFFER_BYTES))
+        .layer(cors)
+        .with_state(state)
+}
+
+fn text(status: StatusCode, body: impl Into<String>) -> Response {
+    let mut body = body.into();
+    body.push('\n');
+    (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
+}
+
+fn unauthorized() -> Response {
+    let mut r = text(StatusCode::UNAUTHORIZED, "a valid 'Authorization: Bearer <token>' header is required");
+    r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    r
+}
+
+#[derive(Deserialize)]
+struct WhepQuery {
+    codec: Option<String>,
+}
+
+async fn whep_post(
+    State(state): State<Arc<AppState>>,
+    Query(query): Query<WhepQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let response = whep_offer(&state, query, &headers, body).await;
+    state.metrics.whep_requests.with_label_values(&[response.status().as_str()]).inc();
+    response
+}
+
+async fn whep_offer(state: &AppState, query: WhepQuery, headers: &HeaderMap, body: Bytes) -> Response {
+    let Some(role) = state.tokens.role(headers) else {
+        return unauthorized();
+    };
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let mime = content_type.split(';').next().unwrap_or("").trim();
+    if !mime.eq_ignore_ascii_case("application/sdp") {
+        return text(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("WHEP offers must be sent as Content-Type: application/sdp (got {content_type:?})"),
+        );
+    }
+    let codec = match query.codec.as_deref().map(str::parse::<Codec>) {
+        None => state.default_codec,
+        Some(Ok(c)) => c,
+        Some(Err(e)) => return text(StatusCode::BAD_REQUEST, e),
+    };
+    let Ok(sdp) = String::from_utf8(body.to_vec()) else {
+        return text(StatusCode::BAD_REQUEST, "the offer is not UTF-8 text");
+    };
+    if !sdp.trim_start().starts_with("v=0") {
+        return text(StatusCode::BAD_REQUEST, "the offer is not SDP (it must start with v=0)");
+    }
+    match state.viewers.create(sdp, codec, role).await {
+        Ok((session, answer)) => {
+            let location = format!("/whep/sessions/{}", session.id);
+            let mut response = (StatusCode::CREATED, answer).into_response();
+            let h = response.headers_mut();
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/sdp"));
+            if let Ok(v) = HeaderValue::from_str(&location) {
+                h.insert(header::LOCATION, v);
+            }
+            if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", session.id)) {
+                h.insert(header::ETAG, v);
+            }
+            for link in ice_links(state.viewers.ice_servers()) {
+                if let Ok(v) = HeaderValue::from_str(&link) {
+                    h.append(header::LINK, v);
+                }
+            }
+            response
+        }
+        Err(e @ (SessionError::BadOffer(_) | SessionError::NoCodec(..))) => {
+            text(StatusCode::BAD_REQUEST, e.to_string())
+        }
+        Err(e @ SessionError::TooManyViewers(_)) => text(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        Err(e @ SessionError::Internal(_)) => {
+            tracing::error!(error = %e, "cannot create a WHEP session");
+            text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+        }
+    }
+}
+
+/// `Link` headers advertising the configured ICE servers (WHEP §4.4).
+fn ice_links(servers: &[webrtc::ice_transport::ice_server::RTCIceServer]) -> Vec<String> {
+    let mut links = Vec::new();
+    for s in servers {
+        for url in &s.urls {
+            let mut link = format!("<{url}>; rel=\"ice-server\"");
+            if !s.username.is_empty() {
+                link.push_str(&format!(
+                    "; username=\"{}\"; credential=\"{}\"; credential-type=\"password\"",
+                    s.username, s.credential
+                ));
+            }
+            links.push(link);
+        }
+    }
+    links
+}
+
+async fn whep_delete(State(state): State<Arc<AppState>>, Path(id): Path<String>, headers: HeaderMap) -> Response {
+    if state.tokens.role(&headers).is_none() {
+        return unauthorized();
+    }
+    if state.viewers.remove(&id).await {
+        text(StatusCode::OK, "session ended")
+    } else {
+        text(StatusCode::NOT_FOUND, "no such WHEP session")
+    }
+}
+
+async fn whep_patch(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if state.tokens.role(&headers).is_none() {
+        return unauthorized();
+    }
+    let mut r = text(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "trickle ICE and ICE restarts are not supported: the answer carries every candidate; start a new session",
+    );
+    r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("DELETE"));
+    r
+}
+
+async fn healthz(State(state): State<Arc<AppState>>) -> Response {
+    let (connected, width, height, generation) = {
+        let s = state.screen.lock();
+        (s.connected, s.fb.width(), s.fb.height(), s.generation)
+    };
+    let body = serde_json::json!({
+        "vnc_connected": connected,
+        "width": width,
+        "height": height,
+        "viewers": state.viewers.count(),
+        "encoders": state.pipelines.active_codecs().iter().map(|c| c.label()).collect::<Vec<_>>(),
+        "screen_generation": generation,
+    });
+    let status = if connected { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.render()).into_response()
+}

@@ -1,0 +1,244 @@
+//! `loco-agent`: one per VM. Connects to the VM's VNC server, encodes the screen when it
+//! changes, serves it to WebRTC viewers behind a WHEP endpoint, and turns their input back
+//! into VNC events.
+//!
+//! The process is a thin I/O loop around pure logic in `loco-shared` (protocol parsing, frame
+//! pacing, damage): one task for VNC ([`vnc`]), one encoder thread per codec in use
+//! ([`pipeline`]), one set of tasks per viewer ([`peer`]), and the HTTP server ([`http`]).
+//! See ARCHITECTURE.md for how a frame and an input event travel.
+
+mod encode;
+mod framebuffer;
+mod http;
+mod metrics;
+mod peer;
+mod pipeline;
+mod vnc;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use tokio::sync::{mpsc, watch};
+use webrtc::ice_transport::ice_server::RTCIceServer;
+
+use crate::encode::Codec;
+
+/// Streams one VM's VNC screen to WebRTC viewers (WHEP) and takes their input back.
+#[derive(Parser, Debug)]
+#[command(name = "loco-agent", version, about, long_about = None)]
+struct Args {
+    /// The VM's VNC server: HOST:PORT, or unix:PATH for QEMU's `-vnc unix:PATH`.
+    #[arg(long, value_parser = vnc::parse_vnc_addr)]
+    vnc: vnc::VncAddr,
+
+    /// Where to serve WHEP, /healthz and /metrics.
+    #[arg(long, default_value = "127.0.0.1:8080", value_parser = vnc::parse_listen)]
+    listen: SocketAddr,
+
+    /// Codec for viewers that do not ask for one (`POST /whep?codec=vp8`).
+    #[arg(long, default_value = "h264")]
+    codec: Codec,
+
+    /// Upper bound on the frames encoded per second (frames are sent only when the screen changes).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=120))]
+    max_fps: u32,
+
+    /// Target video bitrate in kbit/s (constant-bitrate rate control, per encoder).
+    #[arg(long, default_value_t = 6000, value_parser = clap::value_parser!(u32).range(100..=100_000))]
+    bitrate_kbps: u32,
+
+    /// Encoder threads per codec (1 keeps nine agents on a small host fair to each other).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16))]
+    encoder_threads: u32,
+
+    /// Require `Authorization: Bearer TOKEN` for WHEP and input. Prefer --token-file or
+    /// LOCO_TOKEN in production: command lines are visible to other users of the host.
+    #[arg(long, env = "LOCO_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+
+    /// Read the bearer token from this file (first line).
+    #[arg(long, conflicts_with = "token")]
+    token_file: Option<PathBuf>,
+
+    /// VNC password, if the server asks for one.
+    #[arg(long, env = "LOCO_VNC_PASSWORD", hide_env_values = true)]
+    vnc_password: Option<String>,
+
+    /// STUN/TURN server for ICE, e.g. `turn:turn.example:3478?transport=udp`. Repeatable.
+    #[arg(long = "ice-server")]
+    ice_servers: Vec<String>,
+
+    /// Username for the TURN servers given with --ice-server.
+    #[arg(long, env = "LOCO_TURN_USERNAME")]
+    turn_username: Option<String>,
+
+    /// Password for the TURN servers given with --ice-server.
+    #[arg(long, env = "LOCO_TURN_PASSWORD", hide_env_values = true)]
+    turn_password: Option<String>,
+
+    /// Serve all WebRTC media on this one UDP port (instead of an ephemeral port per viewer).
+    #[arg(long)]
+    udp_port: Option<u16>,
+
+    /// Advertise this address in ICE candidates instead of the host's own (1:1 NAT). Repeatable.
+    #[arg(long = "public-ip")]
+    public_ips: Vec<String>,
+
+    /// Most viewers at once.
+    #[arg(long, default_value_t = 16)]
+    max_viewers: usize,
+
+    /// Longest wait between VNC reconnection attempts, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    max_backoff_ms: u64,
+}
+
+fn main() {
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            // clap's own message for --help/--version; one clear line for mistakes.
+            if matches!(e.kind(), clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion) {
+                let _ = e.print();
+                std::process::exit(0);
+            }
+            let first = e.to_string().lines().next().unwrap_or("invalid arguments").to_owned();
+            eprintln!("loco-agent: {}", first.trim_start_matches("error: "));
+            std::process::exit(2);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("LOCO_LOG").unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new(
+                "info,webrtc=warn,webrtc_ice=warn,webrtc_dtls=warn,webrtc_sctp=warn,vnc=warn",
+            )
+        }))
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("loco-agent: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = runtime.block_on(run(args)) {
+        eprintln!("loco-agent: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let token = match (&args.token, &args.token_file) {
+        (Some(t), _) => Some(t.trim().to_owned()),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read --token-file {}", path.display()))?;
+            Some(text.lines().next().unwrap_or("").trim().to_owned())
+        }
+        (None, None) => None,
+    };
+    if token.as_deref() == Some("") {
+        anyhow::bail!("the token is empty");
+    }
+    let ice_servers: Vec<RTCIceServer> = args
+        .ice_servers
+        .iter()
+        .map(|url| RTCIceServer {
+            urls: vec![url.clone()],
+            username: args.turn_username.clone().unwrap_or_default(),
+            credential: args.turn_password.clone().unwrap_or_default(),
+        })
+        .collect();
+
+    // Bind first: a port in use is a start-up error, not something to retry.
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+
+    let metrics = Arc::new(metrics::Metrics::new());
+    let screen = Arc::new(pipeline::Screen::default());
+    let pipelines = pipeline::Pipelines::new(
+        pipeline::PipelineConfig {
+            bitrate_kbps: args.bitrate_kbps,
+            max_fps: args.max_fps,
+            encoder_threads: args.encoder_threads,
+        },
+        screen.clone(),
+        metrics.clone(),
+    );
+    let (input_tx, input_rx) = mpsc::channel(1024);
+    let factory = peer::PeerFactory::new(peer::IceConfig {
+        servers: ice_servers,
+        udp_mux_port: args.udp_port,
+        nat_1to1_ips: args.public_ips.clone(),
+    })
+    .await?;
+    let viewers =
+        peer::Viewers::new(factory, pipelines.clone(), metrics.clone(), input_tx, screen.clone(), args.max_viewers);
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let vnc_task = tokio::spawn(
+        vnc::VncTask {
+            config: vnc::VncConfig {
+                addr: args.vnc.clone(),
+                password: args.vnc_password.clone(),
+                connect_timeout: Duration::from_secs(3),
+                max_backoff: Duration::from_millis(args.max_backoff_ms.max(50)),
+            },
+            screen: screen.clone(),
+            pipelines: pipelines.clone(),
+            metrics: metrics.clone(),
+            input: input_rx,
+            shutdown: shutdown_rx.clone(),
+        }
+        .run(),
+    );
+
+    let state = Arc::new(http::AppState {
+        viewers: viewers.clone(),
+        pipelines,
+        screen,
+        metrics,
+        default_codec: args.codec,
+        tokens: http::Tokens { control: token.into_iter().collect(), view: Vec::new() },
+    });
+    tracing::info!(listen = %args.listen, vnc = %args.vnc, codec = %args.codec, "loco-agent ready");
+    let mut shutdown_http = shutdown_rx.clone();
+    let server = axum::serve(listener, http::router(state)).with_graceful_shutdown(async move {
+        let _ = shutdown_http.changed().await;
+    });
+    let server = tokio::spawn(async move { server.await });
+
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    let _ = shutdown_tx.send(true);
+    viewers.close_all().await;
+    let _ = tokio::time::timeout(Duration::from_secs(3), vnc_task).await;
+    let _ = tokio::time::timeout(Duration::from_secs(3), server).await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,165 @@
+//! Prometheus metrics, served as text at `GET /metrics`.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
+
+/// Every metric the agent exports. Names carry units; see `docs/metrics.md`.
+pub struct Metrics {
+    registry: Registry,
+    pub frames_captured: IntCounter,
+    pub frames_encoded: IntCounterVec,
+    pub frames_sent: IntCounterVec,
+    pub frames_dropped: IntCounterVec,
+    pub bytes_sent: IntCounterVec,
+    pub keyframes: IntCounterVec,
+    pub keyframe_requests: IntCounterVec,
+    pub encode_seconds: HistogramVec,
+    pub update_to_send_seconds: Histogram,
+    pub viewers: IntGauge,
+    pub input_events: IntCounterVec,
+    pub vnc_reconnects: IntCounter,
+    pub vnc_connected: IntGauge,
+    pub vnc_updates: IntCounter,
+    pub whep_requests: IntCounterVec,
+}
+
+fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: T) -> T {
+    // Registration fails only on duplicate names, which is a programming error caught by tests.
+    registry.register(Box::new(metric.clone())).expect("metric names are unique");
+    metric
+}
+
+impl Metrics {
+    #[allow(clippy::expect_used)]
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let latency_buckets =
+            vec![0.0005, 0.001, 0.002, 0.004, 0.006, 0.008, 0.010, 0.015, 0.020, 0.025, 0.035, 0.050, 0.1, 0.25, 1.0];
+        let counter = |name: &str, help: &str| IntCounter::new(name, help).expect("valid metric");
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric")
+        };
+        Self {
+            frames_captured: register(
+                &registry,
+                counter("loco_frames_captured_total", "Framebuffer updates received from the VNC server"),
+            ),
+            vnc_updates: register(&registry, counter("loco_vnc_rects_total", "Rectangles applied to the framebuffer")),
+            frames_encoded: register(&registry, counter_vec("loco_frames_encoded_total", "Frames encoded", &["codec"])),
+            frames_sent: register(
+                &registry,
+                counter_vec(
+                    "loco_frames_sent_total",
+                    "Frames written to viewers' video tracks (per viewer)",
+                    &["codec"],
+                ),
+            ),
+            frames_dropped: register(
+                &registry,
+                counter_vec("loco_frames_dropped_total", "Frames not sent to a viewer that was too slow", &["codec"]),
+            ),
+            bytes_sent: register(
+                &registry,
+                counter_vec("loco_bytes_sent_total", "Encoded video bytes written to viewers (per viewer)", &["codec"]),
+            ),
+            keyframes: register(&registry, counter_vec("loco_keyframes_total", "Keyframes encoded", &["codec"])),
+            keyframe_requests: register(
+                &registry,
+                counter_vec(
+                    "loco_keyframe_requests_total",
+                    "Keyframe requests by cause (new viewer, PLI, FIR, slow viewer, resize)",
+                    &["cause"],
+                ),
+            ),
+            encode_seconds: register(
+                &registry,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "loco_encode_seconds",
+                        "Time to convert and encode one frame (colour conversion + encoder)",
+                    )
+                    .buckets(latency_buckets.clone()),
+                    &["codec"],
+                )
+                .expect("valid metric"),
+            ),
+            update_to_send_seconds: register(
+                &registry,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "loco_update_to_send_seconds",
+                        "From a VNC framebuffer update arriving to its frame being written to a viewer's track",
+                    )
+                    .buckets(latency_buckets),
+                )
+                .expect("valid metric"),
+            ),
+            viewers: register(
+                &registry,
+                IntGauge::new("loco_viewers", "Connected WHEP viewers").expect("valid metric"),
+            ),
+            input_events: register(
+                &registry,
+                counter_vec(
+                    "loco_input_events_total",
+                    "Input events from viewers: accepted, rejected (malformed or not allowed), dropped (no VNC)",
+                    &["result"],
+                ),
+            ),
+            vnc_reconnects: register(
+                &registry,
+                counter("loco_vnc_reconnects_total", "VNC connections made after the first one"),
+            ),
+            vnc_connected: register(
+                &registry,
+                IntGauge::new("loco_vnc_connected", "1 while the VNC connection is up").expect("valid metric"),
+            ),
+            whep_requests: register(
+                &registry,
+                counter_vec("loco_whep_requests_total", "WHEP requests by HTTP status", &["status"]),
+            ),
+            registry,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        if TextEncoder::new().encode(&self.registry.gather(), &mut buf).is_err() {
+            return String::new();
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_family() {
+        let m = Metrics::new();
+        m.frames_encoded.with_label_values(&["h264"]).inc();
+        m.input_events.with_label_values(&["rejected"]).inc_by(3);
+        m.update_to_send_seconds.observe(0.004);
+        let text = m.render();
+        for name in [
+            "loco_frames_captured_total",
+            "loco_frames_encoded_total{codec=\"h264\"} 1",
+            "loco_input_events_total{result=\"rejected\"} 3",
+            "loco_update_to_send_seconds_bucket",
+            "loco_viewers 0",
+            "loco_vnc_reconnects_total 0",
+            "loco_vnc_connected 0",
+        ] {
+            assert!(text.contains(name), "missing {name} in\n{text}");
+        }
+    }
+}

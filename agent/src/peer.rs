@@ -1,0 +1,517 @@
+//! WebRTC viewers: one `RTCPeerConnection` per WHEP session (the `webrtc` crate).
+//!
+//! The viewer offers (a receive-only video m-line and, for control, a data channel labelled
+//! `input`); the agent answers with one video track in the codec chosen for the session, all
+//! its ICE candidates included (no trickle). Frames from the encoder pipeline are packetised
+//! here with RTP timestamps taken from the moment they were encoded, so the receiver's jitter
+//! buffer sees real time even though frames come only when the screen changes.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use loco_shared::protocol::{INPUT_CHANNEL_LABEL, MAX_MESSAGE_BYTES};
+use loco_shared::InputMessage;
+use tokio::sync::mpsc;
+use webrtc::api::interceptor_registry::register_default_interceptors;
+use webrtc::api::media_engine::{MediaEngine, MIME_TYPE_H264, MIME_TYPE_VP8};
+use webrtc::api::setting_engine::SettingEngine;
+use webrtc::api::{APIBuilder, API};
+use webrtc::data_channel::data_channel_message::DataChannelMessage;
+use webrtc::data_channel::RTCDataChannel;
+use webrtc::ice::mdns::MulticastDnsMode;
+use webrtc::ice::udp_mux::{UDPMuxDefault, UDPMuxParams};
+use webrtc::ice::udp_network::UDPNetwork;
+use webrtc::ice_transport::ice_candidate_type::RTCIceCandidateType;
+use webrtc::ice_transport::ice_server::RTCIceServer;
+use webrtc::interceptor::registry::Registry;
+use webrtc::peer_connection::configuration::RTCConfiguration;
+use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState;
+use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
+use webrtc::peer_connection::RTCPeerConnection;
+use webrtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
+use webrtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use webrtc::rtp::codecs::h264::H264Payloader;
+use webrtc::rtp::codecs::vp8::Vp8Payloader;
+use webrtc::rtp::packetizer::Payloader;
+use webrtc::rtp_transceiver::rtp_codec::{RTCRtpCodecCapability, RTCRtpCodecParameters, RTPCodecType};
+use webrtc::rtp_transceiver::RTCPFeedback;
+use webrtc::track::track_local::track_local_static_rtp::TrackLocalStaticRTP;
+use webrtc::track::track_local::TrackLocalWriter;
+
+use crate::encode::Codec;
+use crate::metrics::Metrics;
+use crate::pipeline::{lock, FramePacket, KeyframeCause, Pipelines};
+
+/// RTP payload size limit, leaving room for SRTP and TURN overheads under a 1280-byte path MTU.
+const RTP_PAYLOAD_MTU: usize = 1200 - 12;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("the offer is not a valid SDP offer: {0}")]
+    BadOffer(String),
+    #[error("the offer has no video m-line the agent can send {0} on ({1})")]
+    NoCodec(Codec, String),
+    #[error("too many viewers (limit {0})")]
+    TooManyViewers(usize),
+    #[error("WebRTC failure: {0}")]
+    Internal(String),
+}
+
+/// Network settings for ICE.
+#[derive(Debug, Clone, Default)]
+pub struct IceConfig {
+    pub servers: Vec<RTCIceServer>,
+    /// One UDP port for all sessions (a pod exposes one port), or ephemeral ports when `None`.
+    pub udp_mux_port: Option<u16>,
+    /// Public addresses to advertise instead of the host's own (1:1 NAT, e.g. a node IP).
+    pub nat_1to1_ips: Vec<String>,
+}
+
+/// Builds peer connections. One `webrtc` API per codec, so each session's answer carries
+/// exactly the codec the viewer asked for.
+pub struct PeerFactory {
+    apis: HashMap<Codec, API>,
+    ice: IceConfig,
+}
+
+fn feedback() -> Vec<RTCPFeedback> {
+    [("goog-remb", ""), ("ccm", "fir"), ("nack", ""), ("nack", "pli"), ("transport-cc", "")]
+        .into_iter()
+        .map(|(typ, parameter)| RTCPFeedback { typ: typ.into(), parameter: parameter.into() })
+        .collect()
+}
+
+fn capability(codec: Codec, profile: &str) -> RTCRtpCodecCapability {
+    match codec {
+        Codec::H264 => RTCRtpCodecCapability {
+            mime_type: MIME_TYPE_H264.into(),
+            clock_rate: 90_000,
+            channels: 0,
+            sdp_fmtp_line: format!("level-asymmetry-allowed=1;packetization-mode=1;profile-level-id={profile}"),
+            rtcp_feedback: feedback(),
+        },
+        Codec::Vp8 => RTCRtpCodecCapability {
+            mime_type: MIME_TYPE_VP8.into(),
+            clock_rate: 90_000,
+            channels: 0,
+            sdp_fmtp_line: String::new(),
+            rtcp_feedback: feedback(),
+        },
+    }
+}
+
+impl PeerFactory {
+    pub async fn new(ice: IceConfig) -> anyhow::Result<Self> {
+        let mux = match ice.udp_mux_port {
+            Some(port) => {
+                let socket = tokio::net::UdpSocket::bind(("0.0.0.0", port))
+                    .await
+                    .map_err(|e| anyhow::anyhow!("cannot bind the WebRTC UDP port {port}: {e}"))?;
+                Some(UDPMuxDefault::new(UDPMuxParams::new(socket)))
+            }
+            None => None,
+        };
+        let mut apis = HashMap::new();
+        for codec in Codec::ALL {
+            let mut media = MediaEngine::default();
+            // Constrained baseline (42e01f) is what we send; it is also valid for receivers
+            // that only list baseline (42001f).
+            let profiles: &[(&str, u8)] = match codec {
+                Codec::H264 => &[("42e01f", 102), ("42001f", 127)],
+                Codec::Vp8 => &[("", 96)],
+            };
+            for (profile, pt) in profiles {
+                media.register_codec(
+                    RTCRtpCodecParameters {
+                        capability: capability(codec, profile),
+                        payload_type: *pt,
+                        ..Default::default()
+                    },
+                    RTPCodecType::Video,
+                )?;
+            }
+            let registry = register_default_interceptors(Registry::new(), &mut media)?;
+            let mut settings = SettingEngine::default();
+            settings.set_include_loopback_candidate(true);
+            settings.set_ice_multicast_dns_mode(MulticastDnsMode::Disabled);
+            if !ice.nat_1to1_ips.is_empty() {
+                settings.set_nat_1to1_ips(ice.nat_1to1_ips.clone(), RTCIceCandidateType::Host);
+            }
+            if let Some(mux) = &mux {
+                settings.set_udp_network(UDPNetwork::Muxed(mux.clone()));
+            }
+            let api = APIBuilder::new()
+                .with_media_engine(media)
+                .with_interceptor_registry(registry)
+                .with_setting_engine(settings)
+                .build();
+            apis.insert(codec, api);
+        }
+        Ok(Self { apis, ice })
+    }
+
+    pub fn ice_servers(&self) -> &[RTCIceServer] {
+        &self.ice.servers
+    }
+}
+
+/// Whether a viewer may send input (a view-only viewer's input is refused and counted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    View,
+    Control,
+}
+
+/// One connected viewer.
+pub struct ViewerSession {
+    pub id: String,
+    pub number: u64,
+    pub codec: Codec,
+    pc: Arc<RTCPeerConnection>,
+    closed: AtomicBool,
+    streaming: AtomicBool,
+}
+
+/// All sessions, and what each session needs from the rest of the agent.
+pub struct Viewers {
+    factory: PeerFactory,
+    pipelines: Arc<Pipelines>,
+    metrics: Arc<Metrics>,
+    input: mpsc::Sender<InputMessage>,
+    screen: Arc<crate::pipeline::Screen>,
+    sessions: Mutex<HashMap<String, Arc<ViewerSession>>>,
+    next_number: AtomicU64,
+    max_viewers: usize,
+}
+
+impl Viewers {
+    pub fn new(
+        factory: PeerFactory,
+        pipelines: Arc<Pipelines>,
+        metrics: Arc<Metrics>,
+        input: mpsc::Sender<InputMessage>,
+        screen: Arc<crate::pipeline::Screen>,
+        max_viewers: usize,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            factory,
+            pipelines,
+            metrics,
+            input,
+            screen,
+            sessions: Mutex::new(HashMap::new()),
+            next_number: AtomicU64::new(1),
+            max_viewers,
+        })
+    }
+
+    pub fn count(&self) -> usize {
+        lock(&self.sessions).len()
+    }
+
+    pub fn ice_servers(&self) -> &[RTCIceServer] {
+        self.factory.ice_servers()
+    }
+
+    /// Answers a WHEP offer. Returns the session and the SDP answer.
+    pub async fn create(
+        self: &Arc<Self>,
+        offer_sdp: String,
+        codec: Codec,
+        role: Role,
+    ) -> Result<(Arc<ViewerSession>, String), SessionError> {
+        if self.count() >= self.max_viewers {
+            return Err(SessionError::TooManyViewers(self.max_viewers));
+        }
+        let offer = RTCSessionDescription::offer(offer_sdp).map_err(|e| SessionError::BadOffer(e.to_string()))?;
+        let parsed = offer.unmarshal().map_err(|e| SessionError::BadOffer(e.to_string()))?;
+        if !parsed.media_descriptions.iter().any(|m| m.media_name.media == "video") {
+            return Err(SessionError::BadOffer(
+                "it has no video m-line (WHEP viewers must offer to receive video)".into(),
+            ));
+        }
+
+        let api = self.factory.apis.get(&codec).ok_or_else(|| SessionError::Internal("no API for codec".into()))?;
+        let config = RTCConfiguration { ice_servers: self.factory.ice.servers.clone(), ..Default::default() };
+        let pc = Arc::new(api.new_peer_connection(config).await.map_err(|e| SessionError::Internal(e.to_string()))?);
+        match self.negotiate(&pc, offer, codec).await {
+            Ok((answer, track, sender)) => {
+                let number = self.next_number.fetch_add(1, Ordering::Relaxed);
+                let id = session_id();
+                let session = Arc::new(ViewerSession {
+                    id: id.clone(),
+                    number,
+                    codec,
+                    pc: pc.clone(),
+                    closed: AtomicBool::new(false),
+                    streaming: AtomicBool::new(false),
+                });
+                self.attach(&session, track, sender, role);
+                lock(&self.sessions).insert(id, session.clone());
+                self.metrics.viewers.set(self.count() as i64);
+                tracing::info!(session = %session.id, %codec, viewers = self.count(), "viewer joined");
+                Ok((session, answer))
+            }
+            Err(e) => {
+                let _ = pc.close().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn negotiate(
+        &self,
+        pc: &Arc<RTCPeerConnection>,
+        offer: RTCSessionDescription,
+        codec: Codec,
+    ) -> Result<(String, Arc<TrackLocalStaticRTP>, Arc<webrtc::rtp_transceiver::rtp_sender::RTCRtpSender>), SessionError>
+    {
+        let track = Arc::new(TrackLocalStaticRTP::new(capability(codec, "42e01f"), "screen".into(), "loco".into()));
+        let sender = pc
+            .add_track(track.clone() as Arc<dyn webrtc::track::track_local::TrackLocal + Send + Sync>)
+            .await
+            .map_err(|e| SessionError::Internal(e.to_string()))?;
+        pc.set_remote_description(offer).await.map_err(|e| SessionError::BadOffer(e.to_string()))?;
+        let answer = pc.create_answer(None).await.map_err(|e| SessionError::BadOffer(e.to_string()))?;
+        let mut gathered = pc.gathering_complete_promise().await;
+        pc.set_local_description(answer).await.map_err(|e| SessionError::BadOffer(e.to_string()))?;
+        let _ = tokio::time::timeout(Duration::from_secs(5), gathered.recv()).await;
+        let local = pc
+            .local_description()
+            .await
+            .ok_or_else(|| SessionError::Internal("no local description after answering".into()))?;
+        if sender.get_parameters().await.rtp_parameters.codecs.is_empty() {
+            return Err(SessionError::NoCodec(codec, "try ?codec=h264 or ?codec=vp8".into()));
+        }
+        Ok((local.sdp, track, sender))
+    }
+
+    /// Wires a negotiated session: frames out, RTCP and input in, cleanup on close.
+    fn attach(
+        self: &Arc<Self>,
+        session: &Arc<ViewerSession>,
+        track: Arc<TrackLocalStaticRTP>,
+        sender: Arc<webrtc::rtp_transceiver::rtp_sender::RTCRtpSender>,
+        role: Role,
+    ) {
+        let codec = session.codec;
+        // RTCP from the viewer: keyframe requests. Reading also drives the interceptors
+        // (NACK responder, receiver reports).
+        let pipelines = self.pipelines.clone();
+        tokio::spawn(async move {
+            while let Ok((packets, _)) = sender.read_rtcp().await {
+                for p in packets {
+                    let any = p.as_any();
+                    if any.downcast_ref::<PictureLossIndication>().is_some() {
+                        pipelines.request_keyframe(codec, KeyframeCause::Pli);
+                    } else if any.downcast_ref::<FullIntraRequest>().is_some() {
+                        pipelines.request_keyframe(codec, KeyframeCause::Fir);
+                    }
+                }
+            }
+        });
+
+        // Frames start flowing once the connection is up, so the first one the viewer can
+        // receive is the keyframe it needs.
+        let weak = Arc::downgrade(self);
+        let id = session.id.clone();
+        session.pc.on_peer_connection_state_change(Box::new(move |state| {
+            let weak = weak.clone();
+            let id = id.clone();
+            let track = track.clone();
+            Box::pin(async move {
+                tracing::debug!(session = %id, ?state, "peer connection state");
+                let Some(viewers) = weak.upgrade() else { return };
+                match state {
+                    RTCPeerConnectionState::Connected => viewers.start_frames(&id, track),
+                    RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
+                        viewers.remove(&id).await;
+                    }
+                    _ => {}
+                }
+            })
+        }));
+
+        let input = InputSink {
+            tx: self.input.clone(),
+            metrics: self.metrics.clone(),
+            screen: self.screen.clone(),
+            role,
+            session: session.id.clone(),
+            log: Arc::new(Mutex::new(RateLimitedLog::default())),
+        };
+        session.pc.on_data_channel(Box::new(move |dc: Arc<RTCDataChannel>| {
+            let input = input.clone();
+            Box::pin(async move {
+                if dc.label() != INPUT_CHANNEL_LABEL {
+                    input.reject(&format!(
+                        "unknown data channel {:?} (only {INPUT_CHANNEL_LABEL:?} is used)",
+                        dc.label()
+                    ));
+                    let _ = dc.close().await;
+                    return;
+                }
+                dc.on_message(Box::new(move |msg: DataChannelMessage| {
+                    input.handle(msg);
+                    Box::pin(async {})
+                }));
+            })
+        }));
+    }
+
+    fn start_frames(&self, id: &str, track: Arc<TrackLocalStaticRTP>) {
+        let sessions = lock(&self.sessions);
+        let Some(session) = sessions.get(id) else { return };
+        if session.closed.load(Ordering::SeqCst) || session.streaming.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let frames = self.pipelines.subscribe(session.codec, session.number);
+        tokio::spawn(write_frames(frames, track, session.codec, self.metrics.clone()));
+    }
+
+    /// Ends a session (DELETE, failure, or shutdown). False when there was no such session.
+    pub async fn remove(&self, id: &str) -> bool {
+        let session = lock(&self.sessions).remove(id);
+        let Some(session) = session else { return false };
+        session.closed.store(true, Ordering::SeqCst);
+        if session.streaming.load(Ordering::SeqCst) {
+            self.pipelines.unsubscribe(session.codec, session.number);
+        }
+        let _ = session.pc.close().await;
+        self.metrics.viewers.set(self.count() as i64);
+        tracing::info!(session = %id, viewers = self.count(), "viewer left");
+        true
+    }
+
+    pub async fn close_all(&self) {
+        let ids: Vec<String> = lock(&self.sessions).keys().cloned().collect();
+        for id in ids {
+            self.remove(&id).await;
+        }
+    }
+}
+
+fn session_id() -> String {
+    use rand::Rng;
+    let bytes: [u8; 16] = rand::rng().random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Says one line per kind of problem at most every few seconds, with a count of what it held back.
+#[derive(Default)]
+struct RateLimitedLog {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl RateLimitedLog {
+    const EVERY: Duration = Duration::from_secs(5);
+
+    fn warn(&mut self, session: &str, what: &str) {
+        let now = Instant::now();
+        if self.last.is_some_and(|t| now.duration_since(t) < Self::EVERY) {
+            self.suppressed += 1;
+            return;
+        }
+        tracing::warn!(session, suppressed = self.suppressed, "input rejected: {what}");
+        self.last = Some(now);
+        self.suppressed = 0;
+    }
+}
+
+#[derive(Clone)]
+struct InputSink {
+    tx: mpsc::Sender<InputMessage>,
+    metrics: Arc<Metrics>,
+    screen: Arc<crate::pipeline::Screen>,
+    role: Role,
+    session: String,
+    log: Arc<Mutex<RateLimitedLog>>,
+}
+
+impl InputSink {
+    fn reject(&self, why: &str) {
+        self.metrics.input_events.with_label_values(&["rejected"]).inc();
+        lock(&self.log).warn(&self.session, why);
+    }
+
+    fn handle(&self, msg: DataChannelMessage) {
+        if !msg.is_string {
+            return self.reject("binary message");
+        }
+        if msg.data.len() > MAX_MESSAGE_BYTES {
+            return self.reject(&format!("{}-byte message", msg.data.len()));
+        }
+        let parsed = match InputMessage::parse(&msg.data) {
+            Ok(m) => m,
+            Err(e) => return self.reject(&e.to_string()),
+        };
+        if self.role == Role::View {
+            return self.reject("this viewer's token allows viewing only");
+        }
+        let (w, h) = self.screen.size();
+        match self.tx.try_send(parsed.clamped(w, h)) {
+            Ok(()) => self.metrics.input_events.with_label_values(&["accepted"]).inc(),
+            Err(_) => self.metrics.input_events.with_label_values(&["dropped"]).inc(),
+        }
+    }
+}
+
+/// Packetises frames for one viewer and writes them to its track.
+async fn write_frames(
+    mut frames: mpsc::Receiver<Arc<FramePacket>>,
+    track: Arc<TrackLocalStaticRTP>,
+    codec: Codec,
+    metrics: Arc<Metrics>,
+) {
+    let mut payloader: Box<dyn Payloader + Send> = match codec {
+        Codec::H264 => Box::new(H264Payloader::default()),
+        Codec::Vp8 => Box::new(Vp8Payloader::default()),
+    };
+    use rand::Rng;
+    let mut sequence: u16 = rand::rng().random();
+    let timestamp_base: u32 = rand::rng().random();
+    let mut origin: Option<Instant> = None;
+    let label = [codec.label()];
+    while let Some(frame) = frames.recv().await {
+        let origin = *origin.get_or_insert(frame.encoded_at);
+        let elapsed = frame.encoded_at.saturating_duration_since(origin);
+        let timestamp = timestamp_base.wrapping_add((elapsed.as_micros() as u64 * 9 / 100) as u32);
+        let payloads = match payloader.payload(RTP_PAYLOAD_MTU, &frame.data) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot packetise a frame");
+                continue;
+            }
+        };
+        let count = payloads.len();
+        let mut failed = false;
+        for (i, payload) in payloads.into_iter().enumerate() {
+            let packet = webrtc::rtp::packet::Packet {
+                header: webrtc::rtp::header::Header {
+                    version: 2,
+                    marker: i + 1 == count,
+                    sequence_number: sequence,
+                    timestamp,
+                    ..Default::default()
+                },
+                payload,
+            };
+            sequence = sequence.wrapping_add(1);
+            if let Err(e) = track.write_rtp(&packet).await {
+                // Not yet connected, or gone: the frame is lost for this viewer only.
+                tracing::trace!(error = %e, "RTP write failed");
+                failed = true;
+            }
+        }
+        if !failed {
+            metrics.frames_sent.with_label_values(&label).inc();
+            metrics.bytes_sent.with_label_values(&label).inc_by(frame.data.len() as u64);
+            if let Some(at) = frame.damaged_at {
+                metrics.update_to_send_seconds.observe(at.elapsed().as_secs_f64());
+            }
+        }
+    }
+}

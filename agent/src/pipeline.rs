@@ -1,0 +1,475 @@
+//! From framebuffer damage to encoded frames in each viewer's queue.
+//!
+//! There is one encoder per codec in use, shared by all viewers of that codec, each on its own
+//! OS thread (encoding is CPU-bound and must not stall the async runtime). The thread sleeps
+//! until the VNC task reports damage or a viewer asks for a keyframe, asks the
+//! [`FramePacer`] whether to encode now, converts the damaged rows of the framebuffer to I420,
+//! encodes, and offers the frame to every viewer's bounded queue.
+//!
+//! A viewer whose queue is full loses that frame; since every later delta frame would then
+//! decode wrongly, it is skipped until the next keyframe, which is requested at once. So a slow
+//! viewer costs a bounded queue and a keyframe, never unbounded memory, and never slows the
+//! others. An encoder with no viewers left is closed and its thread ends.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use loco_shared::geom::Damage;
+use loco_shared::pacer::{FramePacer, PacerConfig, PacerDecision};
+use loco_shared::Rect;
+use tokio::sync::mpsc;
+
+use crate::encode::{self, Codec, EncoderSettings, VideoEncoder};
+use crate::framebuffer::{Framebuffer, I420};
+use crate::metrics::Metrics;
+
+/// Locks a mutex, carrying on with the data if another thread panicked while holding it
+/// (every structure guarded here stays consistent between statements).
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// How many encoded frames may wait for one viewer before it counts as slow.
+pub const VIEWER_QUEUE_FRAMES: usize = 3;
+
+/// The VM's screen as the VNC task keeps it.
+#[derive(Default)]
+pub struct ScreenState {
+    pub fb: Framebuffer,
+    /// Bumped on every resize and every new VNC connection; encoders restart with a keyframe.
+    pub generation: u64,
+    pub connected: bool,
+}
+
+/// The screen, shared between the VNC task (writer) and the encoder threads (readers).
+#[derive(Default)]
+pub struct Screen {
+    state: Mutex<ScreenState>,
+}
+
+impl Screen {
+    pub fn lock(&self) -> MutexGuard<'_, ScreenState> {
+        lock(&self.state)
+    }
+
+    /// The desktop size in pixels, (0, 0) before the first connection.
+    pub fn size(&self) -> (u32, u32) {
+        let s = self.lock();
+        (s.fb.width(), s.fb.height())
+    }
+}
+
+/// One encoded frame as handed to viewers.
+#[derive(Debug)]
+pub struct FramePacket {
+    pub codec: Codec,
+    pub data: Bytes,
+    pub keyframe: bool,
+    /// When the encoder produced it; RTP timestamps derive from this.
+    pub encoded_at: Instant,
+    /// When the oldest screen change it shows arrived from the VNC server, if it shows one.
+    pub damaged_at: Option<Instant>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyframeCause {
+    NewViewer,
+    Pli,
+    Fir,
+    SlowViewer,
+}
+
+impl KeyframeCause {
+    fn label(self) -> &'static str {
+        match self {
+            KeyframeCause::NewViewer => "new_viewer",
+            KeyframeCause::Pli => "pli",
+            KeyframeCause::Fir => "fir",
+            KeyframeCause::SlowViewer => "slow_viewer",
+        }
+    }
+}
+
+struct Sink {
+    viewer: u64,
+    tx: mpsc::Sender<Arc<FramePacket>>,
+    waiting_for_keyframe: bool,
+}
+
+#[derive(Default)]
+struct Inbox {
+    damage: Damage,
+    damaged_at: Option<Instant>,
+    keyframe: bool,
+    stop: bool,
+}
+
+struct Pipeline {
+    codec: Codec,
+    inbox: Mutex<Inbox>,
+    wake: Condvar,
+    sinks: Mutex<Vec<Sink>>,
+}
+
+impl Pipeline {
+    fn post(&self, f: impl FnOnce(&mut Inbox)) {
+        f(&mut lock(&self.inbox));
+        self.wake.notify_one();
+    }
+}
+
+/// Encoder settings that do not depend on the screen.
+#[derive(Debug, Clone, Copy)]
+pub struct PipelineConfig {
+    pub bitrate_kbps: u32,
+    pub max_fps: u32,
+    pub encoder_threads: u32,
+}
+
+/// All encoders, keyed by codec.
+pub struct Pipelines {
+    config: PipelineConfig,
+    screen: Arc<Screen>,
+    metrics: Arc<Metrics>,
+    running: Mutex<HashMap<Codec, Arc<Pipeline>>>,
+}
+
+impl Pipelines {
+    pub fn new(config: PipelineConfig, screen: Arc<Screen>, metrics: Arc<Metrics>) -> Arc<Self> {
+        Arc::new(Self { config, screen, metrics, running: Mutex::new(HashMap::new()) })
+    }
+
+    /// Adds a viewer of `codec`; its first frame will be a keyframe.
+    pub fn subscribe(&self, codec: Codec, viewer: u64) -> mpsc::Receiver<Arc<FramePacket>> {
+        let (tx, rx) = mpsc::channel(VIEWER_QUEUE_FRAMES);
+        let mut running = lock(&self.running);
+        let pipeline = running.entry(codec).or_insert_with(|| self.start(codec)).clone();
+        lock(&pipeline.sinks).push(Sink { viewer, tx, waiting_for_keyframe: true });
+        drop(running);
+        self.metrics.keyframe_requests.with_label_values(&[KeyframeCause::NewViewer.label()]).inc();
+        pipeline.post(|inbox| {
+            inbox.keyframe = true;
+            // A new encoder has nothing to show yet: treat the whole screen as damaged.
+            inbox.damage.add(Rect::new(0, 0, u32::MAX / 2, u32::MAX / 2));
+        });
+        rx
+    }
+
+    /// Removes a viewer; the encoder stops when its last viewer leaves.
+    pub fn unsubscribe(&self, codec: Codec, viewer: u64) {
+        let mut running = lock(&self.running);
+        let Some(pipeline) = running.get(&codec).cloned() else { return };
+        let mut sinks = lock(&pipeline.sinks);
+        sinks.retain(|s| s.viewer != viewer);
+        if sinks.is_empty() {
+            running.remove(&codec);
+            drop(sinks);
+            pipeline.post(|inbox| inbox.stop = true);
+        }
+    }
+
+    pub fn request_keyframe(&self, codec: Codec, cause: KeyframeCause) {
+        self.metrics.keyframe_requests.with_label_values(&[cause.label()]).inc();
+        if let Some(p) = lock(&self.running).get(&codec) {
+            p.post(|inbox| inbox.keyframe = true);
+        }
+    }
+
+    /// The VNC task changed `rect` of the framebuffer; the update arrived at `at`.
+    pub fn damage(&self, rect: Rect, at: Instant) {
+        for p in lock(&self.running).values() {
+            p.post(|inbox| {
+                inbox.damage.add(rect);
+                inbox.damaged_at.get_or_insert(at);
+            });
+        }
+    }
+
+    /// Codecs with a running encoder (for diagnostics).
+    pub fn active_codecs(&self) -> Vec<Codec> {
+        let mut v: Vec<Codec> = lock(&self.running).keys().copied().collect();
+        v.sort();
+        v
+    }
+
+    fn start(&self, codec: Codec) -> Arc<Pipeline> {
+        let pipeline = Arc::new(Pipeline {
+            codec,
+            inbox: Mutex::new(Inbox::default()),
+            wake: Condvar::new(),
+            sinks: Mutex::new(Vec::new()),
+        });
+        let worker = EncoderWorker {
+            pipeline: pipeline.clone(),
+            screen: self.screen.clone(),
+            metrics: self.metrics.clone(),
+            config: self.config,
+        };
+        let spawned = std::thread::Builder::new().name(format!("encode-{codec}")).spawn(move || worker.run());
+        if let Err(e) = spawned {
+            // Without a thread there is no video for this codec; viewers will see no frames
+            // and the error says why.
+            tracing::error!(%codec, error = %e, "could not start the encoder thread");
+        }
+        pipeline
+    }
+}
+
+struct EncoderWorker {
+    pipeline: Arc<Pipeline>,
+    screen: Arc<Screen>,
+    metrics: Arc<Metrics>,
+    config: PipelineConfig,
+}
+
+impl EncoderWorker {
+    fn run(self) {
+        let codec = self.pipeline.codec;
+        let origin = Instant::now();
+        let mut pacer = FramePacer::new(PacerConfig { max_fps: self.config.max_fps, ..PacerConfig::default() });
+        let mut damage = Damage::default();
+        let mut damaged_at: Option<Instant> = None;
+        let mut encoder: Option<Box<dyn VideoEncoder>> = None;
+        let mut picture = I420::default();
+        let mut generation = u64::MAX;
+        let mut last_pts_ms = -1i64;
+        tracing::debug!(%codec, "encoder thread started");
+
+        loop {
+            // Take what the VNC task and the viewers posted.
+            let decision = {
+                let mut inbox = lock(&self.pipeline.inbox);
+                loop {
+                    if inbox.stop {
+                        tracing::debug!(%codec, "encoder thread stopped");
+                        return;
+                    }
+                    let now = origin.elapsed();
+                    if let Some(rect) = inbox.damage.take() {
+                        damage.add(rect);
+                        let at = inbox.damaged_at.take().unwrap_or_else(Instant::now);
+                        damaged_at = Some(damaged_at.map_or(at, |d| d.min(at)));
+                        pacer.on_damage(now);
+                    }
+                    if std::mem::take(&mut inbox.keyframe) {
+                        pacer.on_keyframe_request(now);
+                    }
+                    match pacer.poll(now) {
+                        PacerDecision::Encode { keyframe, .. } => break keyframe,
+                        PacerDecision::WaitUntil(t) => {
+                            let wait = t.saturating_sub(now).max(Duration::from_micros(200));
+                            inbox =
+                                self.pipeline.wake.wait_timeout(inbox, wait).map_or_else(|e| e.into_inner().0, |r| r.0);
+                        }
+                        PacerDecision::Idle => {
+                            inbox = self.pipeline.wake.wait(inbox).unwrap_or_else(|e| e.into_inner());
+                        }
+                    }
+                }
+            };
+            let mut keyframe = decision;
+
+            let started = Instant::now();
+            // Convert what changed while holding the screen lock only for the conversion.
+            {
+                let screen = self.screen.lock();
+                if !screen.connected || screen.fb.width() == 0 {
+                    // Nothing to show; keep the keyframe request for when the screen is back.
+                    damage = Damage::default();
+                    damaged_at = None;
+                    if keyframe {
+                        pacer.on_keyframe_request(origin.elapsed());
+                    }
+                    continue;
+                }
+                let (w, h) = (screen.fb.width(), screen.fb.height());
+                let needs_new = encoder.as_ref().is_none_or(|e| {
+                    generation != screen.generation
+                        || e.settings().width != (w + 1) & !1
+                        || e.settings().height != (h + 1) & !1
+                });
+                if needs_new {
+                    picture = I420::new(w, h);
+                    encoder = None;
+                    let settings = EncoderSettings {
+                        width: picture.width,
+                        height: picture.height,
+                        bitrate_kbps: self.config.bitrate_kbps,
+                        max_fps: self.config.max_fps,
+                        threads: self.config.encoder_threads,
+                    };
+                    match encode::open(codec, settings) {
+                        Ok(e) => encoder = Some(e),
+                        Err(e) => {
+                            tracing::error!(%codec, error = %e, "cannot open encoder");
+                            drop(screen);
+                            std::thread::sleep(Duration::from_secs(1));
+                            pacer.on_keyframe_request(origin.elapsed());
+                            continue;
+                        }
+                    }
+                    generation = screen.generation;
+                    keyframe = true;
+                    damage = Damage::default();
+                    damage.add(screen.fb.full_rect());
+                }
+                if let Some(rect) = damage.take() {
+                    if let Err(e) = picture.convert_from(&screen.fb, rect) {
+                        tracing::warn!(%codec, error = %e, "colour conversion failed");
+                        continue;
+                    }
+                }
+            }
+            let Some(enc) = encoder.as_mut() else { continue };
+
+            // Strictly increasing millisecond timestamps for the encoder's rate control.
+            let pts_ms = (origin.elapsed().as_millis() as i64).max(last_pts_ms + 1);
+            last_pts_ms = pts_ms;
+            let frame = match enc.encode(&picture, pts_ms, keyframe) {
+                Ok(Some(f)) => f,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::warn!(%codec, error = %e, "encode failed; reopening the encoder");
+                    encoder = None;
+                    pacer.on_keyframe_request(origin.elapsed());
+                    continue;
+                }
+            };
+            let label = [codec.label()];
+            self.metrics.encode_seconds.with_label_values(&label).observe(started.elapsed().as_secs_f64());
+            self.metrics.frames_encoded.with_label_values(&label).inc();
+            if frame.keyframe {
+                self.metrics.keyframes.with_label_values(&label).inc();
+            }
+            let packet = Arc::new(FramePacket {
+                codec,
+                data: frame.data,
+                keyframe: frame.keyframe,
+                encoded_at: Instant::now(),
+                damaged_at: damaged_at.take(),
+            });
+            if self.distribute(&packet) {
+                self.metrics.keyframe_requests.with_label_values(&[KeyframeCause::SlowViewer.label()]).inc();
+                pacer.on_keyframe_request(origin.elapsed());
+            }
+        }
+    }
+
+    /// Offers `packet` to every viewer; true when one of them needs a keyframe now.
+    fn distribute(&self, packet: &Arc<FramePacket>) -> bool {
+        let mut want_keyframe = false;
+        let mut sinks = lock(&self.pipeline.sinks);
+        sinks.retain_mut(|sink| {
+            if sink.waiting_for_keyframe && !packet.keyframe {
+                // Ask for the keyframe once the viewer has room for it again, so a viewer
+                // that stopped reading does not cost everyone a keyframe every few frames.
+                want_keyframe |= sink.tx.capacity() > 0;
+                return true;
+            }
+            match sink.tx.try_send(packet.clone()) {
+                Ok(()) => {
+                    sink.waiting_for_keyframe = false;
+                    true
+                }
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    self.metrics.frames_dropped.with_label_values(&[packet.codec.label()]).inc();
+                    sink.waiting_for_keyframe = true;
+                    true
+                }
+                // The viewer is gone; `unsubscribe` will follow.
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            }
+        });
+        want_keyframe
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn screen_with(w: u32, h: u32) -> Arc<Screen> {
+        let screen = Arc::new(Screen::default());
+        {
+            let mut s = screen.lock();
+            s.fb = Framebuffer::new(w, h).unwrap();
+            s.connected = true;
+            s.generation = 1;
+        }
+        screen
+    }
+
+    fn pipelines(screen: Arc<Screen>) -> Arc<Pipelines> {
+        Pipelines::new(
+            PipelineConfig { bitrate_kbps: 1000, max_fps: 30, encoder_threads: 1 },
+            screen,
+            Arc::new(Metrics::new()),
+        )
+    }
+
+    fn recv(rx: &mut mpsc::Receiver<Arc<FramePacket>>) -> Arc<FramePacket> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Ok(p) = rx.try_recv() {
+                return p;
+            }
+            assert!(Instant::now() < deadline, "no frame within 5 s");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    #[test]
+    fn new_viewer_gets_a_keyframe_then_deltas_on_damage_only() {
+        let screen = screen_with(64, 48);
+        let p = pipelines(screen.clone());
+        for codec in Codec::ALL {
+            let mut rx = p.subscribe(codec, 1);
+            assert!(recv(&mut rx).keyframe);
+            // Let the refinement frames after the first one pass, then expect silence.
+            std::thread::sleep(Duration::from_millis(500));
+            while rx.try_recv().is_ok() {}
+            std::thread::sleep(Duration::from_millis(400));
+            assert!(rx.try_recv().is_err(), "{codec}: frames without damage");
+            {
+                let mut s = screen.lock();
+                s.fb.put(Rect::new(0, 0, 2, 2), &[255; 16]).unwrap();
+            }
+            let at = Instant::now();
+            p.damage(Rect::new(0, 0, 2, 2), at);
+            let f = recv(&mut rx);
+            assert!(!f.keyframe);
+            assert_eq!(f.damaged_at, Some(at));
+            p.unsubscribe(codec, 1);
+            assert!(p.active_codecs().is_empty());
+        }
+    }
+
+    #[test]
+    fn slow_viewer_drops_then_resyncs_on_keyframe_without_blocking_others() {
+        let screen = screen_with(64, 48);
+        let p = pipelines(screen);
+        let mut fast = p.subscribe(Codec::H264, 1);
+        let mut slow = p.subscribe(Codec::H264, 2);
+        let mut fast_frames = 0;
+        for i in 0..40u32 {
+            p.damage(Rect::new(i % 60, 0, 4, 4), Instant::now());
+            std::thread::sleep(Duration::from_millis(35));
+            while fast.try_recv().is_ok() {
+                fast_frames += 1;
+            }
+        }
+        assert!(fast_frames >= 20, "fast viewer got {fast_frames} frames");
+        // The slow viewer never read: its queue holds at most VIEWER_QUEUE_FRAMES, the first a
+        // keyframe; after draining, the next frame it gets is a keyframe again.
+        let mut queued = Vec::new();
+        while let Ok(f) = slow.try_recv() {
+            queued.push(f);
+        }
+        assert!(queued.len() <= VIEWER_QUEUE_FRAMES);
+        assert!(queued[0].keyframe);
+        p.damage(Rect::new(0, 0, 4, 4), Instant::now());
+        assert!(recv(&mut slow).keyframe);
+    }
+}

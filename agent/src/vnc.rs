@@ -1,0 +1,368 @@
+//! The VNC side: one task that keeps a connection to the VM's VNC server, applies its updates
+//! to the framebuffer, reports damage to the encoders, and forwards viewers' input.
+//!
+//! vnc-rs' `recv_event` holds the client's lock while it waits, so input sent from another task
+//! would stall until the next server event. Events and input are therefore driven from this
+//! one task with `select!` (dropping a pending `recv_event` releases the lock).
+//!
+//! When the server goes away (VM reboot, QEMU restart) the task marks the screen disconnected,
+//! drops input, and reconnects with a capped exponential backoff; viewers stay connected and
+//! the encoders restart with a keyframe when the screen is back.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use loco_shared::{InputMessage, Rect};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{mpsc, watch};
+use vnc::{ClientKeyEvent, ClientMouseEvent, PixelFormat, VncConnector, VncEncoding, VncEvent, X11Event};
+
+use crate::framebuffer::Framebuffer;
+use crate::metrics::Metrics;
+use crate::pipeline::{Pipelines, Screen};
+
+/// Where the VNC server listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VncAddr {
+    Tcp(String),
+    Unix(PathBuf),
+}
+
+impl VncAddr {
+    /// Whether the server is on this host (loopback or a Unix socket): then Raw pixels are
+    /// cheaper than any compression.
+    pub fn is_local(&self) -> bool {
+        match self {
+            VncAddr::Unix(_) => true,
+            VncAddr::Tcp(addr) => {
+                let host = addr.rsplit_once(':').map_or(addr.as_str(), |(h, _)| h);
+                let host = host.trim_start_matches('[').trim_end_matches(']');
+                host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+            }
+        }
+    }
+}
+
+impl FromStr for VncAddr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Some(path) = s.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err("unix: needs a socket path, e.g. unix:/run/vm/vnc.sock".into());
+            }
+            return Ok(VncAddr::Unix(PathBuf::from(path)));
+        }
+        let (host, port) = s.rsplit_once(':').ok_or_else(|| format!("{s:?} is not HOST:PORT or unix:PATH"))?;
+        if host.is_empty() {
+            return Err(format!("{s:?} has no host"));
+        }
+        port.parse::<u16>().map_err(|_| format!("{s:?} has no valid port"))?;
+        Ok(VncAddr::Tcp(s.to_owned()))
+    }
+}
+
+impl std::fmt::Display for VncAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            VncAddr::Tcp(a) => f.write_str(a),
+            VncAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct VncConfig {
+    pub addr: VncAddr,
+    pub password: Option<String>,
+    pub connect_timeout: Duration,
+    pub max_backoff: Duration,
+}
+
+pub struct VncTask {
+    pub config: VncConfig,
+    pub screen: Arc<Screen>,
+    pub pipelines: Arc<Pipelines>,
+    pub metrics: Arc<Metrics>,
+    pub input: mpsc::Receiver<InputMessage>,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum SessionEnd {
+    #[error("connect: {0}")]
+    Connect(String),
+    #[error("VNC handshake: {0}")]
+    Handshake(vnc::VncError),
+    #[error("connection lost: {0}")]
+    Lost(vnc::VncError),
+    #[error("server error: {0}")]
+    Server(String),
+    #[error("bad update from server: {0}")]
+    BadUpdate(crate::framebuffer::FramebufferError),
+    #[error("shutting down")]
+    Shutdown,
+}
+
+impl VncTask {
+    pub async fn run(mut self) {
+        let mut backoff = Duration::from_millis(100);
+        let mut sessions = 0u64;
+        let mut last_error = String::new();
+        loop {
+            if *self.shutdown.borrow() {
+                return;
+            }
+            let started = Instant::now();
+            let end = self.session(&mut sessions).await;
+            self.set_disconnected();
+            match end {
+                SessionEnd::Shutdown => return,
+                end => {
+                    let msg = end.to_string();
+                    // Say each new kind of failure once; repeats while the VM is down are noise.
+                    if msg != last_error {
+                        tracing::warn!(vnc = %self.config.addr, "VNC {msg}; retrying");
+                        last_error = msg;
+                    }
+                }
+            }
+            if started.elapsed() > Duration::from_secs(5) {
+                backoff = Duration::from_millis(100);
+            }
+            // Wait before the next attempt, dropping (and counting) input meanwhile.
+            let deadline = tokio::time::sleep(backoff);
+            tokio::pin!(deadline);
+            loop {
+                tokio::select! {
+                    _ = &mut deadline => break,
+                    msg = self.input.recv() => {
+                        if msg.is_none() { return; }
+                        self.metrics.input_events.with_label_values(&["dropped"]).inc();
+                    }
+                    _ = self.shutdown.changed() => return,
+                }
+            }
+            backoff = (backoff * 2).min(self.config.max_backoff);
+        }
+    }
+
+    fn set_disconnected(&self) {
+        self.screen.lock().connected = false;
+        self.metrics.vnc_connected.set(0);
+    }
+
+    async fn session(&mut self, sessions: &mut u64) -> SessionEnd {
+        let this = &*self;
+        let connect = async move {
+            match &this.config.addr {
+                VncAddr::Tcp(addr) => {
+                    let stream = tokio::net::TcpStream::connect(addr.as_str()).await.map_err(|e| e.to_string())?;
+                    let _ = stream.set_nodelay(true);
+                    this.handshake(stream).await
+                }
+                VncAddr::Unix(path) => {
+                    let stream = tokio::net::UnixStream::connect(path).await.map_err(|e| e.to_string())?;
+                    this.handshake(stream).await
+                }
+            }
+        };
+        let mut shutdown = self.shutdown.clone();
+        let client = tokio::select! {
+            r = tokio::time::timeout(self.config.connect_timeout, connect) => match r {
+                Err(_) => return SessionEnd::Connect("timed out".into()),
+                Ok(Err(e)) => return SessionEnd::Connect(e),
+                Ok(Ok(Err(e))) => return SessionEnd::Handshake(e),
+                Ok(Ok(Ok(c))) => c,
+            },
+            _ = shutdown.changed() => return SessionEnd::Shutdown,
+        };
+        *sessions += 1;
+        if *sessions > 1 {
+            self.metrics.vnc_reconnects.inc();
+        }
+        tracing::info!(vnc = %self.config.addr, "VNC connected");
+        let end = self.drive(&client).await;
+        let _ = client.close().await;
+        end
+    }
+
+    async fn handshake<S>(&self, stream: S) -> Result<Result<vnc::VncClient, vnc::VncError>, String>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static,
+    {
+        let password = self.config.password.clone().unwrap_or_default();
+        let mut connector = VncConnector::new(stream)
+            .set_auth_method(async move { Ok(password) })
+            .allow_shared(true)
+            .set_pixel_format(PixelFormat::bgra());
+        // QEMU and TigerVNC use the first encoding in this list that they support.
+        let encodings: &[VncEncoding] = if self.config.addr.is_local() {
+            &[VncEncoding::CopyRect, VncEncoding::Raw, VncEncoding::Zrle, VncEncoding::Tight]
+        } else {
+            &[VncEncoding::CopyRect, VncEncoding::Tight, VncEncoding::Zrle, VncEncoding::Raw]
+        };
+        for e in encodings.iter().chain(&[VncEncoding::DesktopSizePseudo]) {
+            connector = connector.add_encoding(*e);
+        }
+        let result = async { connector.build()?.try_start().await?.finish() }.await;
+        Ok(result)
+    }
+
+    /// Runs one connected session until it ends.
+    async fn drive(&mut self, client: &vnc::VncClient) -> SessionEnd {
+        {
+            let mut s = self.screen.lock();
+            s.generation += 1;
+        }
+        if let Err(e) = client.input(X11Event::FullRefresh).await {
+            return SessionEnd::Lost(e);
+        }
+        // Keep an update request outstanding even if the server dropped one.
+        let mut keepalive = tokio::time::interval(Duration::from_millis(250));
+        keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                event = client.recv_event() => {
+                    let arrived = Instant::now();
+                    let mut event = match event {
+                        Ok(e) => e,
+                        Err(e) => return SessionEnd::Lost(e),
+                    };
+                    let mut damage = loco_shared::geom::Damage::default();
+                    let mut rects = 0u64;
+                    // Apply this event and everything already queued behind it, then report.
+                    loop {
+                        match self.apply(event, &mut damage, &mut rects) {
+                            Ok(()) => {}
+                            Err(end) => return end,
+                        }
+                        match client.poll_event().await {
+                            Ok(Some(next)) => event = next,
+                            Ok(None) => break,
+                            Err(e) => return SessionEnd::Lost(e),
+                        }
+                    }
+                    if let Some(rect) = damage.take() {
+                        self.metrics.frames_captured.inc();
+                        self.metrics.vnc_updates.inc_by(rects);
+                        self.pipelines.damage(rect, arrived);
+                    }
+                    if let Err(e) = client.input(X11Event::Refresh).await {
+                        return SessionEnd::Lost(e);
+                    }
+                }
+                msg = self.input.recv() => {
+                    let Some(msg) = msg else { return SessionEnd::Shutdown };
+                    let (w, h) = self.screen.size();
+                    let event = match msg.clamped(w, h) {
+                        InputMessage::Pointer { x, y, buttons } => X11Event::PointerEvent(ClientMouseEvent {
+                            position_x: x as u16,
+                            position_y: y as u16,
+                            bottons: buttons,
+                        }),
+                        InputMessage::Key { keysym, down } => X11Event::KeyEvent(ClientKeyEvent { keycode: keysym, down }),
+                    };
+                    if let Err(e) = client.input(event).await {
+                        return SessionEnd::Lost(e);
+                    }
+                }
+                _ = keepalive.tick() => {
+                    if let Err(e) = client.input(X11Event::Refresh).await {
+                        return SessionEnd::Lost(e);
+                    }
+                }
+                _ = self.shutdown.changed() => return SessionEnd::Shutdown,
+            }
+        }
+    }
+
+    fn apply(
+        &self,
+        event: VncEvent,
+        damage: &mut loco_shared::geom::Damage,
+        rects: &mut u64,
+    ) -> Result<(), SessionEnd> {
+        let mut s = self.screen.lock();
+        match event {
+            VncEvent::SetResolution(screen) => {
+                let (w, h) = (u32::from(screen.width), u32::from(screen.height));
+                if (s.fb.width(), s.fb.height()) != (w, h) || !s.connected {
+                    s.fb = Framebuffer::new(w, h).map_err(SessionEnd::BadUpdate)?;
+                    s.generation += 1;
+                    tracing::info!(width = w, height = h, "desktop size");
+                }
+                if !s.connected {
+                    s.connected = true;
+                    self.metrics.vnc_connected.set(1);
+                }
+                damage.add(s.fb.full_rect());
+            }
+            VncEvent::RawImage(rect, pixels) => {
+                let r = Rect::new(rect.x.into(), rect.y.into(), rect.width.into(), rect.height.into());
+                s.fb.put(r, &pixels).map_err(SessionEnd::BadUpdate)?;
+                damage.add(r);
+                *rects += 1;
+            }
+            VncEvent::Copy(dst, src) => {
+                let r = Rect::new(dst.x.into(), dst.y.into(), dst.width.into(), dst.height.into());
+                s.fb.copy(r, src.x.into(), src.y.into()).map_err(SessionEnd::BadUpdate)?;
+                damage.add(r);
+                *rects += 1;
+            }
+            VncEvent::JpegImage(rect, _) => {
+                // We never ask for JPEG quality levels, so a conforming server never sends this.
+                return Err(SessionEnd::Server(format!("unrequested JPEG rectangle {rect:?}")));
+            }
+            VncEvent::Error(e) => return Err(SessionEnd::Server(e)),
+            VncEvent::SetPixelFormat(_)
+            | VncEvent::SetCursor(..)
+            | VncEvent::Bell
+            | VncEvent::Text(_)
+            | VncEvent::DesktopUpdate(_) => {}
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// Parses `--vnc` values for clap.
+pub fn parse_vnc_addr(s: &str) -> Result<VncAddr, String> {
+    s.parse()
+}
+
+/// Parses a `host:port` listen address for clap.
+pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    s.parse().map_err(|_| format!("{s:?} is not an IP:PORT listen address (e.g. 0.0.0.0:8080)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_addresses() {
+        assert_eq!("127.0.0.1:5900".parse(), Ok(VncAddr::Tcp("127.0.0.1:5900".into())));
+        assert_eq!("unix:/tmp/v.sock".parse(), Ok(VncAddr::Unix("/tmp/v.sock".into())));
+        assert!("nohost".parse::<VncAddr>().is_err());
+        assert!(":5900".parse::<VncAddr>().is_err());
+        assert!("host:99999".parse::<VncAddr>().is_err());
+        assert!("unix:".parse::<VncAddr>().is_err());
+    }
+
+    #[test]
+    fn local_servers() {
+        for (a, local) in [
+            ("127.0.0.1:5900", true),
+            ("localhost:5901", true),
+            ("[::1]:5900", true),
+            ("10.0.0.5:5900", false),
+            ("vm1.example:5900", false),
+            ("unix:/run/vnc", true),
+        ] {
+            assert_eq!(a.parse::<VncAddr>().unwrap().is_local(), local, "{a}");
+        }
+    }
+}

@@ -1,0 +1,19 @@
+//! loco's wire protocol and the pure logic that both the agent and the browser client use.
+//!
+//! Dependency rule: no I/O, no clocks, no async runtime, no web-sys. Everything here is a plain
+//! function or a state machine that takes the current time as an argument, so it compiles to
+//! `wasm32-unknown-unknown` and tests natively without a network.
+//!
+//! - [`protocol`]: the JSON messages a viewer sends on the `input` data channel.
+//! - [`geom`]: rectangles and damage accumulation in desktop pixels.
+//! - [`pacer`]: decides when the agent encodes a frame (damage-driven, capped frame rate,
+//!   keyframes on demand).
+#![forbid(unsafe_code)]
+
+pub mod geom;
+pub mod pacer;
+pub mod protocol;
+
+pub use geom::Rect;
+pub use pacer::{FramePacer, PacerDecision};
+pub use protocol::{InputMessage, ProtocolError};
