@@ -198,9 +198,11 @@ impl VncTask {
             .set_auth_method(async move { Ok(password) })
             .allow_shared(true)
             .set_pixel_format(PixelFormat::bgra());
-        // QEMU and TigerVNC use the first encoding in this list that they support.
+        // On this host, offer only Raw (and CopyRect): decoding ZRLE or Tight costs more CPU
+        // than the agent's encoder, and some servers (TigerVNC) pick the encoding they like
+        // best rather than the client's first choice.
         let encodings: &[VncEncoding] = if self.config.addr.is_local() {
-            &[VncEncoding::CopyRect, VncEncoding::Raw, VncEncoding::Zrle, VncEncoding::Tight]
+            &[VncEncoding::CopyRect, VncEncoding::Raw]
         } else {
             &[VncEncoding::CopyRect, VncEncoding::Tight, VncEncoding::Zrle, VncEncoding::Raw]
         };

@@ -1,7 +1,9 @@
 //! When to encode a frame.
 //!
 //! The agent encodes only when the screen changed (damage) or a viewer needs a keyframe, and
-//! never faster than `max_fps`. After a burst of changes it encodes a couple of *refinement*
+//! on average never faster than `max_fps`. The cap is a token bucket two frames deep, not a
+//! fixed interval: a change is encoded the moment it arrives whenever the average allows it,
+//! so a 30 fps source under a 30 fps cap is not delayed by half a frame for phase alignment. After a burst of changes it encodes a couple of *refinement*
 //! frames of the now-still screen, so that a rate-controlled encoder can sharpen text that it
 //! coded coarsely during motion; then it sends nothing until the screen changes again.
 //!
@@ -51,6 +53,10 @@ pub enum PacerDecision {
 pub struct FramePacer {
     config: PacerConfig,
     min_interval: Duration,
+    /// Encode credit in time units: one frame costs `min_interval`; it refills in real time
+    /// up to `BURST_FRAMES` frames.
+    credit: Duration,
+    credit_at: Option<Duration>,
     damaged_since: Option<Duration>,
     keyframe_wanted: bool,
     last_encode: Option<Duration>,
@@ -59,12 +65,17 @@ pub struct FramePacer {
     refines_left: u32,
 }
 
+/// How many frames the rate cap lets through back to back after a quiet spell.
+pub const BURST_FRAMES: u32 = 2;
+
 impl FramePacer {
     pub fn new(config: PacerConfig) -> Self {
         let fps = config.max_fps.max(1);
         Self {
             config,
             min_interval: Duration::from_micros(1_000_000 / u64::from(fps)),
+            credit: Duration::from_micros(1_000_000 / u64::from(fps)),
+            credit_at: None,
             damaged_since: None,
             keyframe_wanted: false,
             last_encode: None,
@@ -103,7 +114,12 @@ impl FramePacer {
 
     /// What to do at `now`. An `Encode` answer counts as done: the caller encodes right away.
     pub fn poll(&mut self, now: Duration) -> PacerDecision {
-        let next_slot = self.last_encode.map_or(now, |t| t + self.min_interval);
+        // Refill the bucket up to now.
+        if let Some(at) = self.credit_at {
+            self.credit = (self.credit + now.saturating_sub(at)).min(self.min_interval * BURST_FRAMES);
+        }
+        self.credit_at = Some(now);
+        let next_slot = now + self.min_interval.saturating_sub(self.credit);
 
         let keyframe_at = self
             .keyframe_wanted
@@ -135,6 +151,7 @@ impl FramePacer {
             self.last_keyframe = Some(now);
         }
         self.last_encode = Some(now);
+        self.credit = self.credit.saturating_sub(self.min_interval);
         PacerDecision::Encode { keyframe, damaged_since }
     }
 }
@@ -232,5 +249,43 @@ mod tests {
             }
         }
         assert!((29..=31).contains(&encoded), "encoded {encoded} frames");
+    }
+
+    #[test]
+    fn a_source_at_the_cap_is_not_delayed() {
+        // A 30 fps source with a little jitter under a 30 fps cap: every change is encoded
+        // within 2 ms of arriving (a fixed interval would delay half of them by up to a frame).
+        let mut p = FramePacer::new(PacerConfig { max_fps: 30, refine_frames: 0, ..PacerConfig::default() });
+        let mut worst = Duration::ZERO;
+        for i in 0..300u64 {
+            let arrival = Duration::from_micros(i * 33_333 + (i * 7919 % 5) * 1000);
+            p.on_damage(arrival);
+            let mut t = arrival;
+            loop {
+                match p.poll(t) {
+                    PacerDecision::Encode { .. } => break,
+                    PacerDecision::WaitUntil(at) => t = at,
+                    PacerDecision::Idle => panic!("damage pending but idle"),
+                }
+            }
+            worst = worst.max(t - arrival);
+        }
+        assert!(worst <= Duration::from_millis(5), "worst delay {worst:?}");
+    }
+
+    #[test]
+    fn bursts_are_bounded() {
+        let mut p = FramePacer::new(PacerConfig { max_fps: 10, refine_frames: 0, ..PacerConfig::default() });
+        // After a long quiet spell, two frames may go back to back, not three.
+        assert_eq!(p.poll(ms(0)), PacerDecision::Idle);
+        let t = ms(10_000);
+        let mut encoded = 0;
+        for _ in 0..3 {
+            p.on_damage(t);
+            if let PacerDecision::Encode { .. } = p.poll(t) {
+                encoded += 1;
+            }
+        }
+        assert_eq!(encoded, BURST_FRAMES);
     }
 }
