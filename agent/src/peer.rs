@@ -18,7 +18,6 @@ use webrtc::api::interceptor_registry::register_default_interceptors;
 use webrtc::api::media_engine::{MediaEngine, MIME_TYPE_H264, MIME_TYPE_VP8};
 use webrtc::api::setting_engine::SettingEngine;
 use webrtc::api::{APIBuilder, API};
-use webrtc::data_channel::data_channel_message::DataChannelMessage;
 use webrtc::data_channel::RTCDataChannel;
 use webrtc::ice::mdns::MulticastDnsMode;
 use webrtc::ice::udp_mux::{UDPMuxDefault, UDPMuxParams};
@@ -46,6 +45,10 @@ use crate::pipeline::{lock, FramePacket, KeyframeCause, Pipelines};
 
 /// RTP payload size limit, leaving room for SRTP and TURN overheads under a 1280-byte path MTU.
 const RTP_PAYLOAD_MTU: usize = 1200 - 12;
+
+/// Read buffer for the input channel: the SCTP receive window (webrtc-sctp's 1 MiB), so any
+/// message the association accepts can be read, judged and dropped without closing the channel.
+const INPUT_READ_BUFFER_BYTES: usize = 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
@@ -136,6 +139,7 @@ impl PeerFactory {
             let mut settings = SettingEngine::default();
             settings.set_include_loopback_candidate(true);
             settings.set_ice_multicast_dns_mode(MulticastDnsMode::Disabled);
+            settings.detach_data_channels();
             if !ice.nat_1to1_ips.is_empty() {
                 settings.set_nat_1to1_ips(ice.nat_1to1_ips.clone(), RTCIceCandidateType::Host);
             }
@@ -353,9 +357,32 @@ impl Viewers {
                     let _ = dc.close().await;
                     return;
                 }
-                dc.on_message(Box::new(move |msg: DataChannelMessage| {
-                    input.handle(msg);
-                    Box::pin(async {})
+                // Detached reading with a buffer as large as the SCTP receive window: the
+                // default reader's 64 KiB buffer closes the channel on a larger message.
+                let opened = dc.clone();
+                dc.on_open(Box::new(move || {
+                    Box::pin(async move {
+                        let raw = match opened.detach().await {
+                            Ok(raw) => raw,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "cannot read the input channel");
+                                return;
+                            }
+                        };
+                        tokio::spawn(async move {
+                            let mut buf = vec![0u8; INPUT_READ_BUFFER_BYTES];
+                            loop {
+                                match raw.read_data_channel(&mut buf).await {
+                                    Ok((0, _)) => break,
+                                    Ok((n, is_string)) => input.handle(&buf[..n], is_string),
+                                    Err(e) => {
+                                        input.reject(&format!("unreadable message ({e})"));
+                                        break;
+                                    }
+                                }
+                            }
+                        });
+                    })
                 }));
             })
         }));
@@ -437,14 +464,14 @@ impl InputSink {
         lock(&self.log).warn(&self.session, why);
     }
 
-    fn handle(&self, msg: DataChannelMessage) {
-        if !msg.is_string {
+    fn handle(&self, data: &[u8], is_string: bool) {
+        if !is_string {
             return self.reject("binary message");
         }
-        if msg.data.len() > MAX_MESSAGE_BYTES {
-            return self.reject(&format!("{}-byte message", msg.data.len()));
+        if data.len() > MAX_MESSAGE_BYTES {
+            return self.reject(&format!("{}-byte message", data.len()));
         }
-        let parsed = match InputMessage::parse(&msg.data) {
+        let parsed = match InputMessage::parse(data) {
             Ok(m) => m,
             Err(e) => return self.reject(&e.to_string()),
         };

@@ -79,7 +79,12 @@ pub struct VncConfig {
     pub password: Option<String>,
     pub connect_timeout: Duration,
     pub max_backoff: Duration,
+    /// Least time between two update requests (the encoder's frame interval).
+    pub request_interval: Duration,
 }
+
+/// How long to wait for more rectangles of the same update before treating it as complete.
+const UPDATE_GRACE: Duration = Duration::from_millis(1);
 
 pub struct VncTask {
     pub config: VncConfig,
@@ -214,6 +219,11 @@ impl VncTask {
     }
 
     /// Runs one connected session until it ends.
+    ///
+    /// Update requests are paced at the encoder's frame rate: the server accumulates damage
+    /// between requests and sends whole frames, instead of a stream of partial ones that the
+    /// encoder would catch half-drawn. The rectangles of one update are collected with a short
+    /// grace period (vnc-rs reports rectangles, not update boundaries).
     async fn drive(&mut self, client: &vnc::VncClient) -> SessionEnd {
         {
             let mut s = self.screen.lock();
@@ -222,10 +232,15 @@ impl VncTask {
         if let Err(e) = client.input(X11Event::FullRefresh).await {
             return SessionEnd::Lost(e);
         }
-        // Keep an update request outstanding even if the server dropped one.
-        let mut keepalive = tokio::time::interval(Duration::from_millis(250));
+        let request_interval = self.config.request_interval;
+        let mut last_request = Instant::now();
+        // Set when an update arrived and the next request waits for its slot.
+        let mut request_due: Option<Instant> = None;
+        // Re-ask now and then in case a server dropped a request.
+        let mut keepalive = tokio::time::interval(Duration::from_secs(1));
         keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            let due = request_due;
             tokio::select! {
                 event = client.recv_event() => {
                     let arrived = Instant::now();
@@ -235,16 +250,23 @@ impl VncTask {
                     };
                     let mut damage = loco_shared::geom::Damage::default();
                     let mut rects = 0u64;
-                    // Apply this event and everything already queued behind it, then report.
+                    // Apply this event and the rest of its update, then report the damage once.
                     loop {
-                        match self.apply(event, &mut damage, &mut rects) {
-                            Ok(()) => {}
-                            Err(end) => return end,
+                        if let Err(end) = self.apply(event, &mut damage, &mut rects) {
+                            return end;
                         }
-                        match client.poll_event().await {
-                            Ok(Some(next)) => event = next,
-                            Ok(None) => break,
+                        let next = match client.poll_event().await {
+                            Ok(Some(next)) => Some(next),
+                            Ok(None) => match tokio::time::timeout(UPDATE_GRACE, client.recv_event()).await {
+                                Ok(Ok(next)) => Some(next),
+                                Ok(Err(e)) => return SessionEnd::Lost(e),
+                                Err(_) => None,
+                            },
                             Err(e) => return SessionEnd::Lost(e),
+                        };
+                        match next {
+                            Some(next) => event = next,
+                            None => break,
                         }
                     }
                     if let Some(rect) = damage.take() {
@@ -252,6 +274,11 @@ impl VncTask {
                         self.metrics.vnc_updates.inc_by(rects);
                         self.pipelines.damage(rect, arrived);
                     }
+                    request_due.get_or_insert(last_request + request_interval);
+                }
+                _ = tokio::time::sleep_until(due.unwrap_or_else(Instant::now).into()), if due.is_some() => {
+                    request_due = None;
+                    last_request = Instant::now();
                     if let Err(e) = client.input(X11Event::Refresh).await {
                         return SessionEnd::Lost(e);
                     }
@@ -272,8 +299,11 @@ impl VncTask {
                     }
                 }
                 _ = keepalive.tick() => {
-                    if let Err(e) = client.input(X11Event::Refresh).await {
-                        return SessionEnd::Lost(e);
+                    if request_due.is_none() && last_request.elapsed() >= Duration::from_secs(1) {
+                        last_request = Instant::now();
+                        if let Err(e) = client.input(X11Event::Refresh).await {
+                            return SessionEnd::Lost(e);
+                        }
                     }
                 }
                 _ = self.shutdown.changed() => return SessionEnd::Shutdown,

@@ -1,0 +1,364 @@
+"""Fixtures for the loco-agent end-to-end suite: real Xvnc, real QEMU guest, real WebRTC peers
+(aiortc and headless Chromium), real HTTP. Every process a fixture starts runs in its own
+process group and is killed (group-wide) at teardown; nothing is mocked."""
+from __future__ import annotations
+
+import importlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+GUEST_DIR = HERE.parent / "guest"
+
+from e2e_util import (HttpResponse, ProcessExited, free_port, http_request, kill_all_groups,  # noqa: E402
+                      kill_group, parse_metrics, spawn, tail, wait_port, wait_until)
+from xhelpers import Xvnc  # noqa: E402
+
+# ------------------------------------------------------------------ report log sections
+
+
+def _attach(request, title: str, path) -> None:
+    request.node.__dict__.setdefault("_loco_logs", []).append((title, Path(path)))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.failed:
+        for title, path in item.__dict__.get("_loco_logs", []):
+            rep.sections.append((f"{title} ({path})", tail(path, 12000)))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    kill_all_groups()
+
+
+@pytest.fixture
+def port():
+    """A free TCP port on 127.0.0.1."""
+    return free_port()
+
+
+# ------------------------------------------------------------------ agent binary
+
+
+def agent_binary_path() -> Path:
+    env = os.environ.get("LOCO_AGENT_BIN")
+    if env:
+        return Path(env)
+    target = os.environ.get("CARGO_TARGET_DIR") or os.path.expanduser("~/.cache/loco/target")
+    return Path(target) / "release" / "loco-agent"
+
+
+@pytest.fixture(scope="session")
+def agent_bin() -> Path:
+    p = agent_binary_path()
+    if not (p.is_file() and os.access(p, os.X_OK)):
+        pytest.fail(f"loco-agent binary not found or not executable at {p}. Build it with "
+                    f"`cargo build --release -p loco-agent` (CARGO_TARGET_DIR="
+                    f"{os.environ.get('CARGO_TARGET_DIR', '~/.cache/loco/target')}) or set LOCO_AGENT_BIN.",
+                    pytrace=False)
+    return p
+
+
+@dataclass
+class Agent:
+    bin: Path
+    argv: list[str]
+    port: int
+    log_path: Path
+    proc: subprocess.Popen | None = None
+    stopped: bool = False
+    stop_rc: int | None = None
+    token: str | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def request(self, method: str, path: str, body: bytes | None = None,
+                headers: dict | None = None, timeout: float = 10.0) -> HttpResponse:
+        url = path if path.startswith(("http://", "https://")) else self.url + path
+        return http_request(method, url, body, headers, timeout)
+
+    def healthz(self) -> tuple[int, dict]:
+        r = self.request("GET", "/healthz")
+        try:
+            body = r.json()
+        except ValueError as e:
+            raise AssertionError(f"/healthz answered {r.status} with non-JSON {r.text[:300]!r}") from e
+        return r.status, body
+
+    def metrics(self):
+        r = self.request("GET", "/metrics")
+        assert r.status == 200, f"/metrics answered {r.status}: {r.text[:300]}"
+        return parse_metrics(r.text)
+
+    def metric(self, name: str, default: float | None = 0.0, **labels) -> float | None:
+        return self.metrics().get(name, default, **labels)
+
+    def wait_vnc(self, connected: bool = True, timeout: float = 20.0) -> dict:
+        want = 200 if connected else 503
+
+        def ok():
+            st, body = self.healthz()
+            return body if (st == want and body.get("vnc_connected") is connected) else None
+        try:
+            return wait_until(ok, timeout, 0.1, f"/healthz {want} vnc_connected={connected}")
+        except TimeoutError as e:
+            try:
+                last = self.healthz()
+            except Exception as e2:  # noqa: BLE001
+                last = repr(e2)
+            raise AssertionError(f"{e}; last /healthz: {last}; agent alive={self.alive()}") from e
+
+    def stop(self, sig: int = signal.SIGTERM) -> int | None:
+        self.stopped = True
+        if self.proc is not None:
+            self.stop_rc = kill_group(self.proc, sig, grace=10)
+        return self.stop_rc
+
+    def log(self) -> str:
+        return tail(self.log_path)
+
+
+@pytest.fixture
+def agent(agent_bin, tmp_path, request):
+    """Factory: agent(vnc_port, codec=None, token=None, extra_args=(), listen_port=None,
+    wait=True) starts loco-agent on a free port and waits until its HTTP answers."""
+    started: list[Agent] = []
+
+    def start(vnc_port: int, codec: str | None = None, token: str | None = None,
+              extra_args: tuple | list = (), listen_port: int | None = None,
+              wait: bool = True, vnc_host: str = "127.0.0.1") -> Agent:
+        lp = listen_port or free_port()
+        argv = [str(agent_bin), "--vnc", f"{vnc_host}:{vnc_port}", "--listen", f"127.0.0.1:{lp}"]
+        if codec:
+            argv += ["--codec", codec]
+        if token:
+            argv += ["--token", token]
+        argv += [str(a) for a in extra_args]
+        log = tmp_path / f"agent-{len(started)}-{lp}.log"
+        log.write_text("$ " + " ".join(argv) + "\n")
+        _attach(request, f"agent #{len(started)} log", log)
+        env = dict(os.environ)
+        env.setdefault("RUST_LOG", "info")
+        env.setdefault("RUST_BACKTRACE", "1")
+        a = Agent(agent_bin, argv, lp, log, token=token)
+        a.proc = spawn(argv, log_path=log, env=env, name="loco-agent")
+        started.append(a)
+        if wait:
+            def answers():
+                if a.proc.poll() is not None:
+                    raise ProcessExited(f"loco-agent exited rc={a.proc.returncode} during startup")
+                try:
+                    a.request("GET", "/healthz", timeout=2)
+                    return True
+                except OSError:
+                    return False
+            try:
+                wait_until(answers, 30, 0.1, f"loco-agent HTTP on port {lp}")
+            except (ProcessExited, TimeoutError) as e:
+                pytest.fail(f"{e}\n--- agent log ---\n{a.log()}", pytrace=False)
+        return a
+
+    yield start
+
+    died = []
+    for a in started:
+        if not a.stopped and a.proc is not None and a.proc.poll() is not None:
+            died.append(f"loco-agent {a.argv} exited unexpectedly during the test with "
+                        f"rc={a.proc.returncode}\n--- log ---\n{a.log()}")
+        a.stop()
+    if died:
+        pytest.fail("\n".join(died), pytrace=False)
+
+
+# ------------------------------------------------------------------ X / VNC
+
+
+@pytest.fixture
+def xvnc(tmp_path, request):
+    """A TigerVNC Xvnc :N 1024x768x24 on a free port (SecurityTypes None, shared, localhost)."""
+    x = Xvnc(tmp_path)
+    _attach(request, "Xvnc log", x.log_path)
+    x.start()
+    yield x
+    x.kill()
+
+
+@pytest.fixture
+def vnc_proxy():
+    """Factory: vnc_proxy(upstream_port) -> VncProxy (see vncproxy.py)."""
+    from vncproxy import VncProxy
+    made = []
+
+    def make(upstream_port: int) -> VncProxy:
+        p = VncProxy(upstream_port)
+        made.append(p)
+        return p
+    yield make
+    for p in made:
+        p.close()
+
+
+# ------------------------------------------------------------------ QEMU test guest
+
+
+@pytest.fixture(scope="session")
+def guest_build():
+    """Builds (once per run) the test-pattern guest of agent/tests/guest and returns
+    (testguest module, build paths)."""
+    if not (GUEST_DIR / "testguest.py").is_file():
+        pytest.fail(f"{GUEST_DIR}/testguest.py is missing: the QEMU test guest is needed "
+                    f"for the pattern tests", pytrace=False)
+    sys.path.insert(0, str(GUEST_DIR))
+    tg = importlib.import_module("testguest")
+    t0 = time.monotonic()
+    paths = tg.build()
+    print(f"[guest] built in {time.monotonic() - t0:.1f}s: {paths}")
+    return tg, paths
+
+
+@dataclass
+class QemuGuest:
+    port: int
+    proc: subprocess.Popen
+    log_path: Path
+    module: object = field(repr=False)
+
+    def match_pattern(self, rgb):
+        return self.module.match_pattern(rgb)
+
+
+@pytest.fixture
+def qemu_guest(guest_build, tmp_path, request):
+    """The QEMU test-pattern guest with its VNC server on a free port."""
+    tg, paths = guest_build
+    vnc_port = free_port()
+    while vnc_port < 5900:
+        vnc_port = free_port()
+    serial = tmp_path / "qemu-serial.log"
+    argv = [str(a) for a in tg.qemu_command(paths, vnc_port=vnc_port, serial_log=str(serial))]
+    log = tmp_path / "qemu.log"
+    log.write_text("$ " + " ".join(argv) + "\n")
+    _attach(request, "QEMU log", log)
+    _attach(request, "QEMU guest serial console", serial)
+    proc = spawn(argv, log_path=log, name="qemu")
+    t0 = time.monotonic()
+    try:
+        wait_port(vnc_port, 60, proc, what=f"QEMU VNC port {vnc_port}")
+        marker = getattr(tg, "READY_MARKER", None)
+        if marker:   # the guest prints it on ttyS0 once its patterns are on screen
+            def ready():
+                if proc.poll() is not None:
+                    raise ProcessExited(f"QEMU exited rc={proc.returncode}")
+                return serial.exists() and marker in serial.read_text(errors="replace")
+            wait_until(ready, 150, 0.1, f"guest {marker!r} on the serial console")
+    except (ProcessExited, TimeoutError) as e:
+        kill_group(proc)
+        pytest.fail(f"{e}\n--- QEMU log ---\n{tail(log)}\n--- serial ---\n{tail(serial)}", pytrace=False)
+    print(f"[guest] ready after {time.monotonic() - t0:.1f}s")
+    yield QemuGuest(vnc_port, proc, log, tg)
+    kill_group(proc, grace=3)
+
+
+# ------------------------------------------------------------------ WebRTC viewers
+
+
+@pytest.fixture(scope="session")
+def aio_loop():
+    from whep_aiortc import LoopThread
+    lt = LoopThread()
+    yield lt
+    lt.stop()
+
+
+@pytest.fixture
+def aiortc_viewer(aio_loop):
+    """Factory: aiortc_viewer(agent, codec=None, token=None, name=..., restrict_codecs=True)
+    -> SyncViewer (WHEP-connected aiortc peer decoding frames). Closed (DELETE) at teardown."""
+    from whep_aiortc import SyncViewer
+    made = []
+
+    def connect(agent: Agent, codec: str | None = None, token: str | None = None,
+                name: str | None = None, **kw) -> SyncViewer:
+        v = SyncViewer.connect(aio_loop, agent.url, name=name or f"aiortc#{len(made)}",
+                               codec=codec, token=token, **kw)
+        made.append(v)
+        return v
+    yield connect
+    for v in made:
+        try:
+            v.close()
+        except Exception as e:  # noqa: BLE001
+            print(f"closing {v.name}: {e!r}")
+
+
+@pytest.fixture(scope="session")
+def static_site():
+    from chromium_viewer import StaticServer
+    s = StaticServer()
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="session")
+def browser():
+    from playwright.sync_api import sync_playwright
+    from chromium_viewer import CHROMIUM, CHROMIUM_ARGS
+    if not os.path.exists(CHROMIUM):
+        pytest.fail(f"{CHROMIUM} missing: apt-get install -y chromium", pytrace=False)
+    pw = sync_playwright().start()
+    b = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+    yield b
+    try:
+        b.close()
+    finally:
+        pw.stop()
+
+
+@pytest.fixture
+def chromium(browser, static_site, tmp_path, request):
+    """Factory: chromium(name=...) -> ChromiumViewer on a fresh page of viewer.html.
+    Fails the test if any page raised an uncaught error."""
+    from chromium_viewer import ChromiumViewer
+    made = []
+
+    def open_page(name: str | None = None) -> ChromiumViewer:
+        ctx = browser.new_context()
+        page = ctx.new_page()
+        v = ChromiumViewer(page, static_site.url, name=name or f"chromium#{len(made)}")
+        made.append((ctx, v))
+        return v
+    yield open_page
+    errors = []
+    for ctx, v in made:
+        logp = tmp_path / f"{v.name.replace('#', '_')}-console.log"
+        logp.write_text("\n".join(v.console + [f"[pageerror] {e}" for e in v.page_errors]))
+        _attach(request, f"{v.name} console", logp)
+        try:
+            if v.get("state") == "negotiated":
+                v.stop()
+        except Exception as e:  # noqa: BLE001
+            print(f"stopping {v.name}: {e!r}")
+        if v.page_errors:
+            errors.append(f"{v.name}: uncaught page errors: {v.page_errors}")
+        try:
+            ctx.close()
+        except Exception:  # noqa: BLE001
+            pass
+    if errors:
+        pytest.fail("\n".join(errors), pytrace=False)

@@ -1,0 +1,328 @@
+"""Small shared helpers for the loco-agent end-to-end tests (no pytest imports here)."""
+from __future__ import annotations
+
+import atexit
+import http.client
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import threading
+import time
+import urllib.parse
+from dataclasses import dataclass
+from typing import Callable
+
+# --------------------------------------------------------------------------- ports
+
+class ProcessExited(RuntimeError):
+    """A process the harness waits on died; polling stops at once."""
+
+
+_handed_out: set[int] = set()
+_port_lock = threading.Lock()
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (never the same twice per run)."""
+    with _port_lock:
+        for _ in range(200):
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            if port not in _handed_out and port < 60000:
+                _handed_out.add(port)
+                return port
+    raise RuntimeError("no free port found")
+
+
+def port_accepts(port: int, host: str = "127.0.0.1", timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def wait_until(pred: Callable[[], object], timeout: float, interval: float = 0.05,
+               what: str = "condition") -> object:
+    """Poll pred() until it returns something truthy; return it, or raise TimeoutError."""
+    deadline = time.monotonic() + timeout
+    last_exc: BaseException | None = None
+    while True:
+        try:
+            v = pred()
+            if v:
+                return v
+        except ProcessExited:
+            raise
+        except Exception as e:  # noqa: BLE001 - keep polling, report the last one
+            last_exc = e
+        if time.monotonic() >= deadline:
+            msg = f"timed out after {timeout:.1f}s waiting for {what}"
+            if last_exc is not None:
+                msg += f" (last error: {last_exc!r})"
+            raise TimeoutError(msg)
+        time.sleep(interval)
+
+
+def wait_port(port: int, timeout: float, proc: subprocess.Popen | None = None,
+              what: str | None = None) -> None:
+    def ok():
+        if proc is not None and proc.poll() is not None:
+            raise ProcessExited(f"{what or 'process'} exited with rc={proc.returncode} "
+                                f"before port {port} accepted connections")
+        return port_accepts(port)
+    wait_until(ok, timeout, 0.05, what or f"port {port}")
+
+
+# --------------------------------------------------------------------------- processes
+
+_live_groups: dict[int, str] = {}
+_groups_lock = threading.Lock()
+
+
+def spawn(argv: list[str], *, log_path: str | os.PathLike | None = None,
+          env: dict | None = None, stdout=None, stderr=None, name: str | None = None,
+          **kw) -> subprocess.Popen:
+    """Start argv in its own process group; remember the group so it is killed at exit."""
+    logf = None
+    if log_path is not None:
+        logf = open(log_path, "ab", buffering=0)
+        stdout = logf if stdout is None else stdout
+        stderr = subprocess.STDOUT if stderr is None else stderr
+    try:
+        p = subprocess.Popen(argv, env=env, stdout=stdout if stdout is not None else subprocess.DEVNULL,
+                             stderr=stderr if stderr is not None else subprocess.DEVNULL,
+                             stdin=subprocess.DEVNULL, start_new_session=True, **kw)
+    finally:
+        if logf is not None:
+            logf.close()
+    with _groups_lock:
+        _live_groups[p.pid] = name or os.path.basename(argv[0])
+    return p
+
+
+def kill_group(p: subprocess.Popen, sig_first: int = signal.SIGTERM, grace: float = 5.0) -> int | None:
+    """Signal the whole process group, escalate to SIGKILL, reap. Returns the leader's rc."""
+    pgid = p.pid
+    if p.poll() is None:
+        try:
+            os.killpg(pgid, sig_first)
+        except ProcessLookupError:
+            pass
+        try:
+            p.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            pass
+    # Children may outlive the leader: always sweep the group with SIGKILL.
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    try:
+        p.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        pass
+    with _groups_lock:
+        _live_groups.pop(pgid, None)
+    return p.returncode
+
+
+def kill_all_groups() -> None:
+    with _groups_lock:
+        pgids = list(_live_groups)
+        _live_groups.clear()
+    for pgid in pgids:
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+atexit.register(kill_all_groups)
+
+
+def live_groups() -> dict[int, str]:
+    with _groups_lock:
+        return dict(_live_groups)
+
+
+# --------------------------------------------------------------------------- HTTP
+
+@dataclass
+class HttpResponse:
+    status: int
+    headers: dict[str, str]   # lower-cased names
+    body: bytes
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8", "replace")
+
+    def json(self):
+        return json.loads(self.body)
+
+
+def http_request(method: str, url: str, body: bytes | None = None,
+                 headers: dict[str, str] | None = None, timeout: float = 10.0) -> HttpResponse:
+    """One HTTP request with http.client; tolerates the server answering before the whole
+    body was sent (as it should for 413) and closing the connection."""
+    u = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=timeout)
+    path = u.path or "/"
+    if u.query:
+        path += "?" + u.query
+    try:
+        conn.putrequest(method, path, skip_accept_encoding=True)
+        hdrs = dict(headers or {})
+        if body is not None and not any(k.lower() == "content-length" for k in hdrs):
+            hdrs["Content-Length"] = str(len(body))
+        for k, v in hdrs.items():
+            conn.putheader(k, v)
+        conn.endheaders()
+        if body:
+            try:
+                view = memoryview(body)
+                for i in range(0, len(body), 65536):
+                    conn.send(view[i:i + 65536])
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the server gave up on the body; its answer may still be readable
+        resp = conn.getresponse()
+        data = resp.read()
+        return HttpResponse(resp.status, {k.lower(): v for k, v in resp.getheaders()}, data)
+    finally:
+        conn.close()
+
+
+# --------------------------------------------------------------------------- Prometheus text
+
+_SAMPLE_RE = re.compile(
+    r'^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)'
+    r'(?:\{(?P<labels>.*)\})?'
+    r'\s+(?P<value>\S+)(?:\s+\S+)?\s*$')
+_LABEL_RE = re.compile(r'\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*=\s*"((?:[^"\\]|\\.)*)"\s*,?')
+
+
+def _unescape(v: str) -> str:
+    return v.replace(r'\"', '"').replace(r"\n", "\n").replace("\\\\", "\\")
+
+
+class Metrics:
+    """Parsed Prometheus text exposition: samples plus # TYPE lines."""
+
+    def __init__(self, text: str):
+        self.text = text
+        self.samples: list[tuple[str, dict[str, str], float]] = []
+        self.types: dict[str, str] = {}
+        for raw in text.splitlines():
+            line = raw.strip()
+            if not line:
+                continue
+            if line.startswith("#"):
+                parts = line.split(None, 3)
+                if len(parts) >= 4 and parts[1] == "TYPE":
+                    self.types[parts[2]] = parts[3].strip()
+                continue
+            m = _SAMPLE_RE.match(line)
+            if not m:
+                raise ValueError(f"unparsable metrics line: {raw!r}")
+            labels: dict[str, str] = {}
+            ltxt = m.group("labels") or ""
+            pos = 0
+            while pos < len(ltxt):
+                lm = _LABEL_RE.match(ltxt, pos)
+                if not lm:
+                    raise ValueError(f"bad labels in metrics line: {raw!r}")
+                labels[lm.group(1)] = _unescape(lm.group(2))
+                pos = lm.end()
+            v = m.group("value")
+            value = float("inf") if v == "+Inf" else float("-inf") if v == "-Inf" else float(v)
+            self.samples.append((m.group("name"), labels, value))
+
+    def has(self, name: str) -> bool:
+        return any(n == name for n, _, _ in self.samples)
+
+    def series(self, name: str, **labels: str) -> list[tuple[dict[str, str], float]]:
+        return [(l, v) for n, l, v in self.samples
+                if n == name and all(l.get(k) == str(want) for k, want in labels.items())]
+
+    def get(self, name: str, default: float | None = 0.0, **labels: str) -> float | None:
+        """Sum of all samples of `name` whose labels include `labels` (default if none)."""
+        s = self.series(name, **labels)
+        if not s:
+            return default
+        return sum(v for _, v in s)
+
+    def names(self) -> set[str]:
+        return {n for n, _, _ in self.samples}
+
+    def __repr__(self) -> str:
+        return f"Metrics({len(self.samples)} samples)"
+
+
+def parse_metrics(text: str) -> Metrics:
+    return Metrics(text)
+
+
+# --------------------------------------------------------------------------- misc
+
+def tail(path: str | os.PathLike, limit: int = 20000) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - limit))
+            data = f.read()
+    except OSError as e:
+        return f"<cannot read {path}: {e}>"
+    prefix = f"... ({size - limit} bytes cut)\n" if size > limit else ""
+    return prefix + data.decode("utf-8", "replace")
+
+
+def host_addresses() -> set[str]:
+    """IP addresses configured on this machine (loopback included)."""
+    import ifaddr
+    out = {"127.0.0.1", "::1"}
+    for ad in ifaddr.get_adapters():
+        for ip in ad.ips:
+            out.add(ip.ip if isinstance(ip.ip, str) else ip.ip[0])
+    return out
+
+
+def sdp_candidates(sdp: str) -> list[dict]:
+    """a=candidate lines of an SDP as dicts (foundation, component, proto, prio, ip, port, typ)."""
+    out = []
+    for line in sdp.splitlines():
+        line = line.strip()
+        if line.startswith("a=candidate:"):
+            f = line[len("a=candidate:"):].split()
+            if len(f) >= 8:
+                out.append({"line": line, "proto": f[2].lower(), "ip": f[4],
+                            "port": int(f[5]), "typ": f[7]})
+    return out
+
+
+def sdp_video_codecs(sdp: str) -> list[str]:
+    """Codec names of the first m=video section, in the payload order the SDP lists them."""
+    lines = [l.strip() for l in sdp.splitlines()]
+    out: list[str] = []
+    in_video = False
+    pts: list[str] = []
+    rtpmap: dict[str, str] = {}
+    for l in lines:
+        if l.startswith("m="):
+            if in_video:
+                break
+            in_video = l.startswith("m=video")
+            if in_video:
+                pts = l.split()[3:]
+        elif in_video and l.startswith("a=rtpmap:"):
+            pt, rest = l[len("a=rtpmap:"):].split(None, 1)
+            rtpmap[pt] = rest.split("/")[0]
+    for pt in pts:
+        if pt in rtpmap:
+            out.append(rtpmap[pt])
+    return out
