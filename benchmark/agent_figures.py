@@ -36,7 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "agent" / "tests" / "e2e"))
 
-from e2e_util import free_port, http_request, kill_group, parse_metrics, spawn, wait_port  # noqa: E402
+from e2e_util import free_port, http_request, kill_group, parse_metrics, sdp_candidates, spawn, wait_port  # noqa: E402
 from whep_aiortc import LoopThread, SyncViewer  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -148,9 +148,9 @@ def main() -> int:
                         "-an", "-noborder", "-left", "0", "-top", "0", "-x", "1024", "-y", "768"],
                        env=env, log_path=work / "ffplay.log")
         procs.append(player)
-        listen, udp = free_port(), free_port()
+        listen = free_port()
         agent = spawn([agent_bin, "--vnc", f"127.0.0.1:{vnc_port}", "--listen", f"127.0.0.1:{listen}",
-                       "--codec", args.codec, "--bitrate-kbps", str(args.bitrate_kbps), "--udp-port", str(udp)],
+                       "--codec", args.codec, "--bitrate-kbps", str(args.bitrate_kbps)],
                       log_path=work / "agent.log")
         procs.append(agent)
         url = f"http://127.0.0.1:{listen}"
@@ -218,7 +218,10 @@ def main() -> int:
         kill_group(player)
         time.sleep(3)
         pcap = work / "idle.pcap"
-        dump = subprocess.Popen(["tcpdump", "-i", "any", "-U", "-q", "-w", str(pcap), "udp", "and", "src", "port", str(udp)],
+        # The agent's media ports: every candidate port in its answer.
+        ports = sorted({c["port"] for c in sdp_candidates(viewer.v.answer_sdp)})
+        port_filter = " or ".join(f"src port {p}" for p in ports)
+        dump = subprocess.Popen(["tcpdump", "-i", "any", "-U", "-q", "-w", str(pcap), f"udp and ({port_filter})"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(1.0)
         mi0 = metrics_of(url)
@@ -233,7 +236,7 @@ def main() -> int:
             "frames_encoded": int(idle_frames),
             "udp_packets_from_agent": packets,
             "wire_kbps": round(wire * 8 / args.idle_seconds / 1000, 3),
-            "what_is_counted": "every UDP packet from the agent's media port, IP headers included "
+            "what_is_counted": "every UDP packet from the agent's ICE candidate ports, IP headers included "
                                "(RTCP sender reports, ICE keepalives, SCTP heartbeats, any video)",
         }
         rss, hwm = proc_rss_kib(agent.pid)
