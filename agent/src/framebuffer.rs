@@ -92,6 +92,16 @@ impl Framebuffer {
         Ok(())
     }
 
+    /// Like [`put`](Self::put), but takes the pixels by value: a rectangle covering the whole
+    /// screen replaces the buffer instead of copying 3 MiB (what a full-screen Raw update is).
+    pub fn put_owned(&mut self, rect: Rect, pixels: Vec<u8>) -> Result<(), FramebufferError> {
+        if rect == self.full_rect() && pixels.len() == self.bgra.len() {
+            self.bgra = pixels;
+            return Ok(());
+        }
+        self.put(rect, &pixels)
+    }
+
     /// Copies the pixels of `src` (same size as `dst`) to `dst`; the two may overlap.
     pub fn copy(&mut self, dst: Rect, src_x: u32, src_y: u32) -> Result<(), FramebufferError> {
         let src = Rect::new(src_x, src_y, dst.width, dst.height);
@@ -225,6 +235,16 @@ mod tests {
         assert_eq!((px(1, 1), px(2, 2), px(2, 1)), (9, 9, 9));
         assert!(fb.copy(Rect::new(0, 0, 2, 2), 7, 3).is_err());
         assert!(fb.copy(Rect::new(u32::MAX, 0, 2, 2), 0, 0).is_err());
+    }
+
+    #[test]
+    fn full_screen_put_takes_the_buffer() {
+        let mut fb = Framebuffer::new(4, 2).unwrap();
+        fb.put_owned(fb.full_rect(), solid(4, 2, [7, 7, 7, 255])).unwrap();
+        assert!(fb.bgra().chunks(4).all(|p| p == [7, 7, 7, 255]));
+        assert!(fb.put_owned(fb.full_rect(), vec![0; 5]).is_err());
+        fb.put_owned(Rect::new(1, 1, 1, 1), vec![1, 2, 3, 4]).unwrap();
+        assert_eq!(&fb.bgra()[(4 + 1) * 4..(4 + 1) * 4 + 4], &[1, 2, 3, 4]);
     }
 
     #[test]

@@ -81,6 +81,8 @@ struct Args {
     turn_password: Option<String>,
 
     /// Serve all WebRTC media on this one UDP port (instead of an ephemeral port per viewer).
+    /// Experimental: with webrtc-ice's UDP mux some sessions were seen to stay in ICE
+    /// "checking" under load; ephemeral ports (the default) have not shown this.
     #[arg(long)]
     udp_port: Option<u16>,
 

@@ -334,7 +334,7 @@ impl VncTask {
             }
             VncEvent::RawImage(rect, pixels) => {
                 let r = Rect::new(rect.x.into(), rect.y.into(), rect.width.into(), rect.height.into());
-                s.fb.put(r, &pixels).map_err(SessionEnd::BadUpdate)?;
+                s.fb.put_owned(r, pixels).map_err(SessionEnd::BadUpdate)?;
                 damage.add(r);
                 *rects += 1;
             }
