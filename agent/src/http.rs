@@ -198,7 +198,7 @@ async fn whep_delete(State(state): State<Arc<AppState>>, Path(id): Path<String>,
     if state.tokens.role(&headers).is_none() {
         return unauthorized();
     }
-    if state.viewers.remove(&id).await {
+    if state.viewers.remove(&id, "deleted").await {
         text(StatusCode::OK, "session ended")
     } else {
         text(StatusCode::NOT_FOUND, "no such WHEP session")
@@ -236,4 +236,50 @@ async fn healthz(State(state): State<Arc<AppState>>) -> Response {
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.render()).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(auth: Option<&str>) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        if let Some(a) = auth {
+            h.insert(header::AUTHORIZATION, HeaderValue::from_str(a).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn roles_from_bearer_tokens() {
+        let open = Tokens::default();
+        assert_eq!(open.role(&headers(None)), Some(Role::Control));
+        let t = Tokens { control: vec!["ctl".into()], view: vec!["view".into()] };
+        assert_eq!(t.role(&headers(Some("Bearer ctl"))), Some(Role::Control));
+        assert_eq!(t.role(&headers(Some("Bearer view"))), Some(Role::View));
+        for bad in [
+            None,
+            Some("Bearer"),
+            Some("Bearer "),
+            Some("bearer ctl"),
+            Some("Basic ctl"),
+            Some("Bearer ctl2"),
+            Some("Bearer ct"),
+        ] {
+            assert_eq!(t.role(&headers(bad)), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn ice_server_links() {
+        let servers = vec![webrtc::ice_transport::ice_server::RTCIceServer {
+            urls: vec!["turn:turn.example:3478?transport=udp".into()],
+            username: "u".into(),
+            credential: "p".into(),
+        }];
+        assert_eq!(
+            ice_links(&servers),
+            vec!["<turn:turn.example:3478?transport=udp>; rel=\"ice-server\"; username=\"u\"; credential=\"p\"; credential-type=\"password\"".to_owned()]
+        );
+    }
 }

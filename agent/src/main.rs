@@ -64,6 +64,14 @@ struct Args {
     #[arg(long, conflicts_with = "token")]
     token_file: Option<PathBuf>,
 
+    /// A second token that may watch but not send input (input from it is refused and counted).
+    #[arg(long, env = "LOCO_VIEW_TOKEN", hide_env_values = true)]
+    view_token: Option<String>,
+
+    /// Read the view-only token from this file (first line).
+    #[arg(long, conflicts_with = "view_token")]
+    view_token_file: Option<PathBuf>,
+
     /// VNC password, if the server asks for one.
     #[arg(long, env = "LOCO_VNC_PASSWORD", hide_env_values = true)]
     vnc_password: Option<String>,
@@ -90,9 +98,18 @@ struct Args {
     #[arg(long = "public-ip")]
     public_ips: Vec<String>,
 
-    /// Most viewers at once.
-    #[arg(long, default_value_t = 16)]
-    max_viewers: usize,
+    /// Most viewers at once (more get 503).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    max_viewers: u64,
+
+    /// Input events per second one viewer may send on average (bursts of a quarter second
+    /// above it pass); more are dropped and counted as rate_limited.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    max_input_per_sec: u32,
+
+    /// Seconds a viewer session may stay unconnected (never connected, or dropped) before it ends.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    session_timeout_s: u64,
 
     /// Longest wait between VNC reconnection attempts, in milliseconds.
     #[arg(long, default_value_t = 1000)]
@@ -136,17 +153,10 @@ fn main() {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let token = match (&args.token, &args.token_file) {
-        (Some(t), _) => Some(t.trim().to_owned()),
-        (None, Some(path)) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read --token-file {}", path.display()))?;
-            Some(text.lines().next().unwrap_or("").trim().to_owned())
-        }
-        (None, None) => None,
-    };
-    if token.as_deref() == Some("") {
-        anyhow::bail!("the token is empty");
+    let token = read_token("--token-file", args.token.as_deref(), args.token_file.as_deref())?;
+    let view_token = read_token("--view-token-file", args.view_token.as_deref(), args.view_token_file.as_deref())?;
+    if view_token.is_some() && token.is_none() {
+        anyhow::bail!("a view-only token needs a control token too (--token): otherwise anyone could control the VM");
     }
     let ice_servers: Vec<RTCIceServer> = args
         .ice_servers
@@ -181,8 +191,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
         nat_1to1_ips: args.public_ips.clone(),
     })
     .await?;
-    let viewers =
-        peer::Viewers::new(factory, pipelines.clone(), metrics.clone(), input_tx, screen.clone(), args.max_viewers);
+    let limits = peer::Limits {
+        max_viewers: args.max_viewers as usize,
+        input_per_second: args.max_input_per_sec,
+        input_burst: (args.max_input_per_sec / 4).max(1),
+        connect_timeout: Duration::from_secs(args.session_timeout_s),
+    };
+    let viewers = peer::Viewers::new(factory, pipelines.clone(), metrics.clone(), input_tx, screen.clone(), limits);
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let vnc_task = tokio::spawn(
@@ -209,7 +224,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         screen,
         metrics,
         default_codec: args.codec,
-        tokens: http::Tokens { control: token.into_iter().collect(), view: Vec::new() },
+        tokens: http::Tokens { control: token.into_iter().collect(), view: view_token.into_iter().collect() },
     });
     tracing::info!(listen = %args.listen, vnc = %args.vnc, codec = %args.codec, "loco-agent ready");
     let mut shutdown_http = shutdown_rx.clone();
@@ -235,6 +250,23 @@ fn limit_malloc_arenas() {
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
     }
+}
+
+/// A token from its flag/environment value or the first line of its file; empty is an error.
+fn read_token(file_flag: &str, value: Option<&str>, file: Option<&std::path::Path>) -> anyhow::Result<Option<String>> {
+    let token = match (value, file) {
+        (Some(t), _) => t.trim().to_owned(),
+        (None, Some(path)) => {
+            let text =
+                std::fs::read_to_string(path).with_context(|| format!("cannot read {file_flag} {}", path.display()))?;
+            text.lines().next().unwrap_or("").trim().to_owned()
+        }
+        (None, None) => return Ok(None),
+    };
+    if token.is_empty() {
+        anyhow::bail!("a token is empty");
+    }
+    Ok(Some(token))
 }
 
 async fn wait_for_signal() {

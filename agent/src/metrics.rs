@@ -22,6 +22,7 @@ pub struct Metrics {
     pub vnc_connected: IntGauge,
     pub vnc_updates: IntCounter,
     pub whep_requests: IntCounterVec,
+    pub sessions_ended: IntCounterVec,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: T) -> T {
@@ -103,7 +104,7 @@ impl Metrics {
                 &registry,
                 counter_vec(
                     "loco_input_events_total",
-                    "Input events from viewers: accepted, rejected (malformed or not allowed), dropped (no VNC)",
+                    "Input events from viewers: accepted, rejected (malformed or not allowed), rate_limited, dropped (no VNC)",
                     &["result"],
                 ),
             ),
@@ -118,6 +119,14 @@ impl Metrics {
             whep_requests: register(
                 &registry,
                 counter_vec("loco_whep_requests_total", "WHEP requests by HTTP status", &["status"]),
+            ),
+            sessions_ended: register(
+                &registry,
+                counter_vec(
+                    "loco_sessions_ended_total",
+                    "Viewer sessions ended, by reason: deleted, failed, closed, timeout, shutdown, refused_full",
+                    &["reason"],
+                ),
             ),
             registry,
         }

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use loco_shared::protocol::{INPUT_CHANNEL_LABEL, MAX_MESSAGE_BYTES};
+use loco_shared::ratelimit::TokenBucket;
 use loco_shared::InputMessage;
 use tokio::sync::mpsc;
 use webrtc::api::interceptor_registry::register_default_interceptors;
@@ -161,6 +162,17 @@ impl PeerFactory {
     }
 }
 
+/// Per-agent limits on viewers.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_viewers: usize,
+    /// Average input events per second one viewer may send, and the burst above it.
+    pub input_per_second: u32,
+    pub input_burst: u32,
+    /// A session that is not connected this long after its offer (or after dropping) ends.
+    pub connect_timeout: Duration,
+}
+
 /// Whether a viewer may send input (a view-only viewer's input is refused and counted).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -187,7 +199,7 @@ pub struct Viewers {
     screen: Arc<crate::pipeline::Screen>,
     sessions: Mutex<HashMap<String, Arc<ViewerSession>>>,
     next_number: AtomicU64,
-    max_viewers: usize,
+    limits: Limits,
 }
 
 impl Viewers {
@@ -197,7 +209,7 @@ impl Viewers {
         metrics: Arc<Metrics>,
         input: mpsc::Sender<InputMessage>,
         screen: Arc<crate::pipeline::Screen>,
-        max_viewers: usize,
+        limits: Limits,
     ) -> Arc<Self> {
         Arc::new(Self {
             factory,
@@ -207,7 +219,7 @@ impl Viewers {
             screen,
             sessions: Mutex::new(HashMap::new()),
             next_number: AtomicU64::new(1),
-            max_viewers,
+            limits,
         })
     }
 
@@ -226,8 +238,9 @@ impl Viewers {
         codec: Codec,
         role: Role,
     ) -> Result<(Arc<ViewerSession>, String), SessionError> {
-        if self.count() >= self.max_viewers {
-            return Err(SessionError::TooManyViewers(self.max_viewers));
+        if self.count() >= self.limits.max_viewers {
+            self.metrics.sessions_ended.with_label_values(&["refused_full"]).inc();
+            return Err(SessionError::TooManyViewers(self.limits.max_viewers));
         }
         let offer = RTCSessionDescription::offer(offer_sdp).map_err(|e| SessionError::BadOffer(e.to_string()))?;
         let parsed = offer.unmarshal().map_err(|e| SessionError::BadOffer(e.to_string()))?;
@@ -330,13 +343,40 @@ impl Viewers {
                 let Some(viewers) = weak.upgrade() else { return };
                 match state {
                     RTCPeerConnectionState::Connected => viewers.start_frames(&id, track),
-                    RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
-                        viewers.remove(&id).await;
+                    RTCPeerConnectionState::Failed => {
+                        viewers.remove(&id, "failed").await;
+                    }
+                    RTCPeerConnectionState::Closed => {
+                        viewers.remove(&id, "closed").await;
                     }
                     _ => {}
                 }
             })
         }));
+
+        // A session that never connects (the viewer went away after its POST) or stays
+        // disconnected ends after the connect timeout, so it cannot hold a viewer slot.
+        let weak = Arc::downgrade(self);
+        let id = session.id.clone();
+        let pc = session.pc.clone();
+        let timeout = self.limits.connect_timeout;
+        tokio::spawn(async move {
+            let mut down_since = Instant::now();
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let Some(viewers) = weak.upgrade() else { break };
+                if !lock(&viewers.sessions).contains_key(&id) {
+                    break;
+                }
+                if pc.connection_state() == RTCPeerConnectionState::Connected {
+                    down_since = Instant::now();
+                } else if down_since.elapsed() >= timeout {
+                    tracing::info!(session = %id, "viewer not connected within {timeout:?}; ending the session");
+                    viewers.remove(&id, "timeout").await;
+                    break;
+                }
+            }
+        });
 
         let input = InputSink {
             tx: self.input.clone(),
@@ -345,6 +385,8 @@ impl Viewers {
             role,
             session: session.id.clone(),
             log: Arc::new(Mutex::new(RateLimitedLog::default())),
+            rate: Arc::new(Mutex::new(TokenBucket::new(self.limits.input_per_second, self.limits.input_burst))),
+            origin: Instant::now(),
         };
         session.pc.on_data_channel(Box::new(move |dc: Arc<RTCDataChannel>| {
             let input = input.clone();
@@ -399,23 +441,24 @@ impl Viewers {
     }
 
     /// Ends a session (DELETE, failure, or shutdown). False when there was no such session.
-    pub async fn remove(&self, id: &str) -> bool {
+    pub async fn remove(&self, id: &str, reason: &'static str) -> bool {
         let session = lock(&self.sessions).remove(id);
         let Some(session) = session else { return false };
+        self.metrics.sessions_ended.with_label_values(&[reason]).inc();
         session.closed.store(true, Ordering::SeqCst);
         if session.streaming.load(Ordering::SeqCst) {
             self.pipelines.unsubscribe(session.codec, session.number);
         }
         let _ = session.pc.close().await;
         self.metrics.viewers.set(self.count() as i64);
-        tracing::info!(session = %id, viewers = self.count(), "viewer left");
+        tracing::info!(session = %id, reason, viewers = self.count(), "viewer left");
         true
     }
 
     pub async fn close_all(&self) {
         let ids: Vec<String> = lock(&self.sessions).keys().cloned().collect();
         for id in ids {
-            self.remove(&id).await;
+            self.remove(&id, "shutdown").await;
         }
     }
 }
@@ -456,6 +499,8 @@ struct InputSink {
     role: Role,
     session: String,
     log: Arc<Mutex<RateLimitedLog>>,
+    rate: Arc<Mutex<TokenBucket>>,
+    origin: Instant,
 }
 
 impl InputSink {
@@ -477,6 +522,11 @@ impl InputSink {
         };
         if self.role == Role::View {
             return self.reject("this viewer's token allows viewing only");
+        }
+        if !lock(&self.rate).allow(self.origin.elapsed()) {
+            self.metrics.input_events.with_label_values(&["rate_limited"]).inc();
+            lock(&self.log).warn(&self.session, "input rate limit exceeded");
+            return;
         }
         let (w, h) = self.screen.size();
         match self.tx.try_send(parsed.clamped(w, h)) {

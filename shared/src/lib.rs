@@ -8,11 +8,13 @@
 //! - [`geom`]: rectangles and damage accumulation in desktop pixels.
 //! - [`pacer`]: decides when the agent encodes a frame (damage-driven, capped frame rate,
 //!   keyframes on demand).
+//! - [`ratelimit`]: a token bucket (input events per viewer).
 #![forbid(unsafe_code)]
 
 pub mod geom;
 pub mod pacer;
 pub mod protocol;
+pub mod ratelimit;
 
 pub use geom::Rect;
 pub use pacer::{FramePacer, PacerDecision};
