@@ -5,13 +5,19 @@
 //! `wasm32-unknown-unknown` and tests natively without a network.
 //!
 //! - [`protocol`]: the JSON messages a viewer sends on the `input` data channel.
+//! - [`config`]: the page's `desktops.json`, strictly checked with readable errors.
+//! - [`keys`]: browser keyboard events to X11 keysyms.
 //! - [`geom`]: rectangles and damage accumulation in desktop pixels.
+//! - [`layout`]: the nine-panel wall in the room, controller rays to desktop pixels.
 //! - [`pacer`]: decides when the agent encodes a frame (damage-driven, capped frame rate,
 //!   keyframes on demand).
 //! - [`ratelimit`]: a token bucket (input events per viewer).
 #![forbid(unsafe_code)]
 
+pub mod config;
 pub mod geom;
+pub mod keys;
+pub mod layout;
 pub mod pacer;
 pub mod protocol;
 pub mod ratelimit;
