@@ -7,6 +7,7 @@
 //! - [`protocol`]: the JSON messages a viewer sends on the `input` data channel.
 //! - [`config`]: the page's `desktops.json`, strictly checked with readable errors.
 //! - [`keys`]: browser keyboard events to X11 keysyms.
+//! - [`controller`]: VR controller buttons to RFB button masks (trigger, grip, wheel).
 //! - [`geom`]: rectangles and damage accumulation in desktop pixels.
 //! - [`layout`]: the nine-panel wall in the room, controller rays to desktop pixels.
 //! - [`pacer`]: decides when the agent encodes a frame (damage-driven, capped frame rate,
@@ -15,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod controller;
 pub mod geom;
 pub mod keys;
 pub mod layout;
