@@ -492,7 +492,11 @@
         if (!r.ok) throw new Error(`${src}: HTTP ${r.status}`);
         const j = await r.json();
         if (!j || !Array.isArray(j.desktops)) throw new Error(`${src}: no "desktops" list`);
-        return j.desktops.filter((d) => d && typeof d.whep === "string");
+        // ICE servers (STUN/TURN) are listed once for all desktops, at the top level.
+        const ice = Array.isArray(j.iceServers) ? j.iceServers : [];
+        return j.desktops
+          .filter((d) => d && typeof d.whep === "string")
+          .map((d) => Object.assign({ iceServers: ice }, d));
       } catch (e) {
         wall.error = String(e.message || e);
         document.getElementById("msg").textContent = `${wall.error}; retrying`;

@@ -1,0 +1,105 @@
+{{/* Chart name. */}}
+{{- define "loco-vm.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Full name: the StatefulSet and the prefix of every resource. Pods are <fullname>-<n>. */}}
+{{- define "loco-vm.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 50 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 50 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 50 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Recommended labels (https://kubernetes.io/docs/concepts/overview/working-with-objects/common-labels/). */}}
+{{- define "loco-vm.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+app.kubernetes.io/name: {{ include "loco-vm.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: loco
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{- define "loco-vm.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "loco-vm.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{/* Selector of the VM pods (runner + agent). */}}
+{{- define "loco-vm.vmSelectorLabels" -}}
+{{ include "loco-vm.selectorLabels" . }}
+app.kubernetes.io/component: vm
+{{- end -}}
+
+{{/* Selector of the web server pods. */}}
+{{- define "loco-vm.webSelectorLabels" -}}
+{{ include "loco-vm.selectorLabels" . }}
+app.kubernetes.io/component: web
+{{- end -}}
+
+{{- define "loco-vm.agentsService" -}}{{ include "loco-vm.fullname" . }}-agents{{- end -}}
+{{- define "loco-vm.turnSecret" -}}{{ include "loco-vm.fullname" . }}-turn{{- end -}}
+{{- define "loco-vm.gatewayName" -}}{{ include "loco-vm.fullname" . }}-turn{{- end -}}
+{{- define "loco-vm.gatewayClassName" -}}{{ default (printf "%s-stunner" (include "loco-vm.fullname" .)) .Values.stunner.gatewayClassName }}{{- end -}}
+
+{{- define "loco-vm.tokenSecret" -}}
+{{- if .Values.auth.existingSecret -}}{{ .Values.auth.existingSecret }}{{- else -}}{{ include "loco-vm.fullname" . }}-tokens{{- end -}}
+{{- end -}}
+
+{{- define "loco-vm.image" -}}
+{{- printf "%s:%s" .image.repository (default .root.Chart.AppVersion .image.tag) -}}
+{{- end -}}
+
+{{/* In-cluster TURN URI the agents use (the Service STUNner creates has the Gateway's name). */}}
+{{- define "loco-vm.turnUriInternal" -}}
+{{- printf "turn:%s.%s.svc:%d?transport=udp" (include "loco-vm.gatewayName" .) .Release.Namespace (int .Values.stunner.port) -}}
+{{- end -}}
+
+{{/* Public TURN URI browsers use. */}}
+{{- define "loco-vm.turnUriPublic" -}}
+{{- printf "turn:%s:%d?transport=udp" .Values.stunner.publicHost (int .Values.stunner.port) -}}
+{{- end -}}
+
+{{/* ICE servers for browsers (a list). */}}
+{{- define "loco-vm.iceServers" -}}
+{{- $servers := list -}}
+{{- if .Values.stunner.enabled -}}
+{{- $servers = append $servers (dict "urls" (list (include "loco-vm.turnUriPublic" .)) "username" .Values.stunner.auth.username "credential" .Values.stunner.auth.password) -}}
+{{- end -}}
+{{- range .Values.web.extraIceServers -}}
+{{- $servers = append $servers . -}}
+{{- end -}}
+{{- toJson $servers -}}
+{{- end -}}
+
+{{/* desktops.json: what the page connects to, in the format shared/src/config.rs parses
+(strictly: no other keys, per desktop or at the top). */}}
+{{- define "loco-vm.desktopsJson" -}}
+{{- $scheme := ternary "https" "http" .Values.ingress.tls.enabled -}}
+{{- $ice := include "loco-vm.iceServers" . | fromJsonArray -}}
+{{- $desktops := list -}}
+{{- range $i := until (int .Values.replicas) -}}
+{{- $token := "" -}}
+{{- if and $.Values.auth.enabled (not $.Values.auth.existingSecret) (lt $i (len $.Values.auth.tokens)) -}}
+{{- $token = index $.Values.auth.tokens $i -}}
+{{- end -}}
+{{- $d := dict "name" (printf "vm%d" $i) "whep" (printf "%s://%s/vm/%d/whep" $scheme $.Values.ingress.host $i) "token" (ternary $token nil (ne $token "")) -}}
+{{- $desktops = append $desktops $d -}}
+{{- end -}}
+{{- dict "desktops" $desktops "iceServers" $ice | toPrettyJson -}}
+{{- end -}}
+
+{{/* True ("true") when desktops.json carries a credential (a token or the TURN password): it then goes in a Secret. */}}
+{{- define "loco-vm.desktopsHasSecrets" -}}
+{{- if or .Values.stunner.enabled (and .Values.auth.enabled (not .Values.auth.existingSecret)) -}}true{{- end -}}
+{{- end -}}

@@ -1,0 +1,375 @@
+"""Unit tests of charts/loco-vm's rendered templates (the YAML `helm template` wrote for each
+case in charts/test.sh). Usage: test_templates.py RENDER_DIR CHART_DIR. Prints `ok NAME` or
+`FAIL NAME` plus the reason per test; exits 1 on any failure."""
+import json
+import re
+import sys
+import traceback
+from pathlib import Path
+
+import yaml
+
+R, CHART = Path(sys.argv[1]), Path(sys.argv[2])
+ROOT = CHART.parent.parent
+
+
+def load(case):
+    return [d for d in yaml.safe_load_all((R / f"{case}.yaml").read_text()) if d]
+
+
+def one(docs, kind, name=None):
+    found = [d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
+    assert len(found) == 1, f"want one {kind} {name or ''}, found {len(found)}"
+    return found[0]
+
+
+def kinds(docs, kind):
+    return [d for d in docs if d["kind"] == kind]
+
+
+def container(sts, name):
+    return next(c for c in sts["spec"]["template"]["spec"]["containers"] if c["name"] == name)
+
+
+def desktops(docs):
+    for d in docs:
+        if d["kind"] == "ConfigMap" and "desktops.json" in d.get("data", {}):
+            return json.loads(d["data"]["desktops.json"]), "ConfigMap"
+        if d["kind"] == "Secret" and "desktops.json" in d.get("stringData", {}):
+            return json.loads(d["stringData"]["desktops.json"]), "Secret"
+    raise AssertionError("no desktops.json")
+
+
+TESTS = []
+
+
+def test(f):
+    TESTS.append(f)
+    return f
+
+
+@test
+def statefulset_names_and_replicas():
+    for case, n in (("default", 9), ("replicas-1", 1), ("replicas-9", 9), ("tokens-on", 3)):
+        sts = one(load(case), "StatefulSet")
+        assert sts["spec"]["replicas"] == n, (case, sts["spec"]["replicas"])
+        assert sts["metadata"]["name"] == "t-loco-vm"
+        assert sts["spec"]["serviceName"] == "t-loco-vm-agents"
+        assert sts["spec"]["podManagementPolicy"] == "Parallel"
+    # Release "loco-vm": pods are loco-vm-0 … loco-vm-8 (the names the issue asks for).
+    sts = one(load("release-loco-vm"), "StatefulSet")
+    assert sts["metadata"]["name"] == "loco-vm"
+    svcs = sorted(s["metadata"]["name"] for s in kinds(load("release-loco-vm"), "Service"))
+    assert [f"loco-vm-{i}" for i in range(9)] == [s for s in svcs if re.fullmatch(r"loco-vm-\d", s)], svcs
+
+
+@test
+def pod_is_runner_plus_agent_sidecar_over_unix_socket():
+    sts = one(load("default"), "StatefulSet")
+    names = [c["name"] for c in sts["spec"]["template"]["spec"]["containers"]]
+    assert names == ["runner", "agent"], names
+    args = container(sts, "agent")["args"]
+    assert args[:4] == ["--vnc", "unix:/run/loco/vnc.sock", "--listen", "0.0.0.0:8080"], args
+    runner_env = {e["name"]: e.get("value") for e in container(sts, "runner")["env"]}
+    assert runner_env["VNC_SOCKET"] == "/run/loco/vnc.sock"
+    assert runner_env["BASE_IMAGE"] == "/images/base.qcow2"
+    assert runner_env["ACCEL"] == "tcg"
+    # Both containers mount the same in-memory emptyDir at /run/loco.
+    vols = {v["name"]: v for v in sts["spec"]["template"]["spec"]["volumes"]}
+    assert vols["vnc"]["emptyDir"]["medium"] == "Memory"
+    for c in ("runner", "agent"):
+        assert {"name": "vnc", "mountPath": "/run/loco"} in container(sts, c)["volumeMounts"], c
+
+
+@test
+def no_vnc_port_anywhere():
+    for case in ("default", "kvm-hostpath", "stunner-off"):
+        docs = load(case)
+        sts = one(docs, "StatefulSet")
+        ports = [p for c in sts["spec"]["template"]["spec"]["containers"] for p in c.get("ports", [])]
+        assert ports == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}], ports
+        for s in kinds(docs, "Service"):
+            for p in s["spec"].get("ports", []):
+                assert p["port"] == 8080 and not (5900 <= p["port"] <= 5999), (s["metadata"]["name"], p)
+        text = (R / f"{case}.yaml").read_text()
+        assert not re.search(r"\b59\d\d\b", text), "a 59xx (VNC) port appears in the manifests"
+        assert "-vnc" not in text.replace("--vnc", "")
+
+
+@test
+def base_image_read_only_and_overlay_claims():
+    sts = one(load("default"), "StatefulSet")
+    vols = {v["name"]: v for v in sts["spec"]["template"]["spec"]["volumes"]}
+    assert vols["base-image"]["persistentVolumeClaim"] == {"claimName": "loco-base-image", "readOnly": True}
+    mount = next(m for m in container(sts, "runner")["volumeMounts"] if m["name"] == "base-image")
+    assert mount["readOnly"] is True
+    (vct,) = sts["spec"]["volumeClaimTemplates"]
+    assert vct["metadata"]["name"] == "overlay"
+    assert vct["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert vct["spec"]["resources"]["requests"]["storage"] == "4Gi"
+
+
+@test
+def security_contexts_strict():
+    for case in ("default", "kvm-deviceplugin", "tokens-on"):
+        docs = load(case)
+        for w in [one(docs, "StatefulSet"), one(docs, "Deployment")]:
+            spec = w["spec"]["template"]["spec"]
+            assert spec["securityContext"]["runAsNonRoot"] is True
+            assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+            assert spec["automountServiceAccountToken"] is False
+            for c in spec["containers"]:
+                sc = c["securityContext"]
+                assert sc["allowPrivilegeEscalation"] is False, c["name"]
+                assert sc["readOnlyRootFilesystem"] is True, c["name"]
+                assert sc["capabilities"]["drop"] == ["ALL"], c["name"]
+                assert sc.get("privileged", False) is False, c["name"]
+                r = c["resources"]
+                assert {"cpu", "memory"} <= set(r["requests"]) and {"cpu", "memory"} <= set(r["limits"]), c["name"]
+
+
+@test
+def kvm_modes():
+    sts = one(load("kvm-deviceplugin"), "StatefulSet")
+    r = container(sts, "runner")
+    assert r["resources"]["limits"]["devices.kubevirt.io/kvm"] == "1"
+    assert {e["name"]: e.get("value") for e in r["env"]}["ACCEL"] == "kvm"
+    assert sts["spec"]["template"]["spec"]["securityContext"]["supplementalGroups"] == [108]
+    sts = one(load("kvm-hostpath"), "StatefulSet")
+    r = container(sts, "runner")
+    assert r["securityContext"]["privileged"] is True  # the one documented exception
+    assert container(sts, "agent")["securityContext"]["privileged"] is False
+    vols = {v["name"]: v for v in sts["spec"]["template"]["spec"]["volumes"]}
+    assert vols["kvm"]["hostPath"] == {"path": "/dev/kvm", "type": "CharDevice"}
+    assert "privileged" in (R / "kvm-hostpath.yaml").read_text()
+    sts = one(load("default"), "StatefulSet")
+    assert "kvm" not in {v["name"] for v in sts["spec"]["template"]["spec"]["volumes"]}
+    assert not any("kvm" in k for k in container(sts, "runner")["resources"]["limits"])
+
+
+@test
+def per_vm_services_select_one_pod():
+    docs = load("default")
+    for i in range(9):
+        s = one(docs, "Service", f"t-loco-vm-{i}")
+        assert s["spec"]["selector"]["statefulset.kubernetes.io/pod-name"] == f"t-loco-vm-{i}"
+        assert s["spec"]["selector"]["app.kubernetes.io/component"] == "vm"
+    h = one(docs, "Service", "t-loco-vm-agents")
+    assert h["spec"]["clusterIP"] == "None"
+
+
+@test
+def ingress_paths_for_each_replica():
+    for case, n in (("default", 9), ("replicas-1", 1), ("tokens-on", 3)):
+        docs = load(case)
+        ings = {i["metadata"]["name"]: i for i in kinds(docs, "Ingress")}
+        assert len(ings) == n + 1, (case, sorted(ings))
+        web = ings["t-loco-vm-web"]["spec"]["rules"][0]["http"]["paths"]
+        assert web == [{"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "t-loco-vm-web", "port": {"name": "http"}}}}]
+        for i in range(n):
+            ing = ings[f"t-loco-vm-{i}"]
+            (p,) = ing["spec"]["rules"][0]["http"]["paths"]
+            assert p["backend"]["service"]["name"] == f"t-loco-vm-{i}"
+            rx = re.compile(p["path"])
+            assert rx.fullmatch(f"/vm/{i}/whep") and rx.fullmatch(f"/vm/{i}/whep/sessions/abc123")
+            assert not rx.match(f"/vm/{i}/metrics") and not rx.match(f"/vm/{i}/healthz")
+            assert not rx.match(f"/vm/{i + 10}/whep") if i < 10 else True
+            a = ing["metadata"]["annotations"]
+            # What ingress-nginx does with the path: rewrite to /whep$1, and the Location header back.
+            m = rx.match(f"/vm/{i}/whep/sessions/abc123")
+            assert a["nginx.ingress.kubernetes.io/rewrite-target"].replace("$1", m.group(1) or "") == "/whep/sessions/abc123"
+            assert a["nginx.ingress.kubernetes.io/proxy-redirect-from"] == "/whep/"
+            assert a["nginx.ingress.kubernetes.io/proxy-redirect-to"] == f"/vm/{i}/whep/"
+            assert ing["spec"]["tls"][0]["hosts"] == ["loco.example.com"]
+    ing = one(load("tls-off-no-netpol"), "Ingress", "t-loco-vm-0")
+    assert "tls" not in ing["spec"]
+
+
+def shared_config_rules(d):
+    """What shared/src/config.rs (the client's strict parser, deny_unknown_fields) accepts."""
+    assert set(d) <= {"desktops", "iceServers"}, set(d)
+    assert d["desktops"], "empty desktop list"
+    names = set()
+    for x in d["desktops"]:
+        assert set(x) <= {"name", "whep", "token"} and {"name", "whep"} <= set(x), set(x)
+        assert x["name"].strip() and len(x["name"]) <= 64 and x["name"] not in names
+        names.add(x["name"])
+        assert re.match(r"^(https?://[^/\s]+/|/)\S*$", x["whep"]), x["whep"]
+        assert x["token"] is None or (x["token"].strip() and "\n" not in x["token"])
+    for s in d.get("iceServers", []):
+        assert set(s) <= {"urls", "username", "credential"} and isinstance(s["urls"], list) and s["urls"], s
+        assert all(re.match(r"^(stun|stuns|turn|turns):", u) for u in s["urls"]), s
+
+
+@test
+def desktops_json_content():
+    d, where = desktops(load("default"))
+    assert where == "Secret", "desktops.json holds the TURN password: it must not be in a ConfigMap"
+    assert [x["name"] for x in d["desktops"]] == [f"vm{i}" for i in range(9)]
+    assert [x["whep"] for x in d["desktops"]] == [f"https://loco.example.com/vm/{i}/whep" for i in range(9)]
+    assert all(x["token"] is None for x in d["desktops"])
+    ice = [{"urls": ["turn:turn.example.com:3478?transport=udp"], "username": "loco", "credential": "change-me-please"}]
+    assert d["iceServers"] == ice
+    for case in ("default", "stunner-off", "tokens-on", "tokens-existing", "replicas-1", "tls-off-no-netpol"):
+        shared_config_rules(desktops(load(case))[0])
+    d, where = desktops(load("stunner-off"))
+    assert where == "ConfigMap" and d["iceServers"] == [] and len(d["desktops"]) == 9
+    d, where = desktops(load("tokens-on"))
+    assert where == "Secret"
+    assert [x["token"] for x in d["desktops"]] == [f"tok-{i}-aaaaaaaaaaaaaaaa" for i in range(3)]
+    d, _ = desktops(load("tokens-existing"))
+    assert all(x["token"] is None for x in d["desktops"])
+    d, _ = desktops(load("tls-off-no-netpol"))
+    assert d["desktops"][0]["whep"] == "http://loco.example.com/vm/0/whep"
+    d, _ = desktops(load("replicas-1"))
+    assert len(d["desktops"]) == 1
+
+
+@test
+def web_serves_page_and_desktops():
+    docs = load("default")
+    cm = one(docs, "ConfigMap", "t-loco-vm-web")
+    for f in ("index.html", "wall.js"):
+        assert cm["data"][f].rstrip("\n") == (CHART / "files/www" / f).read_text().rstrip("\n")
+        # The bundled page is the flat wall view of scripts/wall: keep the copy identical.
+        assert (CHART / "files/www" / f).read_text() == (ROOT / "scripts/wall" / f).read_text(), f"files/www/{f} differs from scripts/wall/{f}"
+    dep = one(docs, "Deployment")
+    c = dep["spec"]["template"]["spec"]["containers"][0]
+    assert c["image"].startswith("nginxinc/nginx-unprivileged:")
+    srcs = dep["spec"]["template"]["spec"]["volumes"][0]["projected"]["sources"]
+    assert any(s.get("secret", {}).get("name") == "t-loco-vm-desktops" for s in srcs)
+
+
+@test
+def stunner_resources_and_agent_turn_settings():
+    docs = load("default")
+    gw = one(docs, "Gateway")
+    assert gw["apiVersion"] == "gateway.networking.k8s.io/v1"
+    assert gw["spec"]["gatewayClassName"] == "t-loco-vm-stunner"
+    assert gw["spec"]["listeners"] == [{"name": "turn-udp", "port": 3478, "protocol": "TURN-UDP"}]
+    gwc = one(docs, "GatewayClass")
+    assert gwc["spec"]["controllerName"] == "stunner.l7mp.io/gateway-operator"
+    assert gwc["spec"]["parametersRef"]["name"] == one(docs, "GatewayConfig")["metadata"]["name"]
+    route = one(docs, "UDPRoute")
+    assert route["apiVersion"] == "stunner.l7mp.io/v1"
+    assert route["spec"]["parentRefs"] == [{"name": gw["metadata"]["name"]}]
+    assert route["spec"]["rules"][0]["backendRefs"][0]["name"] == "t-loco-vm-agents"
+    cfg = one(docs, "GatewayConfig")
+    assert cfg["spec"]["authRef"]["name"] == "t-loco-vm-turn"
+    turn = one(docs, "Secret", "t-loco-vm-turn")["stringData"]
+    assert turn == {"type": "static", "username": "loco", "password": "change-me-please"}
+    agent = container(one(docs, "StatefulSet"), "agent")
+    i = agent["args"].index("--ice-server")
+    assert agent["args"][i + 1] == "turn:t-loco-vm-turn.loco.svc:3478?transport=udp"
+    env = {e["name"]: e for e in agent["env"]}
+    for k, key in (("LOCO_TURN_USERNAME", "username"), ("LOCO_TURN_PASSWORD", "password")):
+        assert env[k]["valueFrom"]["secretKeyRef"] == {"name": "t-loco-vm-turn", "key": key}
+    off = load("stunner-off")
+    for k in ("Gateway", "GatewayClass", "GatewayConfig", "UDPRoute"):
+        assert not kinds(off, k), k
+    agent = container(one(off, "StatefulSet"), "agent")
+    assert "--ice-server" not in agent["args"]
+    assert not any(e["name"].startswith("LOCO_TURN") for e in agent["env"])
+
+
+@test
+def tokens_from_secret_per_pod():
+    docs = load("tokens-on")
+    sec = one(docs, "Secret", "t-loco-vm-tokens")["stringData"]
+    assert sec == {f"token-{i}": f"tok-{i}-aaaaaaaaaaaaaaaa" for i in range(3)}
+    sts = one(docs, "StatefulSet")
+    agent = container(sts, "agent")
+    i = agent["args"].index("--token-file")
+    assert agent["args"][i + 1] == "/etc/loco/tokens/token-$(POD_INDEX)"
+    env = {e["name"]: e for e in agent["env"]}
+    assert env["POD_INDEX"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.labels['apps.kubernetes.io/pod-index']"
+    assert "--token" not in agent["args"], "a token on the command line is visible to other users"
+    vols = {v["name"]: v for v in sts["spec"]["template"]["spec"]["volumes"]}
+    assert vols["tokens"]["secret"]["secretName"] == "t-loco-vm-tokens"
+    docs = load("tokens-existing")
+    assert not [s for s in kinds(docs, "Secret") if s["metadata"]["name"] == "t-loco-vm-tokens"]
+    vols = {v["name"]: v for v in one(docs, "StatefulSet")["spec"]["template"]["spec"]["volumes"]}
+    assert vols["tokens"]["secret"]["secretName"] == "my-tokens"
+    agent = container(one(load("default"), "StatefulSet"), "agent")
+    assert "--token-file" not in agent["args"]
+
+
+@test
+def network_policies():
+    docs = load("default")
+    agents = one(docs, "NetworkPolicy", "t-loco-vm-agents")
+    sel = agents["spec"]["podSelector"]["matchLabels"]
+    assert sel == {"app.kubernetes.io/name": "loco-vm", "app.kubernetes.io/instance": "t", "app.kubernetes.io/component": "vm"}
+    assert agents["spec"]["policyTypes"] == ["Ingress"]
+    http, media = agents["spec"]["ingress"]
+    assert http["ports"] == [{"protocol": "TCP", "port": 8080}]
+    assert http["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}},
+                             "podSelector": {"matchLabels": {"app.kubernetes.io/name": "ingress-nginx"}}}]
+    assert media["ports"] == [{"protocol": "UDP", "port": 1024, "endPort": 65535}]
+    assert media["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "loco"}},
+                              "podSelector": {"matchLabels": {"app": "stunner"}}}]
+    # The selector matches the StatefulSet's pods and nothing else of the release.
+    sts = one(docs, "StatefulSet")
+    labels = sts["spec"]["template"]["metadata"]["labels"]
+    assert all(labels.get(k) == v for k, v in sel.items())
+    web_labels = one(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert not all(web_labels.get(k) == v for k, v in sel.items())
+    web = one(docs, "NetworkPolicy", "t-loco-vm-web")
+    assert web["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "web"
+    assert len(web["spec"]["ingress"]) == 1
+    off = one(load("stunner-off"), "NetworkPolicy", "t-loco-vm-agents")
+    assert len(off["spec"]["ingress"]) == 1, "no UDP rule without STUNner"
+    assert not kinds(load("tls-off-no-netpol"), "NetworkPolicy")
+
+
+@test
+def recommended_labels_everywhere():
+    for d in load("default"):
+        l = d["metadata"]["labels"]
+        for k in ("app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/version",
+                  "app.kubernetes.io/managed-by", "helm.sh/chart"):
+            assert k in l, (d["kind"], d["metadata"]["name"], k)
+
+
+@test
+def values_documented_and_schema_covers_them():
+    text = (CHART / "values.yaml").read_text().splitlines()
+    values = yaml.safe_load("\n".join(text))
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    # Every value carries a `# --` comment: a key is fine when the comment is right above it
+    # (or above its other comment lines), when it lies inside a documented value (the keys of a
+    # default map), or when it is a section whose own keys are all documented.
+    undocumented, stack = [], []  # stack: (indent, documented)
+    keys = [(n, len(m.group(1)), line) for n, line in enumerate(text) if (m := re.match(r"^( *)[A-Za-z][\w.-]*:", line))]
+    for idx, (n, indent, line) in enumerate(keys):
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        j = n - 1
+        while j >= 0 and text[j].strip().startswith("#") and not text[j].strip().startswith("# --"):
+            j -= 1
+        here = j >= 0 and text[j].strip().startswith("# --")
+        inherited = any(d for _, d in stack)
+        has_children = idx + 1 < len(keys) and keys[idx + 1][1] > indent
+        if not (here or inherited or has_children):
+            undocumented.append(f"line {n + 1}: {line.strip()}")
+        stack.append((indent, here or inherited))
+    assert not undocumented, undocumented
+
+    def walk(v, s, path):
+        if isinstance(v, dict) and s.get("properties") is not None and s.get("additionalProperties") is False:
+            for k, sub in v.items():
+                assert k in s["properties"], f"{path}.{k} is not in values.schema.json"
+                walk(sub, s["properties"][k], f"{path}.{k}")
+    walk(values, schema, "")
+
+
+failed = 0
+for t in TESTS:
+    try:
+        t()
+        print(f"ok {t.__name__}")
+    except Exception:
+        failed += 1
+        print(f"FAIL {t.__name__}")
+        print(traceback.format_exc(limit=3))
+sys.exit(1 if failed else 0)
