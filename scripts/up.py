@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """`./loco up`: start N VMs, one loco-agent beside each, and a page that shows them all.
 
-    ./loco up [--vms N] [--codec h264|vp8] [--port P] [--host ADDR] [--image DISK]
+    ./loco up [--vms N] [--codec h264|vp8] [--port P] [--host ADDR] [--image DISK | --test-pattern]
 
 Each VM is a QEMU process with its VNC server on a Unix socket in a private runtime
 directory; each agent reads that socket and serves WHEP on --port+1, --port+2, ... The page
@@ -10,9 +10,13 @@ group with its log in the runtime directory. Ctrl-C (or SIGTERM) stops them all:
 then SIGKILL after a grace period. If a child dies on its own, up.py says which, stops the
 rest and exits 1. Bad arguments exit 2.
 
-Without --image, the VMs run the embedded test-pattern guest (agent/tests/guest). With
---image, each VM boots that disk through its own copy-on-write overlay (the image itself is
-never written; the overlays are deleted at exit).
+By default (or with --standin) the VMs run the free IceWM stand-in desktop (packer/standin/,
+built on first use and cached; it reaches its desktop in about 25 s even under TCG); with
+--image, that disk (e.g. the Windows 98 SoftGPU image from packer/win98/); with
+--test-pattern, the tiny test-pattern guest (agent/tests/guest). The stand-in and --image VMs
+each boot through their own copy-on-write overlay of the one image (the image itself is never
+written; the overlays are deleted at exit), with the QEMU options of the image's profile in
+packer/qemu-args.json (shared with the VM runner).
 """
 from __future__ import annotations
 
@@ -42,6 +46,8 @@ from urllib.parse import urlsplit
 ROOT = Path(__file__).resolve().parent.parent
 WALL_DIR = ROOT / "scripts" / "wall"
 GUEST_DIR = ROOT / "agent" / "tests" / "guest"
+PACKER_DIR = ROOT / "packer"
+STANDIN_BUILD = PACKER_DIR / "standin" / "build.sh"
 MAX_VMS = 9
 GRACE_S = 5.0  # SIGTERM -> SIGKILL
 QEMU = "qemu-system-x86_64"
@@ -108,9 +114,17 @@ def parse_args(argv):
                     help="the page's port (default 8000); agent i listens on P+i")
     ap.add_argument("--host", default="127.0.0.1", metavar="ADDR",
                     help="address the page and agents listen on (default 127.0.0.1; 0.0.0.0 for the LAN)")
-    ap.add_argument("--image", metavar="DISK",
-                    help="boot this disk image (qcow2) in every VM, each through its own overlay, "
-                         "instead of the test-pattern guest")
+    guest = ap.add_mutually_exclusive_group()
+    guest.add_argument("--standin", action="store_true",
+                       help="boot the free IceWM stand-in desktop (the default; packer/standin/, built on "
+                            "first use, which needs root and the Debian mirror)")
+    guest.add_argument("--image", metavar="DISK",
+                       help="boot this disk image (qcow2) in every VM, each through its own overlay, "
+                            "instead of the stand-in desktop")
+    guest.add_argument("--test-pattern", action="store_true",
+                       help="boot the tiny test-pattern guest (agent/tests/guest) instead of the stand-in")
+    ap.add_argument("--profile", metavar="NAME",
+                    help="with --image: its QEMU options from packer/qemu-args.json (default win98)")
     ap.add_argument("--runtime-dir", metavar="DIR",
                     help="where sockets, logs and overlays go (default: a new private temp dir, "
                          "removed at a clean exit)")
@@ -119,6 +133,10 @@ def parse_args(argv):
     a = ap.parse_args(argv)
     if a.port + a.vms > 65535:
         ap.error(f"--port {a.port} leaves no room for {a.vms} agent port(s) above it")
+    if a.profile and not a.image:
+        ap.error("--profile goes with --image")
+    if not a.image and not a.test_pattern:
+        a.standin = True
     return a
 
 
@@ -163,6 +181,33 @@ def check_image(path: str) -> tuple[str, str]:
         raise UsageError(f"--image {path}: does not look like a disk image (not qcow2, and {size} bytes "
                          f"is no whole number of sectors of a disk)")
     return p, fmt
+
+
+def qemu_profiles():
+    """packer/qemuargs.py, the reader of packer/qemu-args.json (shared with the VM runner)."""
+    if str(PACKER_DIR) not in sys.path:
+        sys.path.insert(0, str(PACKER_DIR))
+    import qemuargs  # noqa: E402
+
+    return qemuargs
+
+
+def build_standin() -> Path:
+    """The stand-in's directory (standin.qcow2, vmlinuz, initrd.img), built first when missing or
+    when its recipe changed; the build's progress goes to the terminal."""
+    say("loco up: checking the stand-in desktop image (packer/standin/build.sh; the first build takes "
+        "a few minutes)")
+    try:
+        r = subprocess.run(["bash", str(STANDIN_BUILD)], stdout=subprocess.PIPE, text=True)
+    except OSError as e:
+        raise Failure(f"cannot run {STANDIN_BUILD}: {e.strerror}") from None
+    if r.returncode != 0:
+        raise Failure(f"building the stand-in desktop failed (exit status {r.returncode}); "
+                      f"see the messages above, or run {STANDIN_BUILD} by hand")
+    out = Path((r.stdout.strip().splitlines() or [""])[-1])
+    if not (out / "standin.qcow2").is_file():
+        raise Failure(f"{STANDIN_BUILD} did not leave standin.qcow2 in {out}")
+    return out
 
 
 def bind_family(host: str):
@@ -471,6 +516,18 @@ class Up:
         if not shutil.which(QEMU):
             raise UsageError(f"{QEMU} is not installed (./loco deps installs it)")
         self.image = check_image(a.image) if a.image else None
+        self.profile = None  # the packer/qemu-args.json profile of self.image
+        self.image_dir = None
+        if self.image is not None:
+            self.profile = a.profile or "win98"
+            self.image_dir = os.path.dirname(self.image[0])
+        elif a.standin:
+            self.profile = "standin"
+        if self.profile is not None:
+            try:
+                self.profile_spec = qemu_profiles().profile(self.profile)
+            except (KeyError, OSError, ValueError) as e:
+                raise UsageError(str(e.args[0] if isinstance(e, KeyError) else e)) from None
         if not WALL_DIR.joinpath("index.html").is_file():
             raise UsageError(f"the page is missing: {WALL_DIR}/index.html")
         self.family, self.bind_addr = bind_family(a.host)
@@ -507,6 +564,10 @@ class Up:
 
         self.testguest = testguest
         self.accel = "kvm" if testguest.kvm_usable() else "tcg"
+        if a.standin and self.stop_signal is None:
+            d = build_standin()
+            self.image = check_image(str(d / self.profile_spec["image"]))
+            self.image_dir = str(d)
         self.guest_paths = None if self.image else testguest.build()
 
     def plan_vm(self, i: int) -> VM:
@@ -535,17 +596,21 @@ class Up:
             if r.returncode != 0:
                 raise Failure(f"vm{i}: qemu-img create failed: {r.stderr.strip()}")
             vnc_arg = f"unix:{vnc_unix}" if vnc_unix else f"127.0.0.1:{vnc_port - 5900}"
-            cmd = [QEMU, "-name", f"loco-vm{i}", "-accel", self.accel, "-m", "1024", "-smp", "1",
-                   "-vga", "std", "-usb", "-device", "usb-tablet", "-display", "none", "-vnc", vnc_arg,
-                   "-drive", f"file={overlay},format=qcow2", "-rtc", "base=localtime",
-                   "-serial", f"file:{serial}", "-monitor", "none"]
-            marker = None
+            cmd = qemu_profiles().qemu_argv(self.profile, disk=str(overlay), image_dir=self.image_dir,
+                                            accel=self.accel, vnc=vnc_arg, serial=f"file:{serial}",
+                                            qemu_name=f"loco-vm{i}", qemu=QEMU)
+            marker = self.profile_spec.get("ready_marker")
         qemu = Child(f"vm{i} QEMU", cmd, d / "qemu.log")
         port = a.port + i
         agent = Child(f"vm{i} agent", [str(self.agent), "--vnc", vnc,
                                        "--listen", f"{url_host(self.bind_addr)}:{port}", "--codec", a.codec],
                       d / "agent.log")
-        want = (self.guest_paths.width, self.guest_paths.height) if self.image is None else None
+        if self.image is None:
+            want = (self.guest_paths.width, self.guest_paths.height)
+        elif marker and self.profile_spec.get("screen"):  # a guest that says when its desktop is up
+            want = tuple(self.profile_spec["screen"])
+        else:
+            want = None
         return VM(i, d, port, vnc, qemu, agent, serial_log=serial, ready_marker=marker, want_size=want)
 
     def start(self):
@@ -573,7 +638,12 @@ class Up:
 
     def wait_ready(self):
         a = self.args
-        what = "test-pattern guest" if self.image is None else os.path.basename(self.image[0])
+        if self.image is None:
+            what = "test-pattern guest"
+        elif self.args.standin:
+            what = "IceWM stand-in desktop"
+        else:
+            what = f"{os.path.basename(self.image[0])}, QEMU profile {self.profile}"
         say(f"loco up: starting {a.vms} VM{'s' if a.vms > 1 else ''} ({what}, {self.accel.upper()}"
             f"{', slow: no usable KVM here' if self.accel == 'tcg' else ''}) with "
             f"{'their agents' if a.vms > 1 else 'its agent'}; "
@@ -623,7 +693,8 @@ class Up:
                 for vm in self.vms:
                     if vm.t_ready is None:
                         if not vm.guest_ready:
-                            why = "the guest never reported READY"
+                            why = ("the guest never reported READY" if self.image is None else
+                                   "the guest never said its desktop is up")
                         elif vm.health is None:
                             why = f"its agent's /healthz on port {vm.agent_port} is not 200"
                         else:
@@ -661,7 +732,7 @@ class Up:
                 size = f"   ({vm.health['width']}x{vm.health['height']})"
             say(f"  {vm.name:<6} http://{h0}:{vm.agent_port}/whep{size}")
         say(f"  logs   {self.runtime_dir}")
-        if self.image is not None:
+        if self.image is not None and not self.profile_spec.get("ready_marker"):
             say(f"  (the VMs are booting {os.path.basename(self.image[0])}: watch them on the page)")
         say("")
         if is_wildcard(a.host):

@@ -1,0 +1,176 @@
+"""The Packer template for the Windows 98 SoftGPU image, and packer/qemu-args.json (the QEMU
+options shared by Packer, scripts/up.py and the VM runner). Packer itself cannot run here: every
+*.pkr.hcl is parsed with a real HCL2 parser (python-hcl2, packer/requirements.txt) and checked.
+
+    ~/.cache/loco/venv/bin/python -m pytest -q packer/test_packer.py
+"""
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import hcl2
+import pytest
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+import qemuargs  # noqa: E402
+
+TEMPLATES = sorted(HERE.rglob("*.pkr.hcl"))
+WIN98 = HERE / "win98" / "win98-softgpu.pkr.hcl"
+
+
+def parse(path: Path) -> dict:
+    with open(path) as f:
+        return hcl2.load(f)
+
+
+def unq(v):
+    """python-hcl2 keeps string literals' quotes; strip them."""
+    if isinstance(v, str) and len(v) >= 2 and v[0] == v[-1] == '"':
+        return v[1:-1]
+    return v
+
+
+def variables(doc) -> dict:
+    out = {}
+    for block in doc.get("variable", []):
+        for name, body in block.items():
+            out[unq(name)] = body
+    return out
+
+
+def test_templates_exist():
+    assert WIN98 in TEMPLATES, f"no {WIN98}"
+
+
+@pytest.mark.parametrize("path", TEMPLATES, ids=lambda p: str(p.relative_to(HERE)))
+def test_every_template_parses(path):
+    doc = parse(path)
+    assert doc, f"{path} parsed to nothing"
+
+
+def test_required_variables_refuse_clearly_when_missing():
+    v = variables(parse(WIN98))
+    for name in ("iso_path", "iso_checksum", "product_key", "softgpu_dir"):
+        assert name in v, f"variable {name} missing"
+        body = v[name]
+        assert unq(body.get("default")) == "", f"{name} must default to empty (the user supplies it)"
+        vals = body.get("validation")
+        assert vals, f"{name} has no validation block"
+        msgs = " ".join(unq(x["error_message"]) for x in vals)
+        assert name in msgs or name.replace("_", " ") in msgs, f"{name}'s error message does not name it: {msgs}"
+    # The key is a secret and must look like a key.
+    assert v["product_key"].get("sensitive") is True
+    key_rule = unq(v["product_key"]["validation"][0]["condition"])
+    assert "regex" in key_rule and "{5}" in key_rule
+    # The user's own media: the messages say loco does not ship Windows.
+    assert "does not download or ship" in unq(v["iso_path"]["validation"][0]["error_message"])
+    assert "sha256sum" in unq(v["iso_checksum"]["validation"][0]["error_message"])
+
+
+def test_builder_is_qemu_and_uses_the_user_media():
+    doc = parse(WIN98)
+    plugins = doc["packer"][0]["required_plugins"][0]
+    assert unq(plugins["qemu"]["source"]) == "github.com/hashicorp/qemu"
+    sources = doc["source"]
+    assert len(sources) == 1
+    (kind, named), = sources[0].items()
+    assert unq(kind) == "qemu"
+    (name, body), = named.items()
+    assert unq(body["iso_url"]) == "${var.iso_path}"
+    assert unq(body["iso_checksum"]) == "${var.iso_checksum}"
+    assert unq(body["communicator"]) == "none"
+    assert "MSBATCH.INF" in json.dumps(body["floppy_content"])
+    assert "var.softgpu_dir" in json.dumps(body["cd_files"])
+    # Nothing is fetched from the internet by the template.
+    text = WIN98.read_text()
+    code = "\n".join(l for l in text.splitlines() if not l.lstrip().startswith("#"))
+    urls = re.findall(r"https?://[^\s\"']+", code)
+    assert all("github.com/JHRobotics/softgpu/releases" in u for u in urls), urls
+    build = doc["build"][0]
+    assert f"source.qemu.{unq(name)}" in json.dumps(build["sources"])
+
+
+def test_template_takes_its_hardware_from_the_shared_file():
+    doc = parse(WIN98)
+    locals_ = {k: v for block in doc["locals"] for k, v in block.items()}
+    assert "qemu-args.json" in locals_["rt"] and "profiles.win98" in locals_["rt"]
+    (_, named), = doc["source"][0].items()
+    (_, body), = named.items()
+    for key, ref in [("memory", "local.rt.memory_mb"), ("cpus", "local.rt.smp"), ("vm_name", "local.rt.image"),
+                     ("format", "local.rt.disk.format"), ("disk_interface", "local.rt.disk.interface"),
+                     ("qemuargs", "local.qemuargs")]:
+        assert ref in unq(body[key]), f"{key} = {body[key]!r}, not from {ref}"
+    q = locals_["qemuargs"]
+    for ref in ("local.rt.machine", "local.rt.cpu", "local.rt.memory_mb", "local.rt.devices"):
+        assert ref in q, f"qemuargs does not use {ref}"
+
+
+def test_msbatch_template_has_the_key_placeholder():
+    t = (HERE / "win98" / "msbatch.inf.pkrtpl").read_text()
+    assert 'ProductKey="${product_key}"' in t
+    assert "$CHICAGO$" in t and "EBD=0" in t and "LOCOPOST.BAT" in t
+    for f in ("LOCOPOST.BAT", "DISPLAY.REG"):
+        data = (HERE / "win98" / "files" / f).read_bytes()
+        assert b"\r\n" in data and b"\n" not in data.replace(b"\r\n", b""), f"{f}: DOS line ends"
+    reg = (HERE / "win98" / "files" / "DISPLAY.REG").read_text()
+    assert '"Resolution"="1024,768"' in reg and '"BitsPerPixel"="32"' in reg
+
+
+# ----------------------------------------------------------------------------- qemu-args.json
+
+ARGS = json.loads((HERE / "qemu-args.json").read_text())
+
+
+def test_shared_file_shape():
+    profiles = ARGS["profiles"]
+    assert set(profiles) >= {"standin", "win98"}
+    for name, p in profiles.items():
+        for key in ("image", "machine", "memory_mb", "smp", "disk", "devices", "run_extra", "screen"):
+            assert key in p, f"{name}: no {key}"
+        assert p["screen"] == [1024, 768]
+        assert isinstance(p["memory_mb"], int) and p["memory_mb"] >= 256
+        assert p["disk"]["format"] == "qcow2" and p["disk"]["interface"] in ("ide", "virtio")
+        for g in p["devices"] + p["run_extra"]:
+            assert isinstance(g, list) and g and g[0].startswith("-") and all(isinstance(x, str) for x in g), g
+        flat = qemuargs.flatten(p["devices"])
+        assert "usb-tablet" in flat, f"{name}: no absolute pointer"
+        # The caller's options stay out of the profile.
+        for opt in ("-vnc", "-accel", "-enable-kvm", "-serial", "-display", "-name", "-monitor", "-drive"):
+            assert opt not in qemuargs.flatten(p["devices"] + p["run_extra"]), f"{name}: {opt} is per-VM"
+
+
+def test_win98_runtime_options():
+    p = ARGS["profiles"]["win98"]
+    assert p["machine"].startswith("pc")  # i440fx, not q35
+    assert p["memory_mb"] >= 512
+    flat = qemuargs.flatten(p["devices"])
+    assert flat[flat.index("-vga") + 1] == "std"  # Bochs VBE, what SoftGPU drives
+    assert "-usb" in flat  # UHCI: Win98 has no xHCI driver
+    assert p["disk"]["interface"] == "ide"
+    assert not any("audiodev" in x or x in ("sb16", "ac97", "AC97") for x in flat)  # audio off
+
+
+def test_qemuargs_builds_valid_command_lines(tmp_path):
+    for name in ARGS["profiles"]:
+        argv = qemuargs.qemu_argv(name, disk=str(tmp_path / "overlay.qcow2"), image_dir=str(tmp_path),
+                                  accel="tcg", vnc="unix:/tmp/x.sock", serial="file:/tmp/s.log", qemu_name="t")
+        assert argv[0] == "qemu-system-x86_64"
+        assert argv[argv.index("-accel") + 1] == "tcg"
+        assert argv[argv.index("-vnc") + 1] == "unix:/tmp/x.sock"
+        drive = argv[argv.index("-drive") + 1]
+        assert drive.startswith(f"file={tmp_path}/overlay.qcow2,")
+        if ARGS["profiles"][name].get("kernel_boot"):
+            assert argv[argv.index("-kernel") + 1] == str(tmp_path / "vmlinuz")
+    with pytest.raises(KeyError):
+        qemuargs.profile("nope")
+
+
+def test_up_py_uses_the_shared_file():
+    up = (ROOT / "scripts" / "up.py").read_text()
+    assert "qemuargs" in up and "qemu_argv(" in up
+    assert '"win98"' in up and '"standin"' in up
