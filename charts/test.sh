@@ -104,7 +104,7 @@ check "charts/test.sh: shellcheck" shellcheck "$ROOT/charts/test.sh"
 check "Dockerfiles: hadolint" "$VENV/bin/hadolint" "$ROOT/agent/Dockerfile" "$ROOT/runner/Dockerfile"
 check "Dockerfiles: checkov (dockerfile checks)" "$VENV/bin/checkov" --quiet --compact --skip-download --framework dockerfile \
   -f "$ROOT/agent/Dockerfile" -f "$ROOT/runner/Dockerfile"
-check "start.sh: real QEMU on a 64M qcow2, VNC socket, agent via unix:, SIGTERM" \
+check "start.sh: real QEMU on a 64M qcow2, VNC socket, agent via unix:, SIGTERM; AGENT_LISTEN; VM_PROFILE=standin" \
   bash "$ROOT/charts/tests/runner_test.sh" "$AGENT_BIN" "$WORK/runner"
 
 # ------------------------------------------------------------------------------ chart

@@ -6,11 +6,17 @@
                      accel="tcg", vnc="unix:/run/vm1/vnc.sock", serial="file:/run/vm1/serial.log",
                      name="loco-vm1")
 
-CLI (for shell runners): prints the argv, one argument per line with --lines, NUL-separated with
---nul, or shell-quoted (default):
+CLI (for shell runners such as runner/start.sh): prints the argv, one argument per line with
+--lines, NUL-terminated with --nul (what start.sh reads into an array), or shell-quoted (default):
 
     packer/qemuargs.py standin --disk D --image-dir DIR --accel tcg --vnc unix:/tmp/v.sock
+    packer/qemuargs.py win98 --disk D --accel kvm --vnc unix:/run/loco/vnc.sock \
+        --qmp unix:/tmp/qmp.sock,server=on,wait=off --memory 512 --cpus 1 --nic none --nul
     packer/qemuargs.py --list          # the profile names
+
+--memory, --cpus and --nic override the profile's -m, -smp and -nic. For a profile that boots with
+-kernel/-initrd (kernel_boot), the files are looked for in --image-dir (default: the disk's
+directory), and the CLI exits 2 naming the one that is missing. Exit status 2 for bad input.
 
 Standard library only.
 """
@@ -43,32 +49,66 @@ def flatten(groups) -> list[str]:
     return [str(x) for g in groups for x in g]
 
 
+def kernel_files(name: str, *, disk: str, image_dir: str | None = None,
+                 path: Path | str = ARGS_FILE) -> list[Path]:
+    """The kernel and initrd a kernel_boot profile boots with ([] for a disk-booting profile): file
+    names from the profile, in image_dir (default: the disk's directory)."""
+    kb = profile(name, path).get("kernel_boot")
+    if not kb:
+        return []
+    base = Path(image_dir if image_dir is not None else Path(disk).parent).expanduser().resolve()
+    return [base / kb["kernel"], base / kb["initrd"]]
+
+
 def qemu_argv(name: str, *, disk: str, image_dir: str | None = None, accel: str = "tcg",
               vnc: str | None = None, serial: str | None = None, qemu_name: str | None = None,
-              qemu: str = QEMU, path: Path | str = ARGS_FILE) -> list[str]:
+              qemu: str = QEMU, path: Path | str = ARGS_FILE, memory_mb: int | None = None,
+              smp: int | None = None, qmp: str | None = None, nic: str | None = None) -> list[str]:
     """Full argv for one VM of profile `name`. vnc is QEMU's -vnc value ("unix:PATH" or "127.0.0.1:N");
     serial is QEMU's -serial value (default "null"); image_dir holds a kernel_boot profile's kernel
-    and initrd (default: the disk's directory)."""
+    and initrd (default: the disk's directory). memory_mb, smp and nic (QEMU's -nic value, e.g.
+    "none" or "user,model=ne2k_pci") override the profile's; qmp is QEMU's -qmp value (none by
+    default), e.g. "unix:/tmp/qmp.sock,server=on,wait=off"."""
     if accel not in ("kvm", "tcg"):
         raise ValueError(f"accel must be 'kvm' or 'tcg', not {accel!r}")
+    for what, v, least in (("memory_mb", memory_mb, 16), ("smp", smp, 1)):
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < least):
+            raise ValueError(f"{what} must be a whole number >= {least}, not {v!r}")
     p = profile(name, path)
     argv = [qemu, "-name", qemu_name or f"loco-{name}", "-accel", accel, "-machine", p["machine"]]
     if p.get("cpu"):
         argv += ["-cpu", p["cpu"]]
-    argv += ["-m", str(p["memory_mb"]), "-smp", str(p["smp"])]
-    argv += flatten(p.get("run_extra", []))
+    argv += ["-m", str(memory_mb or p["memory_mb"]), "-smp", str(smp or p["smp"])]
+    extra = [list(g) for g in p.get("run_extra", [])]
+    if nic is not None:  # the caller's -nic replaces the profile's (QEMU would add both)
+        extra = [g for g in extra if g[0] != "-nic"] + [["-nic", nic]]
+    argv += flatten(extra)
     argv += flatten(p["devices"])
     d = p["disk"]
     argv += ["-drive", f"file={disk},if={d['interface']},format={d['format']}"]
     kb = p.get("kernel_boot")
     if kb:
-        base = Path(image_dir if image_dir is not None else Path(disk).parent).expanduser().resolve()
-        argv += ["-kernel", str(base / kb["kernel"]), "-initrd", str(base / kb["initrd"]), "-append", kb["append"]]
+        kernel, initrd = kernel_files(name, disk=disk, image_dir=image_dir, path=path)
+        argv += ["-kernel", str(kernel), "-initrd", str(initrd), "-append", kb["append"]]
     argv += ["-display", "none"]
     if vnc:
         argv += ["-vnc", vnc]
     argv += ["-serial", serial or "null", "-monitor", "none"]
+    if qmp:
+        argv += ["-qmp", qmp]
     return argv
+
+
+def _at_least(least: int):
+    def conv(s: str) -> int:
+        try:
+            n = int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a whole number, not {s!r}") from None
+        if n < least:
+            raise argparse.ArgumentTypeError(f"must be at least {least}, not {n}")
+        return n
+    return conv
 
 
 def main(argv=None) -> int:
@@ -81,6 +121,11 @@ def main(argv=None) -> int:
     ap.add_argument("--vnc", help="QEMU -vnc value, e.g. unix:/run/loco/vm1.sock or 127.0.0.1:1")
     ap.add_argument("--serial", help="QEMU -serial value (default null)")
     ap.add_argument("--name", help="QEMU -name (default loco-PROFILE)")
+    ap.add_argument("--qmp", help="QEMU -qmp value, e.g. unix:/tmp/qmp.sock,server=on,wait=off (default: none)")
+    ap.add_argument("--memory", type=_at_least(16), metavar="MB", help="guest memory in MiB (default: the profile's)")
+    ap.add_argument("--cpus", type=_at_least(1), metavar="N", help="guest CPUs, -smp (default: the profile's)")
+    ap.add_argument("--nic", help="QEMU -nic value replacing the profile's, e.g. none or user,model=ne2k_pci")
+    ap.add_argument("--qemu", default=QEMU, help=f"the QEMU binary, argv[0] (default {QEMU})")
     ap.add_argument("--field", help="print one field of the profile (image, ready_marker, ...) and exit")
     fmt = ap.add_mutually_exclusive_group()
     fmt.add_argument("--lines", action="store_true", help="one argument per line")
@@ -102,8 +147,17 @@ def main(argv=None) -> int:
         return 0
     if not a.disk:
         ap.error("--disk is required")
+    missing = [f for f in kernel_files(a.profile, disk=a.disk, image_dir=a.image_dir) if not f.is_file()]
+    if missing:
+        print(f"qemuargs: profile {a.profile} boots with -kernel/-initrd, and {missing[0]} is missing (the "
+              f"kernel and initrd go next to the base image, or in --image-dir)", file=sys.stderr)
+        return 2
     out = qemu_argv(a.profile, disk=a.disk, image_dir=a.image_dir, accel=a.accel, vnc=a.vnc,
-                    serial=a.serial, qemu_name=a.name)
+                    serial=a.serial, qemu_name=a.name, qemu=a.qemu, memory_mb=a.memory, smp=a.cpus,
+                    qmp=a.qmp, nic=a.nic)
+    if a.lines and any("\n" in x for x in out):
+        print("qemuargs: an argument contains a newline: use --nul", file=sys.stderr)
+        return 2
     if a.nul:
         sys.stdout.write("".join(x + "\0" for x in out))
     elif a.lines:

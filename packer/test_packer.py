@@ -174,3 +174,106 @@ def test_up_py_uses_the_shared_file():
     up = (ROOT / "scripts" / "up.py").read_text()
     assert "qemuargs" in up and "qemu_argv(" in up
     assert '"win98"' in up and '"standin"' in up
+
+
+# ----------------------------------------------------------------------------- qemuargs.py CLI
+# What runner/start.sh runs: `python3 qemuargs.py PROFILE --disk ... --nul`, read into an array.
+
+import subprocess  # noqa: E402
+
+QEMUARGS = HERE / "qemuargs.py"
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(QEMUARGS), *args], capture_output=True, timeout=60)
+
+
+def test_cli_nul_matches_the_library_with_runner_overrides(tmp_path):
+    disk = tmp_path / "odd dir" / "over'lay\n.qcow2"  # spaces, a quote, a newline: NUL keeps them whole
+    r = cli("win98", "--disk", str(disk), "--accel", "kvm", "--vnc", "unix:/run/loco/vnc.sock",
+            "--qmp", "unix:/tmp/qmp.sock,server=on,wait=off", "--serial", "none", "--name", "vm-0",
+            "--memory", "384", "--cpus", "2", "--nic", "user,model=ne2k_pci", "--qemu", "/opt/qemu", "--nul")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.endswith(b"\0")
+    argv = r.stdout.decode().split("\0")[:-1]
+    assert argv == qemuargs.qemu_argv("win98", disk=str(disk), accel="kvm", vnc="unix:/run/loco/vnc.sock",
+                                      qmp="unix:/tmp/qmp.sock,server=on,wait=off", serial="none",
+                                      qemu_name="vm-0", memory_mb=384, smp=2, nic="user,model=ne2k_pci",
+                                      qemu="/opt/qemu")
+    assert argv[0] == "/opt/qemu"
+    assert argv[argv.index("-m") + 1] == "384" and argv[argv.index("-smp") + 1] == "2"
+    assert argv[argv.index("-qmp") + 1] == "unix:/tmp/qmp.sock,server=on,wait=off"
+    assert argv[argv.index("-serial") + 1] == "none"
+    assert argv[argv.index("-accel") + 1] == "kvm"
+    assert argv[argv.index("-drive") + 1] == f"file={disk},if=ide,format=qcow2"
+    # --nic replaces the profile's -nic none (QEMU would otherwise get both).
+    nics = [argv[i + 1] for i, x in enumerate(argv) if x == "-nic"]
+    assert nics == ["user,model=ne2k_pci"]
+    # --lines refuses what it cannot print unambiguously.
+    r = cli("win98", "--disk", str(disk), "--lines")
+    assert r.returncode == 2 and b"--nul" in r.stderr
+
+
+def test_cli_defaults_are_the_profile(tmp_path):
+    r = cli("win98", "--disk", str(tmp_path / "o.qcow2"), "--lines")
+    assert r.returncode == 0, r.stderr
+    argv = r.stdout.decode().splitlines()
+    p = ARGS["profiles"]["win98"]
+    assert argv[argv.index("-m") + 1] == str(p["memory_mb"]) and argv[argv.index("-smp") + 1] == str(p["smp"])
+    assert "-qmp" not in argv
+    assert [argv[i + 1] for i, x in enumerate(argv) if x == "-nic"] == ["none"]
+    # The library's existing keyword-only form is unchanged for up.py.
+    assert argv == qemuargs.qemu_argv("win98", disk=str(tmp_path / "o.qcow2"))
+
+
+def test_cli_kernel_boot_files_next_to_the_base_image(tmp_path):
+    images, run = tmp_path / "images", tmp_path / "run"
+    images.mkdir()
+    run.mkdir()
+    disk = str(run / "overlay.qcow2")
+    r = cli("standin", "--disk", disk, "--image-dir", str(images), "--nul")
+    assert r.returncode == 2
+    assert f"{images}/vmlinuz is missing".encode() in r.stderr
+    kb = ARGS["profiles"]["standin"]["kernel_boot"]
+    for f in (kb["kernel"], kb["initrd"]):
+        (images / f).write_bytes(b"")
+    r = cli("standin", "--disk", disk, "--image-dir", str(images), "--nul")
+    assert r.returncode == 0, r.stderr
+    argv = r.stdout.decode().split("\0")[:-1]
+    assert argv[argv.index("-kernel") + 1] == str(images / kb["kernel"])
+    assert argv[argv.index("-initrd") + 1] == str(images / kb["initrd"])
+    assert argv[argv.index("-append") + 1] == kb["append"]
+    # Without --image-dir they are looked for next to the disk.
+    r = cli("standin", "--disk", disk)
+    assert r.returncode == 2 and f"{run}/vmlinuz".encode() in r.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["win98", "--disk", "d", "--memory", "8"], b"--memory: must be at least 16"),
+    (["win98", "--disk", "d", "--cpus", "0"], b"--cpus: must be at least 1"),
+    (["win98", "--disk", "d", "--memory", "lots"], b"--memory: must be a whole number"),
+    (["win98", "--disk", "d", "--accel", "hvf"], b"--accel: invalid choice"),
+    (["nope", "--disk", "d"], b"no QEMU profile 'nope'"),
+    (["win98"], b"--disk is required"),
+])
+def test_cli_bad_input_exits_2(args, message):
+    r = cli(*args)
+    assert r.returncode == 2, r
+    assert message in r.stderr, r.stderr
+
+
+def test_library_rejects_bad_overrides():
+    for kw in ({"memory_mb": 8}, {"smp": 0}, {"memory_mb": "512"}, {"smp": True}):
+        with pytest.raises(ValueError):
+            qemuargs.qemu_argv("win98", disk="d", **kw)
+
+
+def test_runner_builds_its_command_line_from_the_shared_file():
+    start = (ROOT / "runner" / "start.sh").read_text()
+    assert "qemuargs.py" in start and "--nul" in start and "mapfile -d ''" in start
+    code = "\n".join(l for l in start.splitlines() if not l.lstrip().startswith("#"))
+    for opt in ("-vga", "usb-tablet", "-machine", "-rtc"):  # hardware comes from qemu-args.json only
+        assert opt not in code, f"start.sh hard-codes {opt}"
+    docker = (ROOT / "runner" / "Dockerfile").read_text()
+    assert re.search(r"^COPY .*packer/qemu-args\.json packer/qemuargs\.py /opt/loco/", docker, re.M)
+    assert "QEMUARGS=/opt/loco/qemuargs.py" in docker and " python3" in docker

@@ -1,36 +1,61 @@
 #!/usr/bin/env bash
-# loco VM runner: one QEMU per container, on a copy-on-write overlay of a shared base image,
-# with its screen on a VNC Unix socket that the loco-agent sidecar reads (VNC never leaves
-# the pod: no TCP VNC port is opened).
+# loco VM runner: one QEMU per container (or per host service), on a copy-on-write overlay of a
+# shared base image, with its screen on a VNC Unix socket that the loco-agent reads (VNC never
+# leaves the pod: no TCP VNC port is opened). With AGENT_LISTEN set it also starts that agent
+# beside QEMU (one container or a plain host); in the Helm chart the agent is a sidecar instead.
+#
+# QEMU's command line comes from packer/qemu-args.json, the one place for the guests' run-time
+# options (shared with ./loco up and the Packer template): `qemuargs.py VM_PROFILE --disk
+# OVERLAY --accel kvm|tcg --vnc unix:VNC_SOCKET --qmp ... --nul` prints it, and this script
+# only adds QEMU_EXTRA_ARGS.
 #
 # Environment (defaults in brackets):
+#   VM_PROFILE          the guest's profile in qemu-args.json: win98 or standin  [win98]
 #   BASE_IMAGE          read-only base disk image            [/images/base.qcow2]
+#                       (profile standin: its vmlinuz and initrd.img sit beside it)
 #   BASE_FORMAT         its format (qcow2 or raw)             [qcow2]
 #   OVERLAY_DIR         writable dir for this VM's overlay    [/var/lib/loco]
 #   VNC_SOCKET          VNC Unix socket (shared emptyDir)     [/run/loco/vnc.sock]
 #   QMP_SOCKET          QMP Unix socket (private)             [${TMPDIR:-/tmp}/loco-qmp.sock]
 #   VM_NAME             QEMU -name                            [$HOSTNAME, else loco-vm]
-#   VM_MEMORY_MB        guest memory in MiB                   [1024]
-#   VM_CPUS             guest CPUs                            [1]
+#   VM_MEMORY_MB        guest memory in MiB                   [the profile's memory_mb]
+#   VM_CPUS             guest CPUs                            [the profile's smp]
 #   VM_NIC              QEMU -nic value, or "none"            [none]
 #   QEMU_EXTRA_ARGS     extra QEMU arguments, split on spaces []
+#   QEMU                the QEMU binary                       [qemu-system-x86_64]
+#   QEMUARGS            packer/qemuargs.py (qemu-args.json beside it)
+#                       [$QEMUARGS, else ../packer/qemuargs.py from this script, else /opt/loco/qemuargs.py]
 #   ACCEL               auto, kvm or tcg                      [auto]
 #   POWERDOWN_GRACE_S   seconds between ACPI powerdown and killing QEMU on SIGTERM [20]
-#   KILL_GRACE_S        seconds between SIGTERM and SIGKILL to QEMU after that      [5]
+#   KILL_GRACE_S        seconds between SIGTERM and SIGKILL to QEMU after that,
+#                       and to the agent after SIGTERM                             [5]
+#   AGENT_LISTEN        if set (e.g. 0.0.0.0:8080): start loco-agent --vnc unix:VNC_SOCKET
+#                       --listen AGENT_LISTEN once the VNC socket is there      [unset: no agent]
+#   LOCO_AGENT          the agent binary                      [loco-agent, on PATH]
+#   LOCO_TOKEN_FILE     passed to the agent as --token-file   [unset]
+#   AGENT_EXTRA_ARGS    extra agent arguments, split on spaces (e.g. --codec vp8) []
+#   (LOCO_TOKEN, LOCO_VIEW_TOKEN, LOCO_LOG, LOCO_TURN_* reach the agent through the environment.)
 #
 # With ACCEL=auto, KVM is used when /dev/kvm can be opened read-write (device plugin, or
 # hostPath with a privileged container); otherwise QEMU runs with TCG and says so in the log.
 #
-# On SIGTERM/SIGINT the guest gets an ACPI power-button press (QMP system_powerdown), so
-# Windows 98 or Linux shuts down and flushes its disk; QEMU is killed only after the grace
-# period. The script exits with QEMU's exit status (128+signal if QEMU died of a signal).
+# On SIGTERM/SIGINT the agent (if any) gets SIGTERM (SIGKILL after KILL_GRACE_S) and the guest
+# an ACPI power-button press (QMP system_powerdown), so Windows 98 or Linux shuts down and
+# flushes its disk; QEMU is killed only after the grace period. The script exits with QEMU's
+# exit status (128+signal if QEMU died of a signal). If the agent exits on its own, the VM is
+# powered down the same way and the script exits non-zero (QEMU's status if that is non-zero,
+# else the agent's, else 1); if QEMU exits on its own, the agent is stopped and the script exits
+# with QEMU's status (0 when the guest powered itself off).
 #
 # How this was checked (no container runtime here): `bash -n` and shellcheck (0.9) are clean;
-# charts/test.sh runs it for real against a 64 MiB qcow2 (an empty disk: the guest cannot
-# power off, so the kill path after POWERDOWN_GRACE_S is what runs), checks that the VNC
-# socket appears and that the overlay is a qcow2 whose backing file is BASE_IMAGE, that a
-# loco-agent connects through the socket (/healthz says vnc_connected), and that SIGTERM
-# ends QEMU and the script with QEMU's status, leaving no QEMU behind.
+# charts/test.sh runs it for real (charts/tests/runner_test.sh) against a 64 MiB qcow2 (an
+# empty disk: the guest cannot power off, so the kill path after POWERDOWN_GRACE_S is what
+# runs): the VNC socket appears, the overlay is a qcow2 whose backing file is BASE_IMAGE, a
+# loco-agent connects through the socket (/healthz says vnc_connected), and SIGTERM ends QEMU
+# and the script with QEMU's status, leaving no QEMU behind; then again with AGENT_LISTEN (the
+# agent started here answers /healthz with vnc_connected, SIGTERM stops both, exit 0; the agent
+# killed: QEMU is stopped, non-zero exit); and VM_PROFILE=standin takes -kernel/-initrd from
+# BASE_IMAGE's directory.
 set -euo pipefail
 
 BASE_IMAGE=${BASE_IMAGE:-/images/base.qcow2}
@@ -39,23 +64,33 @@ OVERLAY_DIR=${OVERLAY_DIR:-/var/lib/loco}
 VNC_SOCKET=${VNC_SOCKET:-/run/loco/vnc.sock}
 QMP_SOCKET=${QMP_SOCKET:-${TMPDIR:-/tmp}/loco-qmp.sock}
 VM_NAME=${VM_NAME:-${HOSTNAME:-loco-vm}}
-VM_MEMORY_MB=${VM_MEMORY_MB:-1024}
-VM_CPUS=${VM_CPUS:-1}
+VM_PROFILE=${VM_PROFILE:-win98}
+VM_MEMORY_MB=${VM_MEMORY_MB:-}
+VM_CPUS=${VM_CPUS:-}
 VM_NIC=${VM_NIC:-none}
 QEMU_EXTRA_ARGS=${QEMU_EXTRA_ARGS:-}
 POWERDOWN_GRACE_S=${POWERDOWN_GRACE_S:-20}
 KILL_GRACE_S=${KILL_GRACE_S:-5}
 ACCEL=${ACCEL:-auto}
 QEMU=${QEMU:-qemu-system-x86_64}
+AGENT_LISTEN=${AGENT_LISTEN:-}
+LOCO_AGENT=${LOCO_AGENT:-loco-agent}
+LOCO_TOKEN_FILE=${LOCO_TOKEN_FILE:-}
+AGENT_EXTRA_ARGS=${AGENT_EXTRA_ARGS:-}
+VNC_WAIT_S=30
+if [ -z "${QEMUARGS:-}" ]; then
+  QEMUARGS=$(dirname "${BASH_SOURCE[0]}")/../packer/qemuargs.py
+  [ -r "$QEMUARGS" ] || QEMUARGS=/opt/loco/qemuargs.py
+fi
 
 log() { printf 'loco-runner: %s\n' "$*" >&2; }
 die() { log "$*"; exit 1; }
 
 is_uint() { [[ $1 =~ ^[0-9]+$ ]]; }
-if ! is_uint "$VM_MEMORY_MB" || [ "$VM_MEMORY_MB" -lt 16 ]; then
+if [ -n "$VM_MEMORY_MB" ] && { ! is_uint "$VM_MEMORY_MB" || [ "$VM_MEMORY_MB" -lt 16 ]; }; then
   die "VM_MEMORY_MB must be a whole number of MiB >= 16 (got '$VM_MEMORY_MB')"
 fi
-if ! is_uint "$VM_CPUS" || [ "$VM_CPUS" -lt 1 ]; then
+if [ -n "$VM_CPUS" ] && { ! is_uint "$VM_CPUS" || [ "$VM_CPUS" -lt 1 ]; }; then
   die "VM_CPUS must be a whole number >= 1 (got '$VM_CPUS')"
 fi
 is_uint "$POWERDOWN_GRACE_S" || die "POWERDOWN_GRACE_S must be a whole number of seconds (got '$POWERDOWN_GRACE_S')"
@@ -63,6 +98,12 @@ is_uint "$KILL_GRACE_S" || die "KILL_GRACE_S must be a whole number of seconds (
 case $BASE_FORMAT in qcow2 | raw) ;; *) die "BASE_FORMAT must be qcow2 or raw (got '$BASE_FORMAT')" ;; esac
 [ -r "$BASE_IMAGE" ] || die "base image $BASE_IMAGE is missing or unreadable (mount the shared base-image volume there, or set BASE_IMAGE)"
 command -v "$QEMU" >/dev/null || die "$QEMU is not installed"
+command -v python3 >/dev/null || die "python3 is not installed (it reads the QEMU options from qemu-args.json)"
+[ -r "$QEMUARGS" ] || die "qemuargs.py not found at $QEMUARGS (set QEMUARGS to packer/qemuargs.py, with qemu-args.json beside it)"
+if [ -n "$AGENT_LISTEN" ]; then
+  command -v "$LOCO_AGENT" >/dev/null || die "AGENT_LISTEN is set but the agent $LOCO_AGENT is not found (set LOCO_AGENT)"
+  [ -z "$LOCO_TOKEN_FILE" ] || [ -r "$LOCO_TOKEN_FILE" ] || die "LOCO_TOKEN_FILE $LOCO_TOKEN_FILE is missing or unreadable"
+fi
 
 # Sockets: group-accessible so an agent running with another UID but the pod's fsGroup can
 # connect (connecting to a Unix socket needs write permission on it).
@@ -85,13 +126,13 @@ fi
 # ACCEL=auto (default): KVM when /dev/kvm can be opened read-write, else TCG. ACCEL=kvm
 # fails when it cannot; ACCEL=tcg never tries. Opening the device (not just testing its mode
 # bits) also catches a container whose device cgroup does not allow it.
-accel=(-accel tcg)
+accel=tcg
 kvm_ok=0
 if [ -e /dev/kvm ] && (exec 3<>/dev/kvm) 2>/dev/null; then kvm_ok=1; fi
 case $ACCEL in
   auto | kvm)
     if [ $kvm_ok = 1 ]; then
-      accel=(-enable-kvm)
+      accel=kvm
       log "KVM: /dev/kvm is usable"
     elif [ "$ACCEL" = kvm ]; then
       die "ACCEL=kvm but /dev/kvm is missing or cannot be opened read-write"
@@ -103,24 +144,30 @@ case $ACCEL in
   *) die "ACCEL must be auto, kvm or tcg (got '$ACCEL')" ;;
 esac
 
-nic=(-nic none)
-[ "$VM_NIC" = none ] || nic=(-nic "$VM_NIC")
 extra=()
 # shellcheck disable=SC2206  # splitting QEMU_EXTRA_ARGS on spaces is the documented behaviour
 [ -z "$QEMU_EXTRA_ARGS" ] || extra=($QEMU_EXTRA_ARGS)
 
-cmd=("$QEMU" -name "$VM_NAME" "${accel[@]}" -m "$VM_MEMORY_MB" -smp "$VM_CPUS"
-  -machine pc -vga std -usb -device usb-tablet -display none
-  -vnc "unix:$VNC_SOCKET"
-  -qmp "unix:$QMP_SOCKET,server=on,wait=off"
-  -drive "file=$overlay,format=qcow2,if=ide,cache=writeback"
-  -rtc base=localtime -monitor none -serial none -parallel none
-  "${nic[@]}" "${extra[@]}")
-log "starting: ${cmd[*]}"
+# QEMU's argv from the shared file, one NUL-terminated argument each (any byte but NUL is safe
+# in a path). Read from a process substitution: `wait $!` gives qemuargs.py's exit status.
+qargs=("$VM_PROFILE" --disk "$overlay" --image-dir "$(dirname "$BASE_IMAGE")" --accel "$accel"
+  --vnc "unix:$VNC_SOCKET" --qmp "unix:$QMP_SOCKET,server=on,wait=off" --serial none
+  --name "$VM_NAME" --nic "$VM_NIC" --qemu "$QEMU" --nul)
+[ -z "$VM_MEMORY_MB" ] || qargs+=(--memory "$VM_MEMORY_MB")
+[ -z "$VM_CPUS" ] || qargs+=(--cpus "$VM_CPUS")
+cmd=()
+mapfile -d '' cmd < <(python3 "$QEMUARGS" "${qargs[@]}")
+wait $! || die "qemuargs.py could not build QEMU's command line for profile $VM_PROFILE (above)"
+if [ "${#cmd[@]}" -lt 2 ] || [ "${cmd[0]}" != "$QEMU" ]; then die "qemuargs.py printed no command line"; fi
+cmd+=("${extra[@]}")
+log "starting (profile $VM_PROFILE): ${cmd[*]}"
 "${cmd[@]}" &
 qemu_pid=$!
+agent_pid=0    # the agent's pid while it is running (0: none, or already reaped)
+agent_failed=0 # the agent exited without being asked to
+agent_status=0
 
-# shellcheck disable=SC2317  # qmp and on_signal run from the traps below
+# shellcheck disable=SC2317  # qmp, on_signal and reap_agent run from the traps and the loop below
 qmp() { # qmp COMMAND: send one QMP command after the capabilities handshake; true if QEMU accepted both
   local reply
   reply=$(printf '{"execute":"qmp_capabilities"}\n{"execute":"%s"}\n' "$1" |
@@ -131,29 +178,74 @@ qmp() { # qmp COMMAND: send one QMP command after the capabilities handshake; tr
 stopping=0
 stop_at=0
 # shellcheck disable=SC2317
-on_signal() {
+on_signal() { # on_signal WHY: stop the agent, and ask the guest to power down
   [ "$stopping" = 0 ] || return 0
   stopping=1
   stop_at=$SECONDS
-  log "got $1: asking the guest to power down (QMP system_powerdown), ${POWERDOWN_GRACE_S}s grace"
+  if [ "$agent_pid" != 0 ]; then
+    log "$1: stopping loco-agent (pid $agent_pid, SIGTERM)"
+    kill -TERM "$agent_pid" 2>/dev/null || true
+  fi
+  log "$1: asking the guest to power down (QMP system_powerdown), ${POWERDOWN_GRACE_S}s grace"
   if qmp system_powerdown; then
     log "QMP system_powerdown accepted"
   else
     log "QMP system_powerdown failed: QEMU will be stopped after the grace period"
   fi
 }
-trap 'on_signal SIGTERM' TERM
-trap 'on_signal SIGINT' INT
+trap 'on_signal "got SIGTERM"' TERM
+trap 'on_signal "got SIGINT"' INT
 
-# `wait` returns early when a trapped signal arrives; after that, poll once a second so the
-# grace periods can run out (no helper processes are left behind).
+# shellcheck disable=SC2317
+reap_agent() { # the agent has exited: collect its status; if nobody asked it to, stop the VM
+  local pid=$agent_pid
+  agent_pid=0
+  agent_status=0
+  wait "$pid" || agent_status=$?
+  if [ "$stopping" = 0 ]; then
+    agent_failed=1
+    log "loco-agent (pid $pid) exited on its own with status $agent_status"
+    on_signal "the agent is gone"
+  else
+    log "loco-agent exited with status $agent_status"
+  fi
+}
+
+# The agent, when asked for: once QEMU's VNC socket is there (it retries on its own anyway).
+if [ -n "$AGENT_LISTEN" ]; then
+  tries=0
+  while [ ! -S "$VNC_SOCKET" ] && [ "$stopping" = 0 ] && kill -0 "$qemu_pid" 2>/dev/null &&
+    [ "$tries" -lt $((VNC_WAIT_S * 10)) ]; do
+    sleep 0.1
+    tries=$((tries + 1))
+  done
+  if [ "$stopping" = 0 ] && kill -0 "$qemu_pid" 2>/dev/null; then
+    [ -S "$VNC_SOCKET" ] || log "no VNC socket after ${VNC_WAIT_S}s: starting the agent anyway (it retries)"
+    agent_cmd=("$LOCO_AGENT" --vnc "unix:$VNC_SOCKET" --listen "$AGENT_LISTEN")
+    [ -z "$LOCO_TOKEN_FILE" ] || agent_cmd+=(--token-file "$LOCO_TOKEN_FILE")
+    # shellcheck disable=SC2206  # splitting AGENT_EXTRA_ARGS on spaces is the documented behaviour
+    [ -z "$AGENT_EXTRA_ARGS" ] || agent_cmd+=($AGENT_EXTRA_ARGS)
+    log "starting: ${agent_cmd[*]}"
+    "${agent_cmd[@]}" &
+    agent_pid=$!
+  fi
+fi
+
+# `wait` returns early when a trapped signal arrives or a child ends; after a stop began, poll
+# once a second so the grace periods can run out (no helper processes are left behind).
 sent_term=0
-while kill -0 "$qemu_pid" 2>/dev/null; do
-  if [ $stopping = 0 ]; then
-    wait "$qemu_pid" || true
+while :; do
+  if [ "$agent_pid" != 0 ] && ! kill -0 "$agent_pid" 2>/dev/null; then reap_agent; fi
+  kill -0 "$qemu_pid" 2>/dev/null || break
+  if [ "$stopping" = 0 ]; then
+    if [ "$agent_pid" != 0 ]; then wait -n "$qemu_pid" "$agent_pid" || true; else wait "$qemu_pid" || true; fi
     continue
   fi
   waited=$((SECONDS - stop_at))
+  if [ "$agent_pid" != 0 ] && [ "$waited" -ge "$KILL_GRACE_S" ]; then
+    log "loco-agent still running ${KILL_GRACE_S}s after SIGTERM: SIGKILL"
+    kill -KILL "$agent_pid" 2>/dev/null || true
+  fi
   if [ $sent_term = 0 ] && [ "$waited" -ge "$POWERDOWN_GRACE_S" ]; then
     log "guest still running after ${POWERDOWN_GRACE_S}s: stopping QEMU (SIGTERM)"
     kill -TERM "$qemu_pid" 2>/dev/null || true
@@ -168,6 +260,26 @@ set +e
 wait "$qemu_pid"
 status=$?
 set -e
+[ "$stopping" = 1 ] || log "QEMU exited on its own"
+# QEMU is gone: the agent (if still running) goes too.
+if [ "$agent_pid" != 0 ]; then
+  if [ "$stopping" = 0 ]; then
+    stopping=1
+    log "stopping loco-agent (pid $agent_pid, SIGTERM)"
+    kill -TERM "$agent_pid" 2>/dev/null || true
+  fi
+  for _ in $(seq $((KILL_GRACE_S * 10))); do kill -0 "$agent_pid" 2>/dev/null || break; sleep 0.1; done
+  if kill -0 "$agent_pid" 2>/dev/null; then
+    log "loco-agent still running after ${KILL_GRACE_S}s: SIGKILL"
+    kill -KILL "$agent_pid" 2>/dev/null || true
+  fi
+  reap_agent
+fi
 rm -f "$VNC_SOCKET" "$QMP_SOCKET"
 log "QEMU exited with status $status"
+if [ "$agent_failed" = 1 ] && [ "$status" = 0 ]; then
+  status=$agent_status
+  [ "$status" != 0 ] || status=1
+  log "exiting with status $status: the agent had exited on its own"
+fi
 exit "$status"

@@ -203,10 +203,22 @@ def test_bad_arguments(args, message):
     assert message in r.stderr
 
 
+def test_default_is_nine_vms():
+    """Issue 4: `loco up` starts N VMs, default 9."""
+    sys.path.insert(0, str(HERE))
+    try:
+        import up as up_py
+    finally:
+        sys.path.remove(str(HERE))
+    assert up_py.parse_args([]).vms == 9
+    r = subprocess.run([sys.executable, str(UP), "--help"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "default 9" in r.stdout, r.stdout
+
+
 @needs_agent
 @needs_qemu
 def test_missing_image():
-    r = subprocess.run([sys.executable, str(UP), "--image", "/nonexistent/win98.qcow2", "--port",
+    r = subprocess.run([sys.executable, str(UP), "--image", "/nonexistent/win98.qcow2", "--vms", "1", "--port",
                         str(free_port_block(2))], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2, r.stderr
     assert "--image /nonexistent/win98.qcow2: no such file" in r.stderr
@@ -236,19 +248,23 @@ def test_port_in_use(busy):
 @needs_qemu
 @needs_chromium
 @pytest.mark.timeout(900)
-def test_up_two_vms_page_live_and_clean_stop(runtime_dir, tmp_path):
+def test_up_three_vms_page_live_and_clean_stop(runtime_dir, tmp_path):
+    """Issue 4: `loco up` with 3 VMs comes up, every agent's /healthz is healthy, and Ctrl-C
+    leaves no process behind (on the small test-pattern guest, so it fits a 2-core CI machine)."""
     from playwright.sync_api import sync_playwright
 
-    base = free_port_block(3)
-    up = UpRun("--vms", "2", "--port", str(base), runtime_dir=runtime_dir)
+    n = 3
+    names = [f"vm{i}" for i in range(1, n + 1)]
+    base = free_port_block(n + 1)
+    up = UpRun("--vms", str(n), "--port", str(base), runtime_dir=runtime_dir)
     children: dict[int, str] = {}
     try:
-        up.wait_for(r"^\s+vm2\s+http://\S+/whep", READY_TIMEOUT)
+        up.wait_for(rf"^\s+vm{n}\s+http://\S+/whep", READY_TIMEOUT)
         out = up.output()
         page = re.search(r"^\s+page\s+(http://\S+)", out, re.M).group(1)
         assert page == f"http://127.0.0.1:{base}/"
         wheps = dict(re.findall(r"^\s+(vm\d)\s+(http://\S+/whep)", out, re.M))
-        assert wheps == {"vm1": f"http://127.0.0.1:{base + 1}/whep", "vm2": f"http://127.0.0.1:{base + 2}/whep"}
+        assert wheps == {name: f"http://127.0.0.1:{base + i}/whep" for i, name in enumerate(names, 1)}
         assert "Quest" in out and "--host 0.0.0.0" in out and "HTTPS" in out
 
         # Every agent is healthy and sees the guest's 1024x768 screen.
@@ -261,20 +277,18 @@ def test_up_two_vms_page_live_and_clean_stop(runtime_dir, tmp_path):
         # desktops.json: the format the WebXR client reads.
         status, body = http_get(page + "desktops.json")
         assert status == 200
-        assert json.loads(body) == {"desktops": [
-            {"name": "vm1", "whep": wheps["vm1"], "token": None},
-            {"name": "vm2", "whep": wheps["vm2"], "token": None},
-        ]}
+        assert json.loads(body) == {"desktops": [{"name": name, "whep": wheps[name], "token": None}
+                                                 for name in names]}
 
-        # Two QEMUs and two agents, each the leader of its own process group.
+        # Three QEMUs and three agents, each the leader of its own process group.
         children = {pid: c for pid, c in procs_mentioning(runtime_dir).items() if pid != up.proc.pid}
         kinds = sorted("qemu" if "qemu-system" in c else "agent" if "loco-agent" in c else c
                        for c in children.values())
-        assert kinds == ["agent", "agent", "qemu", "qemu"], children
+        assert kinds == ["agent"] * n + ["qemu"] * n, children
         for pid in children:
             assert os.getpgid(pid) == pid, (pid, children[pid])
 
-        # The page in Chromium: both panels live and decoding.
+        # The page in Chromium: every panel live and decoding.
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
             try:
@@ -289,14 +303,14 @@ def test_up_two_vms_page_live_and_clean_stop(runtime_dir, tmp_path):
 
                 try:
                     pg.wait_for_function(
-                        """window.__wall && window.__wall.ready && window.__wall.panels.length === 2 &&
+                        f"""window.__wall && window.__wall.ready && window.__wall.panels.length === {n} &&
                            window.__wall.panels.every(p => p.state === 'live' && p.framesDecoded > 0 &&
                                                            p.videoWidth === 1024 && p.videoHeight === 768)""",
                         timeout=LIVE_TIMEOUT * 1000, polling=250)
                 except Exception as e:  # playwright TimeoutError
                     pytest.fail(f"panels not live: {state()}\nconsole: {console[-20:]}\n{e}")
                 panels = json.loads(state())
-                assert [p["name"] for p in panels] == ["vm1", "vm2"]
+                assert [p["name"] for p in panels] == names
                 assert all(p["dcState"] == "open" for p in panels), panels
                 # Still decoding: the guest changes its pattern every 0.5 s.
                 before = [p["framesDecoded"] for p in panels]

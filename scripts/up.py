@@ -3,6 +3,8 @@
 
     ./loco up [--vms N] [--codec h264|vp8] [--port P] [--host ADDR] [--image DISK | --test-pattern]
 
+N VMs (default 9, the most; --vms 1 for one).
+
 Each VM is a QEMU process with its VNC server on a Unix socket in a private runtime
 directory; each agent reads that socket and serves WHEP on --port+1, --port+2, ... The page
 (scripts/wall/) and `desktops.json` are served on --port. Every child runs in its own process
@@ -108,7 +110,8 @@ def parse_args(argv):
         prog="loco up",
         description="Start N VMs with a loco-agent each, and serve a page that shows them all.",
     )
-    ap.add_argument("--vms", type=_vms, default=1, metavar="N", help=f"how many VMs (1-{MAX_VMS}, default 1)")
+    ap.add_argument("--vms", type=_vms, default=MAX_VMS, metavar="N",
+                    help=f"how many VMs (1-{MAX_VMS}, default {MAX_VMS})")
     ap.add_argument("--codec", choices=["h264", "vp8"], default="h264", help="agents' default codec (default h264)")
     ap.add_argument("--port", type=_port, default=8000, metavar="P",
                     help="the page's port (default 8000); agent i listens on P+i")
