@@ -51,6 +51,10 @@ struct Args {
     #[arg(long, default_value_t = 6000, value_parser = clap::value_parser!(u32).range(100..=100_000))]
     bitrate_kbps: u32,
 
+    /// Lowest bitrate the loss-based congestion control may go down to, in kbit/s.
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u32).range(50..=100_000))]
+    min_bitrate_kbps: u32,
+
     /// Encoder threads per codec (1 keeps nine agents on a small host fair to each other).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16))]
     encoder_threads: u32,
@@ -196,6 +200,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         input_per_second: args.max_input_per_sec,
         input_burst: (args.max_input_per_sec / 4).max(1),
         connect_timeout: Duration::from_secs(args.session_timeout_s),
+        min_bitrate_kbps: args.min_bitrate_kbps.min(args.bitrate_kbps),
+        max_bitrate_kbps: args.bitrate_kbps,
     };
     let viewers = peer::Viewers::new(factory, pipelines.clone(), metrics.clone(), input_tx, screen.clone(), limits);
 

@@ -23,6 +23,7 @@ pub struct Metrics {
     pub vnc_updates: IntCounter,
     pub whep_requests: IntCounterVec,
     pub sessions_ended: IntCounterVec,
+    pub bitrate_target_kbps: prometheus::IntGaugeVec,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: T) -> T {
@@ -119,6 +120,17 @@ impl Metrics {
             whep_requests: register(
                 &registry,
                 counter_vec("loco_whep_requests_total", "WHEP requests by HTTP status", &["status"]),
+            ),
+            bitrate_target_kbps: register(
+                &registry,
+                prometheus::IntGaugeVec::new(
+                    Opts::new(
+                        "loco_bitrate_target_kbps",
+                        "The encoder's target bitrate: --bitrate-kbps, lowered while a viewer reports loss",
+                    ),
+                    &["codec"],
+                )
+                .expect("valid metric"),
             ),
             sessions_ended: register(
                 &registry,

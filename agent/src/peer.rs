@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use loco_shared::bitrate::BitrateController;
 use loco_shared::protocol::{INPUT_CHANNEL_LABEL, MAX_MESSAGE_BYTES};
 use loco_shared::ratelimit::TokenBucket;
 use loco_shared::InputMessage;
@@ -32,6 +33,7 @@ use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
 use webrtc::peer_connection::RTCPeerConnection;
 use webrtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use webrtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use webrtc::rtcp::receiver_report::ReceiverReport;
 use webrtc::rtp::codecs::h264::H264Payloader;
 use webrtc::rtp::codecs::vp8::Vp8Payloader;
 use webrtc::rtp::packetizer::Payloader;
@@ -182,6 +184,9 @@ pub struct Limits {
     pub input_burst: u32,
     /// A session that is not connected this long after its offer (or after dropping) ends.
     pub connect_timeout: Duration,
+    /// The range a viewer's congestion controller may move the bitrate in.
+    pub min_bitrate_kbps: u32,
+    pub max_bitrate_kbps: u32,
 }
 
 /// Whether a viewer may send input (a view-only viewer's input is refused and counted).
@@ -327,7 +332,11 @@ impl Viewers {
         let codec = session.codec;
         // RTCP from the viewer: keyframe requests. Reading also drives the interceptors
         // (NACK responder, receiver reports).
+        // Receiver reports drive this viewer's loss-based bitrate controller.
         let pipelines = self.pipelines.clone();
+        let viewer = session.number;
+        let mut rate = BitrateController::new(self.limits.min_bitrate_kbps, self.limits.max_bitrate_kbps);
+        let origin = Instant::now();
         tokio::spawn(async move {
             while let Ok((packets, _)) = sender.read_rtcp().await {
                 for p in packets {
@@ -336,6 +345,13 @@ impl Viewers {
                         pipelines.request_keyframe(codec, KeyframeCause::Pli);
                     } else if any.downcast_ref::<FullIntraRequest>().is_some() {
                         pipelines.request_keyframe(codec, KeyframeCause::Fir);
+                    } else if let Some(rr) = any.downcast_ref::<ReceiverReport>() {
+                        for report in &rr.reports {
+                            if let Some(kbps) = rate.on_report(origin.elapsed(), report.fraction_lost) {
+                                tracing::debug!(viewer, kbps, loss = report.fraction_lost, "viewer bitrate");
+                                pipelines.set_viewer_bitrate(codec, viewer, kbps);
+                            }
+                        }
                     }
                 }
             }

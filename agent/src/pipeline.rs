@@ -103,6 +103,8 @@ struct Inbox {
     damage: Damage,
     damaged_at: Option<Instant>,
     keyframe: bool,
+    /// A new target bitrate for the encoder.
+    bitrate_kbps: Option<u32>,
     stop: bool,
 }
 
@@ -111,12 +113,20 @@ struct Pipeline {
     inbox: Mutex<Inbox>,
     wake: Condvar,
     sinks: Mutex<Vec<Sink>>,
+    /// Each viewer's rate from its congestion controller; the encoder runs at the lowest.
+    viewer_kbps: Mutex<HashMap<u64, u32>>,
 }
 
 impl Pipeline {
     fn post(&self, f: impl FnOnce(&mut Inbox)) {
         f(&mut lock(&self.inbox));
         self.wake.notify_one();
+    }
+
+    /// The shared encoder follows the slowest viewer: one encoding serves them all.
+    fn retarget(&self, max_kbps: u32) {
+        let kbps = lock(&self.viewer_kbps).values().copied().min().unwrap_or(max_kbps).min(max_kbps);
+        self.post(|inbox| inbox.bitrate_kbps = Some(kbps));
     }
 }
 
@@ -167,6 +177,19 @@ impl Pipelines {
             running.remove(&codec);
             drop(sinks);
             pipeline.post(|inbox| inbox.stop = true);
+        } else {
+            drop(sinks);
+            if lock(&pipeline.viewer_kbps).remove(&viewer).is_some() {
+                pipeline.retarget(self.config.bitrate_kbps);
+            }
+        }
+    }
+
+    /// A viewer's congestion controller settled on `kbps`.
+    pub fn set_viewer_bitrate(&self, codec: Codec, viewer: u64, kbps: u32) {
+        if let Some(p) = lock(&self.running).get(&codec) {
+            lock(&p.viewer_kbps).insert(viewer, kbps);
+            p.retarget(self.config.bitrate_kbps);
         }
     }
 
@@ -200,6 +223,7 @@ impl Pipelines {
             inbox: Mutex::new(Inbox::default()),
             wake: Condvar::new(),
             sinks: Mutex::new(Vec::new()),
+            viewer_kbps: Mutex::new(HashMap::new()),
         });
         let worker = EncoderWorker {
             pipeline: pipeline.clone(),
@@ -235,6 +259,8 @@ impl EncoderWorker {
         let mut picture = I420::default();
         let mut generation = u64::MAX;
         let mut last_pts_ms = -1i64;
+        let mut bitrate_kbps = self.config.bitrate_kbps;
+        self.metrics.bitrate_target_kbps.with_label_values(&[codec.label()]).set(i64::from(bitrate_kbps));
         tracing::debug!(%codec, "encoder thread started");
 
         loop {
@@ -255,6 +281,18 @@ impl EncoderWorker {
                     }
                     if std::mem::take(&mut inbox.keyframe) {
                         pacer.on_keyframe_request(now);
+                    }
+                    if let Some(kbps) = inbox.bitrate_kbps.take() {
+                        if kbps != bitrate_kbps {
+                            bitrate_kbps = kbps;
+                            self.metrics.bitrate_target_kbps.with_label_values(&[codec.label()]).set(i64::from(kbps));
+                            if let Some(enc) = encoder.as_mut() {
+                                if let Err(e) = enc.set_bitrate(kbps) {
+                                    tracing::warn!(%codec, error = %e, "cannot change the bitrate");
+                                }
+                            }
+                            tracing::debug!(%codec, kbps, "encoder bitrate");
+                        }
                     }
                     match pacer.poll(now) {
                         PacerDecision::Encode { keyframe, .. } => break keyframe,
@@ -296,7 +334,7 @@ impl EncoderWorker {
                     let settings = EncoderSettings {
                         width: picture.width,
                         height: picture.height,
-                        bitrate_kbps: self.config.bitrate_kbps,
+                        bitrate_kbps,
                         max_fps: self.config.max_fps,
                         threads: self.config.encoder_threads,
                     };

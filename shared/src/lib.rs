@@ -5,6 +5,7 @@
 //! `wasm32-unknown-unknown` and tests natively without a network.
 //!
 //! - [`protocol`]: the JSON messages a viewer sends on the `input` data channel.
+//! - [`bitrate`]: loss-based bitrate control from RTCP receiver reports.
 //! - [`config`]: the page's `desktops.json`, strictly checked with readable errors.
 //! - [`keys`]: browser keyboard events to X11 keysyms.
 //! - [`controller`]: VR controller buttons to RFB button masks (trigger, grip, wheel).
@@ -15,6 +16,7 @@
 //! - [`ratelimit`]: a token bucket (input events per viewer).
 #![forbid(unsafe_code)]
 
+pub mod bitrate;
 pub mod config;
 pub mod controller;
 pub mod geom;

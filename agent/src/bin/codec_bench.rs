@@ -192,6 +192,12 @@ impl VideoEncoder for MjpegEncoder {
         &self.settings
     }
 
+    /// MJPEG has no rate control: every frame is coded at the fixed quality.
+    fn set_bitrate(&mut self, kbps: u32) -> Result<(), EncodeError> {
+        self.settings.bitrate_kbps = kbps;
+        Ok(())
+    }
+
     fn encode(&mut self, picture: &I420, _pts_ms: i64, _keyframe: bool) -> Result<Option<EncodedFrame>, EncodeError> {
         let mut planes: [*const c_uchar; 3] = [picture.y.as_ptr(), picture.u.as_ptr(), picture.v.as_ptr()];
         let strides: [c_int; 3] =

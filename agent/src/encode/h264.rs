@@ -66,9 +66,7 @@ impl X264Encoder {
         p.i_fps_num = settings.max_fps.max(1);
         p.i_fps_den = 1;
         p.rc.i_rc_method = x::X264_RC_ABR as c_int;
-        p.rc.i_bitrate = settings.bitrate_kbps as c_int;
-        p.rc.i_vbv_max_bitrate = settings.bitrate_kbps as c_int;
-        p.rc.i_vbv_buffer_size = (settings.bitrate_kbps / 4).max(100) as c_int;
+        set_rate(&mut p, settings.bitrate_kbps);
         p.rc.i_lookahead = 0;
         p.rc.b_mb_tree = 0;
         p.i_sync_lookahead = 0;
@@ -135,6 +133,32 @@ impl VideoEncoder for X264Encoder {
         let data = unsafe { std::slice::from_raw_parts((*nals).p_payload, size as usize) };
         Ok(Some(EncodedFrame { data: Bytes::copy_from_slice(data), keyframe: out.b_keyframe != 0 }))
     }
+
+    fn set_bitrate(&mut self, kbps: u32) -> Result<(), EncodeError> {
+        let mut param = MaybeUninit::<x::x264_param_t>::zeroed();
+        // SAFETY: x264_encoder_parameters fills the struct from the open handle; reconfig reads
+        // it back (only rate-control fields changed, which x264 allows to change).
+        let rc = unsafe {
+            x::x264_encoder_parameters(self.handle, param.as_mut_ptr());
+            let mut p = param.assume_init();
+            set_rate(&mut p, kbps);
+            x::x264_encoder_reconfig(self.handle, &mut p)
+        };
+        if rc < 0 {
+            return Err(EncodeError::Encode {
+                codec: Codec::H264,
+                reason: format!("x264_encoder_reconfig returned {rc}"),
+            });
+        }
+        self.settings.bitrate_kbps = kbps;
+        Ok(())
+    }
+}
+
+fn set_rate(p: &mut x::x264_param_t, kbps: u32) {
+    p.rc.i_bitrate = kbps as c_int;
+    p.rc.i_vbv_max_bitrate = kbps as c_int;
+    p.rc.i_vbv_buffer_size = (kbps / 4).max(100) as c_int;
 }
 
 impl Drop for X264Encoder {

@@ -83,6 +83,8 @@ pub trait VideoEncoder: Send {
     /// Encodes `picture` shown at `pts_ms` (milliseconds, strictly increasing).
     /// Returns `None` when the encoder chose to output nothing for this picture.
     fn encode(&mut self, picture: &I420, pts_ms: i64, keyframe: bool) -> Result<Option<EncodedFrame>, EncodeError>;
+    /// Changes the target bitrate (and the rate-control buffer with it) from the next frame on.
+    fn set_bitrate(&mut self, kbps: u32) -> Result<(), EncodeError>;
 }
 
 /// Opens an encoder for `codec`.
@@ -124,6 +126,20 @@ mod tests {
         pic
     }
 
+    fn noise(w: u32, h: u32, seed: u32) -> I420 {
+        let mut state = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+        let mut pic = I420::new(w, h);
+        for plane in [&mut pic.y, &mut pic.u, &mut pic.v] {
+            for v in plane.iter_mut() {
+                state ^= state << 13;
+                state ^= state >> 17;
+                state ^= state << 5;
+                *v = 120 + (state >> 28) as u8;
+            }
+        }
+        pic
+    }
+
     fn settings(w: u32, h: u32) -> EncoderSettings {
         EncoderSettings { width: w, height: h, bitrate_kbps: 2000, max_fps: 30, threads: 1 }
     }
@@ -158,6 +174,27 @@ mod tests {
         assert_eq!(f1.data[0] & 1, 1);
         let f2 = enc.encode(&picture(320, 240, 90), 66, true).unwrap().unwrap();
         assert!(f2.keyframe);
+    }
+
+    #[test]
+    fn bitrate_can_be_lowered_on_the_fly() {
+        for codec in Codec::ALL {
+            let mut enc = open(codec, settings(320, 240)).unwrap();
+            // Faint noise: coded finely when bits allow, quantised away when they do not.
+            let bytes_at = |enc: &mut Box<dyn VideoEncoder>, kbps: u32, start: i64| {
+                enc.set_bitrate(kbps).unwrap();
+                assert_eq!(enc.settings().bitrate_kbps, kbps);
+                (0..30)
+                    .map(|i| {
+                        let pic = noise(320, 240, start as u32 + i as u32);
+                        enc.encode(&pic, start + i * 33, false).unwrap().map_or(0, |f| f.data.len())
+                    })
+                    .sum::<usize>()
+            };
+            let high = bytes_at(&mut enc, 4000, 0);
+            let low = bytes_at(&mut enc, 200, 2000);
+            assert!(low * 3 < high, "{codec}: {low} bytes at 200 kbit/s vs {high} at 4000");
+        }
     }
 
     #[test]

@@ -17,6 +17,7 @@ use crate::framebuffer::I420;
 pub struct Vp8Encoder {
     settings: EncoderSettings,
     ctx: Box<vpx::vpx_codec_ctx_t>,
+    cfg: vpx::vpx_codec_enc_cfg_t,
 }
 
 // SAFETY: the codec context is used from one thread at a time (`&mut self` methods only).
@@ -75,7 +76,7 @@ impl Vp8Encoder {
                     return Err(open_error(&settings, format!("vpx_codec_control({ctrl}): {err:?}")));
                 }
             }
-            Ok(Self { settings, ctx })
+            Ok(Self { settings, ctx, cfg })
         }
     }
 }
@@ -139,6 +140,20 @@ impl VideoEncoder for Vp8Encoder {
             }
             Ok(out)
         }
+    }
+
+    fn set_bitrate(&mut self, kbps: u32) -> Result<(), EncodeError> {
+        self.cfg.rc_target_bitrate = kbps;
+        // SAFETY: the context is open; libvpx copies the configuration it is given.
+        let err = unsafe { vpx::vpx_codec_enc_config_set(&mut *self.ctx, &self.cfg) };
+        if err != vpx::VPX_CODEC_OK {
+            return Err(EncodeError::Encode {
+                codec: Codec::Vp8,
+                reason: format!("vpx_codec_enc_config_set: {err:?}"),
+            });
+        }
+        self.settings.bitrate_kbps = kbps;
+        Ok(())
     }
 }
 
