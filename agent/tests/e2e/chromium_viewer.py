@@ -68,12 +68,20 @@ class ChromiumViewer:
         page.goto(page_url)
         page.wait_for_function("window.__t && window.__t.pageReady === true", timeout=10000)
 
-    def start(self, agent_url: str, codec: str | None = None, token: str | None = None) -> None:
+    def start(self, agent_url: str, codec: str | None = None, token: str | None = None,
+              ice_servers: list[dict] | None = None, ice_transport_policy: str | None = None) -> None:
+        """WHEP-connect the page to the agent. ice_servers ([{"urls": ..., "username": ...,
+        "credential": ...}]) and ice_transport_policy ("all" | "relay") go into the page's
+        RTCPeerConnection configuration; by default it has no ICE servers (loopback only)."""
         opts = {}
         if codec:
             opts["codec"] = codec
         if token:
             opts["token"] = token
+        if ice_servers:
+            opts["iceServers"] = ice_servers
+        if ice_transport_policy:
+            opts["iceTransportPolicy"] = ice_transport_policy
         state = self.page.evaluate("([u, o]) => window.__t.start(u, o)", [agent_url, opts])
         if state != "negotiated":
             raise AssertionError(f"{self.name}: WHEP negotiation failed: {self.state()}")
@@ -118,6 +126,13 @@ class ChromiumViewer:
         r = self.page.evaluate("([w, h]) => window.__t.grab(w, h)", [w, h])
         buf = base64.b64decode(r["b64"])
         return np.frombuffer(buf, dtype=np.uint8).reshape(r["h"], r["w"], 3).copy()
+
+    def selected_pair(self) -> dict | None:
+        """The ICE candidate pair in use (from getStats): {state, nominated, bytesSent,
+        bytesReceived, local: {candidateType, protocol, address, port, relayProtocol, url},
+        remote: {...}}, or None before ICE selected one."""
+        self.page.evaluate("() => undefined")  # let the stats poller run
+        return self.get("selectedPair")
 
     def stop(self) -> int | None:
         return self.page.evaluate("() => window.__t.stop()")

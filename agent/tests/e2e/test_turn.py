@@ -1,0 +1,253 @@
+"""TURN-only path through a real coturn (Debian's `turnserver`) on loopback.
+
+The agent runs with `--ice-server turn:127.0.0.1:PORT?transport=udp --turn-username loco
+--turn-password secret`; the viewers are forced to relay (`iceTransportPolicy: "relay"`), so
+every media and data-channel packet goes viewer -> coturn -> agent and back. Checked: the
+agent advertises the server in its WHEP answer's `Link: <turn:...>; rel="ice-server"` header
+(with the credentials) and gathers a relay candidate itself, the viewer offers only relay
+candidates and ICE selects a relay pair, frames decode at 1024x768, a pointer message over
+the relayed data channel moves the real X pointer, and coturn's log shows the allocation,
+the permission for the agent's address and relayed traffic."""
+from __future__ import annotations
+
+import http.client
+import re
+import shutil
+import socket
+import subprocess
+import time
+import urllib.parse
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from checks import W, H, frame_is, make_offer, wait_metric
+from e2e_util import free_port, kill_group, sdp_candidates, spawn, tail, wait_until
+
+TURN_USER, TURN_PASSWORD, TURN_REALM = "loco", "secret", "loco"
+
+
+# ------------------------------------------------------------------ coturn fixture
+
+@dataclass
+class Coturn:
+    port: int
+    log_path: Path
+    out_path: Path
+    proc: subprocess.Popen
+
+    @property
+    def url(self) -> str:
+        return f"turn:127.0.0.1:{self.port}?transport=udp"
+
+    def ice_server(self) -> dict:
+        """As a browser RTCIceServer."""
+        return {"urls": [self.url], "username": TURN_USER, "credential": TURN_PASSWORD}
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def successes(self, method: str) -> int:
+        """How many `<METHOD> processed, success` lines coturn logged (verbose mode) for user loco."""
+        return len(re.findall(rf"realm <{TURN_REALM}> user <{TURN_USER}>: incoming packet "
+                              rf"{method} processed, success", self.log()))
+
+
+def _udp_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+@pytest.fixture
+def coturn(tmp_path, request):
+    """A real coturn on 127.0.0.1:<free port> (UDP and TCP), long-term credentials loco:secret,
+    realm loco, no TLS/DTLS, loopback peers allowed, verbose log in tmp_path. Killed (process
+    group) at teardown."""
+    exe = shutil.which("turnserver")
+    if not exe:
+        pytest.fail("turnserver not found: apt-get install -y coturn", pytrace=False)
+    port = free_port()
+    while not _udp_free(port):
+        port = free_port()
+    log = tmp_path / "turnserver.log"
+    out = tmp_path / "turnserver.out"
+    conf = tmp_path / "turnserver.conf"
+    conf.write_text("\n".join([
+        "listening-ip=127.0.0.1",
+        f"listening-port={port}",
+        "relay-ip=127.0.0.1",
+        "lt-cred-mech",
+        f"user={TURN_USER}:{TURN_PASSWORD}",
+        f"realm={TURN_REALM}",
+        "no-tls",
+        "no-dtls",
+        "no-tcp-relay",
+        "allow-loopback-peers",
+        "no-cli",
+        "fingerprint",
+        "verbose",
+        "simple-log",          # exactly this file name, no date suffix
+        f"log-file={log}",
+        "no-stdout-log",
+        f"pidfile={tmp_path / 'turnserver.pid'}",
+        f"userdb={tmp_path / 'turndb'}",   # never the system /var/lib/turn/turndb
+        "",
+    ]))
+    for title, p in (("coturn log", log), ("coturn stdout/stderr", out), ("coturn config", conf)):
+        request.node.__dict__.setdefault("_loco_logs", []).append((title, p))
+    proc = spawn([exe, "-c", str(conf)], log_path=out, name="turnserver")
+    t = Coturn(port, log, out, proc)
+    try:
+        def ready():
+            if proc.poll() is not None:
+                raise RuntimeError(f"turnserver exited rc={proc.returncode}")
+            return f"UDP listener opened on: 127.0.0.1:{port}" in t.log()
+        wait_until(ready, 15, 0.05, f"coturn UDP listener on 127.0.0.1:{port}")
+    except (RuntimeError, TimeoutError) as e:
+        kill_group(proc, grace=2)
+        pytest.fail(f"{e}\n--- coturn log ---\n{tail(log)}\n--- stdout ---\n{tail(out)}", pytrace=False)
+    yield t
+    died = proc.poll()
+    kill_group(proc, grace=3)
+    if died is not None:
+        pytest.fail(f"turnserver exited during the test rc={died}\n{tail(log)}", pytrace=False)
+
+
+def _turn_agent(agent, xvnc, coturn):
+    a = agent(xvnc.port, extra_args=["--ice-server", coturn.url,
+                                     "--turn-username", TURN_USER, "--turn-password", TURN_PASSWORD])
+    a.wait_vnc(True, 30)
+    return a
+
+
+def _expected_link(coturn) -> str:
+    return (f'<{coturn.url}>; rel="ice-server"; username="{TURN_USER}"; '
+            f'credential="{TURN_PASSWORD}"; credential-type="password"')
+
+
+def _check_pointer(send, xvnc, agent) -> None:
+    for (x, y) in ((700, 100), (12, 745), (512, 384)):
+        xvnc.move_pointer(100 if x > 500 else 900, 600 if y < 400 else 50)
+        send({"type": "pointer", "x": x, "y": y, "buttons": 0})
+        xvnc.wait_pointer(x, y)
+    wait_metric(agent, "loco_input_events_total", lambda v: v >= 3, result="accepted")
+
+
+def _check_coturn_relayed(coturn) -> None:
+    def seen():
+        return (coturn.successes("ALLOCATE") >= 2          # the viewer's and the agent's
+                and coturn.successes("CREATE_PERMISSION") + coturn.successes("CHANNEL_BIND") >= 1)
+    try:
+        wait_until(seen, 5, 0.1, "coturn ALLOCATE and CREATE_PERMISSION/CHANNEL_BIND successes")
+    except TimeoutError as e:
+        raise AssertionError(f"{e}; coturn log:\n{tail(coturn.log_path, 6000)}") from e
+
+
+# ------------------------------------------------------------------ tests
+
+@pytest.mark.timeout(60)
+def test_whep_answer_advertises_turn_and_agent_gathers_relay(xvnc, agent, coturn, aio_loop):
+    """Link header per configured server (with credentials) and a relay candidate from coturn
+    in the (non-trickle) answer."""
+    a = _turn_agent(agent, xvnc, coturn)
+    u = urllib.parse.urlsplit(a.url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=15)
+    try:
+        conn.request("POST", "/whep", body=make_offer(aio_loop).encode(),
+                     headers={"Content-Type": "application/sdp"})
+        r = conn.getresponse()
+        answer = r.read().decode()
+        links = r.headers.get_all("Link") or []
+        location = r.headers.get("Location")
+    finally:
+        conn.close()
+    assert r.status == 201, f"WHEP POST answered {r.status}: {answer[:300]}"
+    assert links == [_expected_link(coturn)], f"Link headers: {links}"
+    relay = [c for c in sdp_candidates(answer) if c["typ"] == "relay"]
+    assert relay, f"agent's answer has no relay candidate (its TURN allocation failed?):\n{answer}"
+    assert all(c["ip"] == "127.0.0.1" for c in relay), relay
+    assert coturn.successes("ALLOCATE") >= 1, tail(coturn.log_path, 6000)
+    assert a.request("DELETE", location).status == 200
+
+
+@pytest.mark.chromium
+@pytest.mark.timeout(60)
+def test_turn_relay_only_chromium(xvnc, agent, coturn, chromium):
+    a = _turn_agent(agent, xvnc, coturn)
+    c = chromium()
+    c.start(a.url, ice_servers=[coturn.ice_server()], ice_transport_policy="relay")
+    st = c.state()
+    assert st["iceTransportPolicy"] == "relay"
+    assert st["localCandidateTypes"] and set(st["localCandidateTypes"]) == {"relay"}, \
+        f"a relay-only browser offered {st['localCandidateTypes']} (TURN allocation failed?)"
+    # Cross-origin: readable only because the agent exposes Link via CORS.
+    assert st["linkHeader"] == _expected_link(coturn), st["linkHeader"]
+    c.wait("t.dcState === 'open'", 20, "input channel open over TURN")
+    c.wait_playing(W, H)
+    c.wait("t.selectedPair && t.selectedPair.state === 'succeeded' && t.selectedPair.local", 10,
+           "a selected candidate pair in getStats()")
+    pair = c.selected_pair()
+    assert pair["local"]["candidateType"] == "relay", f"selected pair is not relayed: {pair}"
+    assert pair["local"]["relayProtocol"] == "udp", pair
+    assert pair["local"]["address"] == "127.0.0.1", pair
+    _check_pointer(c.send, xvnc, a)
+    xvnc.solid("#20c040")
+    c.wait_more_frames(1)
+    assert c.get("connectionState") == "connected"
+    _check_coturn_relayed(coturn)
+    pair = c.selected_pair()
+    # (a solid 1024x768 desktop is a few KB of H.264: just check media crossed this pair)
+    assert pair["local"]["candidateType"] == "relay" and pair["bytesReceived"] > 1000, pair
+
+
+@pytest.mark.timeout(60)
+def test_turn_relay_only_aiortc(xvnc, agent, coturn, aio_loop):
+    from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
+    from aiortc.rtcconfiguration import RTCIceTransportPolicy
+    from whep_aiortc import SyncViewer, WhepViewer
+
+    class RelayViewer(WhepViewer):
+        def __init__(self, base_url):
+            super().__init__(base_url, None, None)
+            self.pc = RTCPeerConnection(RTCConfiguration(
+                iceServers=[RTCIceServer(urls=coturn.url, username=TURN_USER, credential=TURN_PASSWORD)],
+                iceTransportPolicy=RTCIceTransportPolicy.RELAY))
+
+    a = _turn_agent(agent, xvnc, coturn)
+    xvnc.solid("#c04020")
+
+    async def _connect():
+        v = RelayViewer(a.url)
+        try:
+            await v._start(True, 15)
+        except BaseException:
+            await v.pc.close()
+            raise
+        return v
+    v = SyncViewer(aio_loop, aio_loop.run(_connect(), 30), name="aiortc-relay")
+    try:
+        offered = {c["typ"] for c in sdp_candidates(v.v.offer_sdp)}
+        assert offered == {"relay"}, f"relay-only aiortc offered {offered}"
+        v.wait_channel_open(15)
+        v.wait_frame(frame_is("#c04020"), timeout=15, what="a 1024x768 frame of the red desktop")
+
+        def nominated():
+            conn = v.v.pc.getTransceivers()[0].receiver.transport.transport._connection
+            return list(conn._nominated.values())
+        pairs = aio_loop.call(nominated)
+        assert pairs, "aioice has no nominated pair"
+        assert all(p.local_candidate.type == "relay" for p in pairs), \
+            [(p.local_candidate, p.remote_candidate) for p in pairs]
+        _check_pointer(v.send, xvnc, a)
+        _check_coturn_relayed(coturn)
+        assert v.connection_state == "connected"
+    finally:
+        v.close()

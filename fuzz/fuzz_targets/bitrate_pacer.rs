@@ -1,0 +1,238 @@
+//! The agent's I/O-free controllers driven by arbitrary event sequences in simulated time:
+//! `FramePacer` (damage, keyframe requests, resets, polls), `BitrateController` (RTCP loss
+//! reports) and `TokenBucket` (input rate limit). Checked against their documented contracts:
+//!
+//! - pacer: never more than `max_fps + BURST_FRAMES` encodes in any second; every encode has
+//!   a whole frame of credit; `WaitUntil` is in the future and never more than one frame
+//!   interval away while damage is pending; pending damage or keyframe requests never read as
+//!   `Idle`; `damaged_since` is the first change since the previous encode; keyframes only
+//!   when asked and never closer than `min_keyframe_interval`; at most `refine_frames`
+//!   refinement frames per burst of changes.
+//! - bitrate: stays in [min, max], starts at max, changes at most once per second, only
+//!   downwards above 10 % loss (by at most half), only upwards below 2 % (by at most 8 %).
+//! - token bucket: never more than `burst + per_second × t` events in any window of length t.
+#![no_main]
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use libfuzzer_sys::arbitrary::{self, Arbitrary};
+use libfuzzer_sys::fuzz_target;
+use loco_shared::bitrate::BitrateController;
+use loco_shared::pacer::{FramePacer, PacerConfig, PacerDecision, BURST_FRAMES};
+use loco_shared::ratelimit::TokenBucket;
+
+#[derive(Debug, Arbitrary)]
+enum Event {
+    /// Time passes (microseconds), then the screen changes.
+    Damage(u16),
+    /// Time passes, then a viewer asks for a keyframe.
+    KeyframeRequest(u16),
+    /// VNC connection lost: pending work forgotten.
+    Reset,
+    /// Time passes (microseconds), then the encoder loop polls.
+    Poll(u16),
+    /// A long quiet spell (milliseconds), then a poll.
+    Sleep(u16),
+    /// Poll exactly when the pacer last asked to be woken (what the encoder thread does).
+    PollWhenDue,
+    /// Time passes (milliseconds), then a receiver report with this fraction lost (x/256).
+    Report(u16, u8),
+    /// Time passes (microseconds), then an input event meets the rate limiter.
+    Input(u16),
+}
+
+#[derive(Debug, Arbitrary)]
+struct Input {
+    max_fps: u16,
+    refine_frames: u8,
+    refine_delay_ms: u16,
+    min_keyframe_interval_ms: u16,
+    min_kbps: u32,
+    max_kbps: u32,
+    input_per_sec: u16,
+    input_burst: u16,
+    events: Vec<Event>,
+}
+
+const SECOND: Duration = Duration::from_secs(1);
+
+struct PacerModel {
+    pacer: FramePacer,
+    max_fps: u32,
+    min_interval: Duration,
+    min_keyframe_interval: Duration,
+    refine_frames: u32,
+    encodes: VecDeque<Duration>,
+    first_damage: Option<Duration>,
+    keyframe_pending: bool,
+    last_keyframe: Option<Duration>,
+    refines_since_damage: u32,
+    wake_at: Option<Duration>,
+}
+
+impl PacerModel {
+    fn poll(&mut self, now: Duration) {
+        let d = self.pacer.poll(now);
+        self.wake_at = None;
+        match d {
+            PacerDecision::Encode { keyframe, damaged_since } => {
+                assert_eq!(damaged_since, self.first_damage, "damaged_since at {now:?}");
+                self.first_damage = None;
+                if keyframe {
+                    assert!(self.keyframe_pending, "keyframe nobody asked for at {now:?}");
+                    if let Some(k) = self.last_keyframe {
+                        assert!(now - k >= self.min_keyframe_interval, "keyframes at {k:?} and {now:?}");
+                    }
+                    self.keyframe_pending = false;
+                    self.last_keyframe = Some(now);
+                } else if damaged_since.is_none() {
+                    self.refines_since_damage += 1;
+                    assert!(
+                        self.refines_since_damage <= self.refine_frames,
+                        "refinement frame #{} with refine_frames={}",
+                        self.refines_since_damage,
+                        self.refine_frames
+                    );
+                }
+                self.encodes.push_back(now);
+                while self.encodes.front().is_some_and(|&t| now - t >= SECOND) {
+                    self.encodes.pop_front();
+                }
+                assert!(
+                    self.encodes.len() <= (self.max_fps + BURST_FRAMES) as usize,
+                    "{} encodes within one second at max_fps {} (up to {now:?})",
+                    self.encodes.len(),
+                    self.max_fps
+                );
+            }
+            PacerDecision::WaitUntil(t) => {
+                assert!(t > now, "WaitUntil({t:?}) at {now:?} is not in the future");
+                if self.first_damage.is_some() {
+                    assert!(t - now <= self.min_interval, "damage pending, told to wait until {t:?} at {now:?}");
+                }
+                self.wake_at = Some(t);
+            }
+            PacerDecision::Idle => {
+                assert!(self.first_damage.is_none(), "idle with damage pending at {now:?}");
+                assert!(!self.keyframe_pending, "idle with a keyframe request pending at {now:?}");
+                assert_eq!(self.pacer.keyframe_pending(), false);
+            }
+        }
+        assert_eq!(self.pacer.keyframe_pending(), self.keyframe_pending);
+    }
+}
+
+fuzz_target!(|inp: Input| {
+    let max_fps = u32::from(inp.max_fps % 1000).max(1);
+    let config = PacerConfig {
+        max_fps,
+        refine_frames: u32::from(inp.refine_frames % 8),
+        refine_delay: Duration::from_millis(u64::from(inp.refine_delay_ms % 2000)),
+        min_keyframe_interval: Duration::from_millis(u64::from(inp.min_keyframe_interval_ms % 2000)),
+    };
+    let mut m = PacerModel {
+        pacer: FramePacer::new(config),
+        max_fps,
+        min_interval: Duration::from_micros(1_000_000 / u64::from(max_fps)),
+        min_keyframe_interval: config.min_keyframe_interval,
+        refine_frames: config.refine_frames,
+        encodes: VecDeque::new(),
+        first_damage: None,
+        keyframe_pending: false,
+        last_keyframe: None,
+        refines_since_damage: 0,
+        wake_at: None,
+    };
+
+    let mut bitrate = BitrateController::new(inp.min_kbps, inp.max_kbps);
+    let max_kbps = inp.max_kbps.max(1);
+    let min_kbps = inp.min_kbps.clamp(1, max_kbps);
+    assert_eq!(bitrate.kbps(), max_kbps, "starts at the maximum");
+    let mut last_change: Option<Duration> = None;
+
+    let per_sec = u32::from(inp.input_per_sec);
+    let burst = u32::from(inp.input_burst).max(1);
+    let mut bucket = TokenBucket::new(per_sec, burst);
+    let mut allowed: VecDeque<Duration> = VecDeque::new();
+
+    let mut now = Duration::ZERO;
+    let us = |v: u16| Duration::from_micros(u64::from(v));
+    let ms = |v: u16| Duration::from_millis(u64::from(v));
+    for ev in inp.events.iter().take(4096) {
+        match *ev {
+            Event::Damage(dt) => {
+                now += us(dt);
+                m.pacer.on_damage(now);
+                m.first_damage.get_or_insert(now);
+                m.refines_since_damage = 0;
+            }
+            Event::KeyframeRequest(dt) => {
+                now += us(dt);
+                m.pacer.on_keyframe_request(now);
+                m.keyframe_pending = true;
+            }
+            Event::Reset => {
+                m.pacer.reset_damage();
+                m.first_damage = None;
+            }
+            Event::Poll(dt) => {
+                now += us(dt);
+                m.poll(now);
+            }
+            Event::Sleep(dt) => {
+                now += ms(dt);
+                m.poll(now);
+            }
+            Event::PollWhenDue => {
+                if let Some(t) = m.wake_at {
+                    now = now.max(t);
+                }
+                m.poll(now);
+            }
+            Event::Report(dt, lost) => {
+                now += ms(dt);
+                let before = bitrate.kbps();
+                let r = bitrate.on_report(now, lost);
+                let after = bitrate.kbps();
+                assert!((min_kbps..=max_kbps).contains(&after), "{after} outside [{min_kbps}, {max_kbps}]");
+                match r {
+                    None => assert_eq!(after, before),
+                    Some(v) => {
+                        assert_eq!(v, after);
+                        assert_ne!(v, before, "Some() without a change");
+                        if let Some(t) = last_change {
+                            assert!(now - t >= SECOND, "changes at {t:?} and {now:?}");
+                        }
+                        last_change = Some(now);
+                        let loss = f64::from(lost) / 256.0;
+                        if loss > 0.10 {
+                            assert!(v < before && u64::from(v) * 2 + 2 >= u64::from(before), "{before} -> {v} at loss {loss}");
+                        } else if loss < 0.02 {
+                            assert!(v > before && f64::from(v) <= (f64::from(before) * 1.08).ceil(), "{before} -> {v}");
+                        } else {
+                            panic!("rate changed {before} -> {v} at a holding loss of {loss}");
+                        }
+                    }
+                }
+            }
+            Event::Input(dt) => {
+                now += us(dt);
+                if bucket.allow(now) {
+                    allowed.push_back(now);
+                    // Any window [t, now]: at most burst + per_sec·(now − t) (+1 for float slack).
+                    for (k, &t) in allowed.iter().rev().enumerate() {
+                        let limit = f64::from(burst) + f64::from(per_sec) * (now - t).as_secs_f64() + 1.0;
+                        assert!((k + 1) as f64 <= limit, "{} events allowed in {:?}", k + 1, now - t);
+                        if k > 64 {
+                            break;
+                        }
+                    }
+                    if allowed.len() > 256 {
+                        allowed.pop_front();
+                    }
+                }
+            }
+        }
+    }
+});
