@@ -157,7 +157,7 @@ NEEDED = ("Xvnc", "xterm", "xdotool", "xsetroot", "xdpyinfo", "ffplay", "less")
 def test_bench_quick_end_to_end(tmp_path):
     missing = [t for t in NEEDED if shutil.which(t) is None]
     if missing:
-        pytest.skip(f"missing tools {missing} (./loco deps installs them)")
+        pytest.fail(f"missing tools {missing} (./loco deps installs them)")
     out = tmp_path / "results"
     r = subprocess.run([sys.executable, str(HERE / "bench.py"), "--quick", "--rerecord", "--out", str(out)],
                        capture_output=True, text=True, timeout=380, env=dict(os.environ))
