@@ -46,6 +46,18 @@ import rfbgrab  # noqa: E402
 import testguest  # noqa: E402
 
 CACHE = Path(os.environ.get("LOCO_CACHE") or Path.home() / ".cache" / "loco")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL after 10 s."""
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 IMAGE_DIR = Path(os.environ.get("LOCO_STANDIN_DIR") or CACHE / "standin")
 PROFILE = qemuargs.profile("standin")
 BOOT_TIMEOUT = float(os.environ.get("LOCO_STANDIN_BOOT_TIMEOUT", "240"))
@@ -200,12 +212,7 @@ def vm(image):
     finally:
         if console:
             console.close()
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        _stop(proc)
         log.close()
         shutil.rmtree(d, ignore_errors=True)
 
@@ -242,12 +249,7 @@ def agent(vm):
             raise AssertionError(f"the agent's /healthz never showed a {W}x{H} screen: {h}")
         yield {"port": port, "url": f"http://127.0.0.1:{port}"}
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        _stop(proc)
         log.close()
 
 
