@@ -1,0 +1,230 @@
+//! One WHEP session with a loco-agent: a receive-only video track into a `<video>` element
+//! and the `input` data channel (docs/protocol.md).
+//!
+//! Non-trickle: the offer is POSTed once ICE gathering is complete (or after a short wait), the
+//! `201` answer carries the agent's candidates, and `Location` names the session for `DELETE`.
+
+use std::cell::Cell;
+use std::rc::Rc;
+
+use loco_shared::config::{Desktop, IceServer};
+use loco_shared::protocol::INPUT_CHANNEL_LABEL;
+use wasm_bindgen::prelude::*;
+use wasm_bindgen::JsCast;
+use wasm_bindgen_futures::JsFuture;
+use web_sys::{
+    HtmlVideoElement, MediaStream, RtcDataChannel, RtcDataChannelInit, RtcDataChannelState, RtcIceGatheringState,
+    RtcPeerConnection, RtcRtpTransceiverDirection, RtcRtpTransceiverInit, RtcSdpType, RtcSessionDescriptionInit,
+    RtcTrackEvent,
+};
+
+use super::util::{fetch, js_error, now_ms, set, sleep};
+
+const GATHER_TIMEOUT_MS: f64 = 2000.0;
+const POST_TIMEOUT_MS: i32 = 10_000;
+
+/// A negotiated session (ICE/DTLS may still be coming up).
+pub struct Session {
+    pub pc: RtcPeerConnection,
+    pub dc: RtcDataChannel,
+    /// Absolute URL of the session resource, for `DELETE`.
+    pub location: Option<String>,
+    token: Option<String>,
+    _on_track: Closure<dyn FnMut(RtcTrackEvent)>,
+}
+
+impl Session {
+    pub fn input_open(&self) -> bool {
+        self.dc.ready_state() == RtcDataChannelState::Open
+    }
+
+    /// Sends one input message; false when the channel is not open.
+    pub fn send(&self, json: &str) -> bool {
+        self.input_open() && self.dc.send_with_str(json).is_ok()
+    }
+
+    /// Ends the session: closes the peer connection and tells the agent (best effort, not
+    /// awaited), so it need not wait for ICE to time out.
+    pub fn close(self) {
+        if let Some(location) = &self.location {
+            let init = web_sys::RequestInit::new();
+            init.set_method("DELETE");
+            set(&init, "keepalive", true);
+            if let Some(token) = &self.token {
+                if let Ok(h) = web_sys::Headers::new() {
+                    let _ = h.set("Authorization", &format!("Bearer {token}"));
+                    init.set_headers(&h);
+                }
+            }
+            let _ = super::util::window().fetch_with_str_and_init(location, &init);
+        }
+        self.pc.set_ontrack(None);
+        self.dc.close();
+        self.pc.close();
+    }
+}
+
+fn rtc_configuration(ice_servers: &[IceServer]) -> JsValue {
+    let servers = js_sys::Array::new();
+    for s in ice_servers {
+        let o = js_sys::Object::new();
+        let urls: js_sys::Array = s.urls.iter().map(|u| JsValue::from_str(u)).collect();
+        set(&o, "urls", urls);
+        if let Some(u) = &s.username {
+            set(&o, "username", u.as_str());
+        }
+        if let Some(c) = &s.credential {
+            set(&o, "credential", c.as_str());
+        }
+        servers.push(&o);
+    }
+    let cfg = js_sys::Object::new();
+    set(&cfg, "iceServers", servers);
+    set(&cfg, "bundlePolicy", "max-bundle");
+    cfg.into()
+}
+
+/// Opens a session with `desktop`'s agent, playing its video in `video`. `frames` counts
+/// nothing here; the caller's frame callback does.
+pub async fn connect(
+    desktop: &Desktop,
+    base_url: &str,
+    ice_servers: &[IceServer],
+    video: &HtmlVideoElement,
+) -> Result<Session, String> {
+    let pc = RtcPeerConnection::new_with_configuration(&rtc_configuration(ice_servers).unchecked_into())
+        .map_err(|e| format!("cannot create a peer connection: {}", js_error(&e)))?;
+    let result = negotiate(&pc, desktop, base_url, video).await;
+    if result.is_err() {
+        pc.close();
+    }
+    result
+}
+
+async fn negotiate(
+    pc: &RtcPeerConnection,
+    desktop: &Desktop,
+    base_url: &str,
+    video: &HtmlVideoElement,
+) -> Result<Session, String> {
+    let init = RtcRtpTransceiverInit::new();
+    init.set_direction(RtcRtpTransceiverDirection::Recvonly);
+    pc.add_transceiver_with_str_and_init("video", &init);
+    let dc_init = RtcDataChannelInit::new();
+    dc_init.set_ordered(true);
+    let dc = pc.create_data_channel_with_data_channel_dict(INPUT_CHANNEL_LABEL, &dc_init);
+
+    let played = Rc::new(Cell::new(false));
+    let video_for_track = video.clone();
+    let on_track = Closure::<dyn FnMut(RtcTrackEvent)>::new(move |ev: RtcTrackEvent| {
+        let stream: MediaStream = match ev.streams().get(0).dyn_into::<MediaStream>() {
+            Ok(s) => s,
+            Err(_) => {
+                let tracks = js_sys::Array::of1(&ev.track());
+                match MediaStream::new_with_tracks(&tracks) {
+                    Ok(s) => s,
+                    Err(_) => return,
+                }
+            }
+        };
+        video_for_track.set_src_object(Some(&stream));
+        if !played.replace(true) {
+            if let Ok(p) = video_for_track.play() {
+                // A muted video may autoplay; if the browser refuses, the next user gesture retries.
+                wasm_bindgen_futures::spawn_local(async move {
+                    let _ = JsFuture::from(p).await;
+                });
+            }
+        }
+    });
+    pc.set_ontrack(Some(on_track.as_ref().unchecked_ref()));
+
+    let offer = JsFuture::from(pc.create_offer()).await.map_err(|e| format!("createOffer: {}", js_error(&e)))?;
+    let sdp = super::util::text(&offer, "sdp").ok_or("createOffer gave no SDP")?;
+    let desc = RtcSessionDescriptionInit::new(RtcSdpType::Offer);
+    desc.set_sdp(&sdp);
+    JsFuture::from(pc.set_local_description(&desc))
+        .await
+        .map_err(|e| format!("setLocalDescription: {}", js_error(&e)))?;
+    let start = now_ms();
+    while pc.ice_gathering_state() != RtcIceGatheringState::Complete && now_ms() - start < GATHER_TIMEOUT_MS {
+        sleep(20).await;
+    }
+    let offer_sdp = pc.local_description().map(|d| d.sdp()).unwrap_or(sdp);
+
+    let whep_url = web_sys::Url::new_with_base(&desktop.whep, base_url)
+        .map(|u| u.href())
+        .map_err(|_| format!("{:?} is not a URL", desktop.whep))?;
+    let headers = web_sys::Headers::new().map_err(|e| js_error(&e))?;
+    let _ = headers.set("Content-Type", "application/sdp");
+    if let Some(token) = &desktop.token {
+        let _ = headers.set("Authorization", &format!("Bearer {token}"));
+    }
+    let req = web_sys::RequestInit::new();
+    req.set_method("POST");
+    req.set_headers(&headers);
+    req.set_body(&JsValue::from_str(&offer_sdp));
+    let res = fetch(&whep_url, &req, POST_TIMEOUT_MS).await?;
+    let status = res.status();
+    let body = match res.text() {
+        Ok(p) => JsFuture::from(p).await.ok().and_then(|v| v.as_string()).unwrap_or_default(),
+        Err(_) => String::new(),
+    };
+    if status != 201 {
+        let detail: String = body.trim().chars().take(200).collect();
+        return Err(match status {
+            401 => format!("WHEP 401: the agent wants a token ({detail})"),
+            _ => format!("WHEP answered {status}: {detail}"),
+        });
+    }
+    let location = res
+        .headers()
+        .get("Location")
+        .ok()
+        .flatten()
+        .and_then(|l| web_sys::Url::new_with_base(&l, &whep_url).ok())
+        .map(|u| u.href());
+    let answer = RtcSessionDescriptionInit::new(RtcSdpType::Answer);
+    answer.set_sdp(&body);
+    JsFuture::from(pc.set_remote_description(&answer))
+        .await
+        .map_err(|e| format!("the agent's answer was not accepted: {}", js_error(&e)))?;
+    Ok(Session { pc: pc.clone(), dc, location, token: desktop.token.clone(), _on_track: on_track })
+}
+
+/// What `getStats` says about the video: frames decoded, bytes received, decoder fps and the
+/// selected candidate pair's round-trip time.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct VideoStats {
+    pub frames_decoded: u32,
+    pub bytes_received: f64,
+    pub fps: f64,
+    pub rtt_ms: Option<f64>,
+}
+
+pub async fn stats(pc: &RtcPeerConnection) -> Option<VideoStats> {
+    let report = JsFuture::from(pc.get_stats()).await.ok()?;
+    let mut out = VideoStats::default();
+    let iter = js_sys::try_iter(&report).ok()??;
+    for entry in iter.flatten() {
+        let entry: js_sys::Array = entry.unchecked_into();
+        let s = entry.get(1);
+        match super::util::text(&s, "type").as_deref() {
+            Some("inbound-rtp") if super::util::text(&s, "kind").as_deref() == Some("video") => {
+                out.frames_decoded = super::util::num(&s, "framesDecoded").unwrap_or(0.0) as u32;
+                out.bytes_received = super::util::num(&s, "bytesReceived").unwrap_or(0.0);
+                out.fps = super::util::num(&s, "framesPerSecond").unwrap_or(0.0);
+            }
+            Some("candidate-pair") => {
+                let nominated = js_sys::Reflect::get(&s, &"nominated".into()).ok().and_then(|v| v.as_bool());
+                if nominated == Some(true) && super::util::text(&s, "state").as_deref() == Some("succeeded") {
+                    if let Some(rtt) = super::util::num(&s, "currentRoundTripTime") {
+                        out.rtt_ms = Some(rtt * 1000.0);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Some(out)
+}
