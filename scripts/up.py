@@ -6,8 +6,9 @@
 N VMs (default 9, the most; --vms 1 for one).
 
 Each VM is a QEMU process with its VNC server on a Unix socket in a private runtime
-directory; each agent reads that socket and serves WHEP on --port+1, --port+2, ... The page
-(scripts/wall/) and `desktops.json` are served on --port. Every child runs in its own process
+directory; each agent reads that socket and serves WHEP on --port+1, --port+2, ... The WebXR
+page (the client built into www/dist/ by scripts/build-web.sh; `./loco up` builds it) and
+`desktops.json` are served on --port, and the plain-JS flat page (scripts/wall/) on /wall/. Every child runs in its own process
 group with its log in the runtime directory. Ctrl-C (or SIGTERM) stops them all: SIGTERM,
 then SIGKILL after a grace period. If a child dies on its own, up.py says which, stops the
 rest and exits 1. Bad arguments exit 2.
@@ -47,6 +48,7 @@ from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 WALL_DIR = ROOT / "scripts" / "wall"
+WEB_DIR = Path(os.environ.get("LOCO_WEB_DIR") or ROOT / "www" / "dist")
 GUEST_DIR = ROOT / "agent" / "tests" / "guest"
 PACKER_DIR = ROOT / "packer"
 STANDIN_BUILD = PACKER_DIR / "standin" / "build.sh"
@@ -424,7 +426,7 @@ class WallServer(http.server.ThreadingHTTPServer):
 _HOST_RE = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:\d+)?$")
 _TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
           ".css": "text/css; charset=utf-8", ".json": "application/json", ".svg": "image/svg+xml",
-          ".png": "image/png", ".ico": "image/x-icon"}
+          ".png": "image/png", ".ico": "image/x-icon", ".wasm": "application/wasm"}
 
 
 class WallHandler(http.server.BaseHTTPRequestHandler):
@@ -460,12 +462,16 @@ class WallHandler(http.server.BaseHTTPRequestHandler):
         path = urlsplit(self.path).path
         if path == "/":
             path = "/index.html"
-        if path == "/desktops.json":
+        if path == "/wall":
+            path = "/wall/"
+        if path in ("/desktops.json", "/wall/desktops.json"):
             body = json.dumps(self.server.up.desktops(self._host_for_urls()), indent=1).encode() + b"\n"
             return self._send(200, body, "application/json", head)
-        name = path.lstrip("/")
-        if re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]*", name or ""):
-            f = WALL_DIR / name
+        base, rel = (WALL_DIR, path[len("/wall/"):]) if path.startswith("/wall/") else (WEB_DIR, path.lstrip("/"))
+        rel = rel or "index.html"
+        # Plain names in plain folders only (wasm-bindgen puts snippets in a subfolder).
+        if all(re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]*", part) for part in rel.split("/")):
+            f = base / rel
             if f.is_file():
                 ctype = _TYPES.get(f.suffix, "application/octet-stream")
                 return self._send(200, f.read_bytes(), ctype, head)
@@ -533,6 +539,9 @@ class Up:
                 raise UsageError(str(e.args[0] if isinstance(e, KeyError) else e)) from None
         if not WALL_DIR.joinpath("index.html").is_file():
             raise UsageError(f"the page is missing: {WALL_DIR}/index.html")
+        if not WEB_DIR.joinpath("index.html").is_file():
+            raise UsageError(f"the WebXR page is not built: {WEB_DIR}/index.html is missing "
+                             "(run scripts/build-web.sh, or ./loco up, which builds it)")
         self.family, self.bind_addr = bind_family(a.host)
         # The page's port first (and keep it), then check the agents' ports are free.
         why = port_problem(self.family, self.bind_addr, a.port)
@@ -728,7 +737,8 @@ class Up:
         h0 = hosts[0]
         say(f"loco is up: {len(self.vms)} desktop{'s' if len(self.vms) > 1 else ''}, codec {a.codec}")
         for h in hosts:
-            say(f"  page   http://{h}:{a.port}/")
+            say(f"  page   http://{h}:{a.port}/        (WebXR scene; flat view in any desktop browser)")
+        say(f"  plain  http://{h0}:{a.port}/wall/   (the plain-JS flat page, no WebAssembly)")
         for vm in self.vms:
             size = ""
             if vm.health and vm.health.get("width"):
@@ -745,8 +755,9 @@ class Up:
         else:
             say(f"Quest on the same LAN: restart with --host 0.0.0.0 and open http://<this machine's LAN address>:"
                 f"{a.port}/ in Quest Browser.")
-        say("This page is the flat view. The VR page (a later issue) needs WebXR, which browsers allow only on "
-            "HTTPS or localhost.")
+        say("Browsers allow WebXR (the Enter VR button) only on HTTPS or localhost: for a Quest over plain "
+            "http://, use `adb reverse tcp:PORT tcp:PORT` for each port and open http://localhost:PORT/, or put "
+            "an HTTPS proxy in front (docs in README).")
         say("Press Ctrl-C to stop everything.")
 
     def watch(self):

@@ -48,6 +48,8 @@ const LABEL_W: u32 = 1024;
 const LABEL_H: u32 = 44;
 /// How far a laser reaches when it hits nothing.
 const LASER_REACH_M: f32 = 4.0;
+/// Frames whose CPU time the hook reports percentiles of.
+const FRAME_HISTORY: usize = 600;
 
 #[wasm_bindgen(inline_js = r#"
 export function request_video_frame(video, cb) {
@@ -166,7 +168,11 @@ struct App {
     xr_gfx: Option<Gfx>,
     xr_supported: bool,
     label_ctx: Option<CanvasRenderingContext2d>,
+    /// The flat view has something new to show (the XR view draws every frame regardless).
+    redraw: bool,
     frame_ms: f64,
+    /// The last frames' CPU times (ms), for percentiles in the hook.
+    frame_times: std::collections::VecDeque<f64>,
     frames: u64,
     started_at: f64,
     all_live_at: Option<f64>,
@@ -184,6 +190,7 @@ impl App {
             })
             .collect();
         self.layout = layout(&self.wall, &self.origin, &aspects);
+        self.redraw = true;
     }
 
     fn set_error(&mut self, message: String) {
@@ -198,6 +205,7 @@ impl App {
     fn set_focus(&mut self, focus: Option<usize>) {
         if self.focus != focus {
             self.focus = focus;
+            self.redraw = true;
         }
     }
 
@@ -358,6 +366,7 @@ impl App {
         p.retry_at = now + p.backoff_ms * jitter;
         web_sys::console::warn_1(&format!("loco: {} down: {reason}", p.desktop.name).into());
         p.error = Some(reason);
+        self.redraw = true;
         for hand in self.xr.iter_mut().flat_map(|x| x.hands.iter_mut()) {
             if hand.captured == Some(i) {
                 hand.captured = None;
@@ -406,6 +415,9 @@ impl App {
             };
             let state = p.state;
             let (label_changed, hud_changed) = (label != p.label, hud != p.hud);
+            if label_changed || hud_changed {
+                self.redraw = true;
+            }
             if label_changed {
                 self.draw_text(Tex::Label(i), &label, state, false);
                 self.panels[i].label = label;
@@ -462,9 +474,11 @@ impl App {
 
     // ------------------------------------------------------------------ drawing
 
-    fn upload_videos(&mut self, xr: bool) {
+    /// Copies each panel's newest decoded frame into its texture; true if any was new.
+    fn upload_videos(&mut self, xr: bool) -> bool {
+        let mut any = false;
         let Some(g) = (if xr { self.xr_gfx.as_mut().or(self.gfx.as_mut()) } else { self.gfx.as_mut() }) else {
-            return;
+            return false;
         };
         for (i, p) in self.panels.iter_mut().enumerate() {
             let fresh = p.new_frame.get() || NO_FRAME_CALLBACKS.with(|f| f.get());
@@ -494,7 +508,9 @@ impl App {
                 wgpu::Extent3d { width: w, height: h, depth_or_array_layers: 1 },
             );
             p.has_video = true;
+            any = true;
         }
+        any
     }
 
     fn scene(&self) -> SceneInput {
@@ -521,7 +537,9 @@ impl App {
 
     fn frame_flat(&mut self) {
         let t0 = now_ms();
-        self.upload_videos(false);
+        if self.upload_videos(false) {
+            self.redraw = true;
+        }
         let Some((cw, ch)) =
             self.gfx.as_ref().map(|g| (g.canvas.client_width().max(1), g.canvas.client_height().max(1)))
         else {
@@ -533,11 +551,18 @@ impl App {
                 self.flat.camera = FlatCamera::fit(self.origin.eye, self.origin.yaw_rad, &points, cw as f32, ch as f32);
             }
         }
-        let quads = scene::build(&self.scene());
         let camera = self.flat.camera;
-        let Some(g) = self.gfx.as_mut() else { return };
         let dpr = window().device_pixel_ratio().clamp(1.0, 2.0);
-        g.resize((cw as f64 * dpr).round() as u32, (ch as f64 * dpr).round() as u32);
+        let size = ((cw as f64 * dpr).round() as u32, (ch as f64 * dpr).round() as u32);
+        if self.gfx.as_ref().is_some_and(|g| g.size() != size) {
+            self.redraw = true;
+        }
+        if !std::mem::take(&mut self.redraw) {
+            return;
+        }
+        let quads = scene::build(&self.scene());
+        let Some(g) = self.gfx.as_mut() else { return };
+        g.resize(size.0, size.1);
         let (w, h) = g.size();
         let view = View { view_proj: camera.view_proj(w as f32, h as f32), viewport: [0.0, 0.0, w as f32, h as f32] };
         if let Err(e) = g.draw_to_canvas(&[view], &quads) {
@@ -550,6 +575,10 @@ impl App {
         self.frames += 1;
         // Exponential moving average over ~60 frames.
         self.frame_ms = if self.frames == 1 { ms } else { self.frame_ms + (ms - self.frame_ms) / 60.0 };
+        if self.frame_times.len() == FRAME_HISTORY {
+            self.frame_times.pop_front();
+        }
+        self.frame_times.push_back(ms);
     }
 
     // ------------------------------------------------------------------ flat-view input
@@ -575,6 +604,7 @@ impl App {
 
     fn mouse_move(&mut self, point: Vec2) {
         self.flat.mouse = Some(point);
+        self.redraw = true;
         if let Some(start) = self.flat.dragging {
             let h = self.gfx.as_ref().map(|g| g.canvas.client_height() as f32).unwrap_or(1.0);
             let delta = point - start;
@@ -593,6 +623,7 @@ impl App {
     }
 
     fn mouse_button(&mut self, point: Vec2, button: i16, down: bool) {
+        self.redraw = true;
         let bit = match button {
             0 => buttons::LEFT,
             1 => buttons::MIDDLE,
@@ -848,6 +879,9 @@ impl App {
             "hud": self.hud,
             "backend": backend,
             "frameMs": self.frame_ms,
+            "frameMsP50": percentile(&self.frame_times, 0.5),
+            "frameMsP95": percentile(&self.frame_times, 0.95),
+            "allLiveAtMs": self.all_live_at,
             "frames": self.frames,
             "allLiveMs": self.all_live_at.map(|t| t - self.started_at),
         });
@@ -867,6 +901,15 @@ impl App {
         let rect = g.canvas.get_bounding_client_rect();
         Some((rect.left() + s.x as f64, rect.top() + s.y as f64))
     }
+}
+
+fn percentile(values: &std::collections::VecDeque<f64>, q: f64) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    let mut v: Vec<f64> = values.iter().copied().collect();
+    v.sort_by(f64::total_cmp);
+    Some(v[((v.len() - 1) as f64 * q).round() as usize])
 }
 
 fn point3(p: &web_sys::DomPointReadOnly) -> Vec3 {
@@ -996,7 +1039,9 @@ async fn run() -> Result<(), String> {
         xr_gfx: None,
         xr_supported: false,
         label_ctx,
+        redraw: true,
         frame_ms: 0.0,
+        frame_times: std::collections::VecDeque::with_capacity(FRAME_HISTORY),
         frames: 0,
         started_at: now_ms(),
         all_live_at: None,
@@ -1280,6 +1325,7 @@ fn install_input(shared: &Shared, canvas: &HtmlCanvasElement) {
                     let f = (app.flat.camera.fov_y_rad * (1.0 + ev.delta_y() as f32 * 0.001)).clamp(0.35, 1.6);
                     app.flat.camera.fov_y_rad = f;
                     app.flat.user_moved = true;
+                    app.redraw = true;
                     ev.prevent_default();
                 }
             }),
@@ -1329,6 +1375,7 @@ fn install_input(shared: &Shared, canvas: &HtmlCanvasElement) {
             Box::new(move |_| {
                 if let Ok(mut app) = s.try_borrow_mut() {
                     app.flat.user_moved = false;
+                    app.redraw = true;
                 }
             }),
         );
@@ -1429,6 +1476,7 @@ async fn enter_xr(shared: &Shared) -> Result<(), String> {
     let on_end = Closure::<dyn FnMut()>::new(move || {
         if let Ok(mut app) = s.try_borrow_mut() {
             app.xr = None;
+            app.redraw = true;
             app.pointers.clear();
             for p in &app.panels {
                 p.new_frame.set(p.has_video);
