@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Tests of the Kubernetes path: charts/loco-vm, monitoring/, runner/ and the two Dockerfiles.
+# Tests of the Kubernetes path: charts/loco-vm, monitoring/, runner/ and the three Dockerfiles
+# (agent, runner, and Dockerfile.sunshine with its entry point runner/sunshine.sh).
 #
 #   bash charts/test.sh
 #
@@ -100,10 +101,12 @@ echo "  helm $("$HELM" version --template '{{.Version}}'), $("$KUBECTL" version 
 say "runner/start.sh and the Dockerfiles"
 check "start.sh: bash -n" bash -n "$ROOT/runner/start.sh"
 check "start.sh: shellcheck" shellcheck "$ROOT/runner/start.sh"
+check "sunshine.sh: bash -n" bash -n "$ROOT/runner/sunshine.sh"
+check "sunshine.sh: shellcheck" shellcheck "$ROOT/runner/sunshine.sh"
 check "charts/test.sh: shellcheck" shellcheck "$ROOT/charts/test.sh"
-check "Dockerfiles: hadolint" "$VENV/bin/hadolint" "$ROOT/agent/Dockerfile" "$ROOT/runner/Dockerfile"
+check "Dockerfiles: hadolint" "$VENV/bin/hadolint" "$ROOT/agent/Dockerfile" "$ROOT/runner/Dockerfile" "$ROOT/Dockerfile.sunshine"
 check "Dockerfiles: checkov (dockerfile checks)" "$VENV/bin/checkov" --quiet --compact --skip-download --framework dockerfile \
-  -f "$ROOT/agent/Dockerfile" -f "$ROOT/runner/Dockerfile"
+  -f "$ROOT/agent/Dockerfile" -f "$ROOT/runner/Dockerfile" -f "$ROOT/Dockerfile.sunshine"
 check "start.sh: real QEMU on a 64M qcow2, VNC socket, agent via unix:, SIGTERM; AGENT_LISTEN; VM_PROFILE=standin" \
   bash "$ROOT/charts/tests/runner_test.sh" "$AGENT_BIN" "$WORK/runner"
 
@@ -141,6 +144,8 @@ CASES=(
   "kvm-hostpath|--set kvm.mode=hostPath"
   "tls-off-no-netpol|--set ingress.tls.enabled=false --set networkPolicy.enabled=false"
   "release-loco-vm|"
+  "sunshine-on|--set sunshine.enabled=true --set sunshine.credentials.existingSecret=sunshine-creds --set sunshine.service.type=LoadBalancer --set sunshine.service.externalTrafficPolicy=Local --set-json sunshine.allowedFrom=[{\"ipBlock\":{\"cidr\":\"192.168.0.0/16\"}}] --set-json sunshine.extraArgs=[\"min_threads=2\",\"sw_preset=ultrafast\"] --set replicas=3"
+  "sunshine-min|--set sunshine.enabled=true"
 )
 for c in "${CASES[@]}"; do
   name=${c%%|*} args=${c#*|}
@@ -175,6 +180,10 @@ REJECT=(
   "auth.enabled is true but auth.tokens has 2 entries for 9 replicas: give one token per VM, or set auth.existingSecret|-f $MIN --set auth.enabled=true --set auth.tokens={aaaaaaaaaaaaaaaa0,aaaaaaaaaaaaaaaa1}"
   "auth.tokens and auth.existingSecret are both set: use one of them|-f $MIN --set auth.enabled=true --set auth.existingSecret=s --set auth.tokens={aaaaaaaaaaaaaaaa0}"
   "stunner.operator.enabled is true but stunner.enabled is false|-f $MIN --set stunner.enabled=false --set stunner.operator.enabled=true"
+  "at '/sunshine/service/type': value must be one of 'ClusterIP', 'LoadBalancer'|-f $MIN --set sunshine.enabled=true --set sunshine.service.type=NodePort"
+  "at '/sunshine/screenSize': 'big' does not match pattern|-f $MIN --set sunshine.enabled=true --set sunshine.screenSize=big"
+  "at '/sunshine/extraArgs/0': 'capture' does not match pattern|-f $MIN --set sunshine.enabled=true --set sunshine.extraArgs={capture}"
+  "at '/sunshine/enabled': got string, want boolean|-f $MIN --set-string sunshine.enabled=yes"
 )
 for c in "${REJECT[@]}"; do
   want=${c%%|*} args=${c#*|}
@@ -193,7 +202,7 @@ for v in "${K8S_VERSIONS[@]}"; do
   check "kubernetes-validate $v (all cases; CRD kinds skipped)" "$PY" "$ROOT/charts/tests/validate.py" "$v" "$R"/*.yaml
 done
 skips=$(grep -oE '^CKV[0-9A-Z_]+' "$ROOT/charts/checkov-skips.txt" | paste -sd, -)
-for f in "$R"/default.yaml "$R"/tokens-on.yaml "$R"/kvm-deviceplugin.yaml "$R"/stunner-off.yaml; do
+for f in "$R"/default.yaml "$R"/tokens-on.yaml "$R"/kvm-deviceplugin.yaml "$R"/stunner-off.yaml "$R"/sunshine-on.yaml; do
   check "checkov: $(basename "$f" .yaml) (skips: charts/checkov-skips.txt)" \
     "$VENV/bin/checkov" --quiet --compact --skip-download --framework kubernetes --skip-check "$skips" -f "$f"
 done
@@ -206,6 +215,123 @@ nfail=$(grep -c '^FAIL ' <<<"$out")
 FAIL=$((FAIL + nfail))
 if [ "$rc" -ne 0 ] && [ "$nfail" -eq 0 ]; then bad "template unit tests crashed" "$out"; fi
 [ "$nfail" -eq 0 ] || { FAILED+=("template unit tests"); printf '%s\n' "$out" | grep -A5 '^FAIL ' | sed 's/^/        /'; }
+
+say "charts/loco-vm: the Sunshine sidecar toggle (sunshine.enabled)"
+# One small checker, NAME selects the check; cases sunshine-on (everything set) and sunshine-min
+# (only sunshine.enabled=true) against the default renders.
+cat >"$WORK/sunshine_checks.py" <<'EOF'
+import sys
+
+import yaml
+
+name, R = sys.argv[1], sys.argv[2]
+load = lambda case: [d for d in yaml.safe_load_all(open(f"{R}/{case}.yaml")) if d]
+sts = lambda docs: next(d for d in docs if d["kind"] == "StatefulSet")
+pod = lambda docs: sts(docs)["spec"]["template"]["spec"]
+ctr = lambda docs, n: next(c for c in pod(docs)["containers"] if c["name"] == n)
+PORTS = {("sun-https", 47984, "TCP"), ("sun-http", 47989, "TCP"), ("sun-webui", 47990, "TCP"), ("sun-rtsp", 48010, "TCP"),
+         ("sun-video", 47998, "UDP"), ("sun-control", 47999, "UDP"), ("sun-audio", 48000, "UDP")}
+SVC_PORTS = {(47984, "TCP", "sun-https"), (47989, "TCP", "sun-http"), (48010, "TCP", "sun-rtsp"),
+             (47998, "UDP", "sun-video"), (47999, "UDP", "sun-control"), (48000, "UDP", "sun-audio")}
+on, mini = load("sunshine-on"), load("sunshine-min")
+
+if name == "off":  # the default renders nothing of Sunshine
+    for case in ("default", "replicas-9", "kvm-hostpath", "stunner-off", "tls-off-no-netpol"):
+        text = open(f"{R}/{case}.yaml").read()
+        assert "sunshine" not in text.lower(), f"{case}: 'sunshine' appears in the manifests"
+        for p in ("47984", "47989", "47990", "48010", "47998", "47999", "48000"):
+            assert p not in text, f"{case}: port {p} appears"
+        assert [c["name"] for c in pod(load(case))["containers"]] == ["runner", "agent"], case
+elif name == "container":
+    for docs, secret in ((on, True), (mini, False)):
+        p = pod(docs)
+        assert [c["name"] for c in p["containers"]] == ["runner", "agent", "sunshine"]
+        c = ctr(docs, "sunshine")
+        assert c["image"] == "loco-sunshine:0.1.0", c["image"]
+        env = {e["name"]: e for e in c["env"]}
+        assert env["VNC_TARGET"]["value"] == "/run/loco/vnc.sock"
+        assert env["HOME"]["value"] == "/var/lib/loco/sunshine"
+        assert env["SCREEN_SIZE"]["value"] == "1024x768"
+        assert env["SUNSHINE_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+        mounts = {m["name"]: m for m in c["volumeMounts"]}
+        assert mounts["vnc"]["mountPath"] == "/run/loco" and mounts["vnc"] in ctr(docs, "agent")["volumeMounts"]
+        assert mounts["overlay"]["mountPath"] == "/var/lib/loco"
+        vols = {v["name"]: v for v in p["volumes"]}
+        assert mounts["sunshine-tmp"]["mountPath"] == "/tmp" and "emptyDir" in vols["sunshine-tmp"]
+        assert ("SUNSHINE_PASSWORD_FILE" in env) == secret and ("sunshine-credentials" in vols) == secret
+        if secret:
+            assert env["SUNSHINE_USERNAME_FILE"]["value"] == "/etc/loco/sunshine/username"
+            assert env["SUNSHINE_PASSWORD_FILE"]["value"] == "/etc/loco/sunshine/password"
+            assert vols["sunshine-credentials"]["secret"]["secretName"] == "sunshine-creds"
+            assert mounts["sunshine-credentials"]["readOnly"] is True
+            assert env["SUNSHINE_EXTRA_ARGS"]["value"] == "min_threads=2 sw_preset=ultrafast"
+            assert not any("value" in e and "password" in str(e["value"]).lower() and "FILE" not in e["name"] for e in c["env"])
+        else:
+            assert env["SUNSHINE_EXTRA_ARGS"]["value"] == ""
+        assert "readinessProbe" not in c, "a Sunshine readiness probe would take the VM's WHEP Service down with it"
+        assert c["livenessProbe"]["tcpSocket"]["port"] == "sun-http"
+elif name == "ports":
+    c = ctr(on, "sunshine")
+    got = {(p["name"], p["containerPort"], p["protocol"]) for p in c["ports"]}
+    assert got == PORTS, got ^ PORTS
+    for docs, n, typ in ((on, 3, "LoadBalancer"), (mini, 9, "ClusterIP")):
+        svcs = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Service" and d["metadata"]["name"].endswith("-sunshine")}
+        assert sorted(svcs) == sorted(f"t-loco-vm-{i}-sunshine" for i in range(n)), sorted(svcs)
+        for i in range(n):
+            spec = svcs[f"t-loco-vm-{i}-sunshine"]["spec"]
+            assert spec["type"] == typ
+            assert spec["selector"]["statefulset.kubernetes.io/pod-name"] == f"t-loco-vm-{i}"
+            got = {(p["port"], p["protocol"], p["targetPort"]) for p in spec["ports"]}
+            assert got == SVC_PORTS, got ^ SVC_PORTS  # the Web UI (47990) is not exposed
+            assert spec.get("externalTrafficPolicy") == ("Local" if typ == "LoadBalancer" else None)
+    # The agents' Services and the agent's own port are what they were.
+    for docs in (on, mini):
+        for d in docs:
+            if d["kind"] == "Service" and not d["metadata"]["name"].endswith("-sunshine"):
+                assert [p["port"] for p in d["spec"]["ports"]] == [8080], d["metadata"]["name"]
+elif name == "security":
+    default = load("default")
+    want = ctr(default, "agent")["securityContext"]
+    for docs in (on, mini):
+        c = ctr(docs, "sunshine")
+        sc = c["securityContext"]
+        assert sc == want, sc
+        assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] is True
+        assert sc["privileged"] is False and sc["capabilities"] == {"drop": ["ALL"]}
+        psc = dict(pod(docs)["securityContext"])
+        assert psc.pop("sysctls") == [{"name": "net.ipv4.ip_local_reserved_ports", "value": "47984-48010"}]
+        assert psc == pod(default)["securityContext"], psc
+        assert "hostPath" not in str(pod(docs)["volumes"]) and "uinput" not in str(docs), "no node devices"
+        r = c["resources"]
+        assert r == {"requests": {"cpu": "500m", "memory": "256Mi"}, "limits": {"cpu": "2", "memory": "1Gi"}}, r
+elif name == "unchanged":  # the runner and agent containers are exactly the default ones
+    default = load("default")
+    for docs in (on, mini):
+        for n in ("runner", "agent"):
+            assert ctr(docs, n) == ctr(default, n), f"the {n} container changed"
+        assert sts(docs)["spec"]["volumeClaimTemplates"] == sts(default)["spec"]["volumeClaimTemplates"], \
+            "volumeClaimTemplates changed (immutable: an existing release could not be upgraded)"
+elif name == "netpol":
+    rules = {}
+    for case, docs in (("on", on), ("min", mini)):
+        np = next(d for d in docs if d["kind"] == "NetworkPolicy" and d["metadata"]["name"] == "t-loco-vm-agents")
+        rules[case] = [r for r in np["spec"]["ingress"] if any(p.get("port") == 47989 for p in r["ports"])]
+        assert len(rules[case]) == 1, rules[case]
+        ports = {(p["protocol"], p["port"], p.get("endPort")) for p in rules[case][0]["ports"]}
+        assert ports == {("TCP", 47984, None), ("TCP", 47989, None), ("TCP", 48010, None), ("UDP", 47998, 48000)}, ports
+    assert rules["on"][0]["from"] == [{"ipBlock": {"cidr": "192.168.0.0/16"}}]
+    assert "from" not in rules["min"][0], "sunshine.allowedFrom=[] means from anywhere"
+else:
+    raise SystemExit(f"unknown check {name}")
+EOF
+check "sunshine off (default): no container, Service, port or mention of Sunshine" "$PY" "$WORK/sunshine_checks.py" off "$R"
+check "sunshine on: sidecar image, env, VNC socket + overlay + /tmp mounts, credentials as files, liveness only" \
+  "$PY" "$WORK/sunshine_checks.py" container "$R"
+check "sunshine on: container ports, one Service per VM (type, pod selector, no Web UI port)" \
+  "$PY" "$WORK/sunshine_checks.py" ports "$R"
+check "sunshine on: strict securityContext, Sunshine's ports reserved (sysctl), no node devices, resources" "$PY" "$WORK/sunshine_checks.py" security "$R"
+check "sunshine on: runner, agent and volumeClaimTemplates unchanged" "$PY" "$WORK/sunshine_checks.py" unchanged "$R"
+check "sunshine on: NetworkPolicy opens Moonlight's ports (allowedFrom, or anywhere)" "$PY" "$WORK/sunshine_checks.py" netpol "$R"
 
 # ------------------------------------------------------------------------- monitoring
 say "monitoring/"
