@@ -39,6 +39,9 @@ const BACKOFF_MAX_MS: f64 = 15_000.0;
 const STABLE_MS: f64 = 10_000.0;
 /// ICE "disconnected" this long counts as down.
 const DISCONNECTED_GRACE_MS: f64 = 1500.0;
+/// Nothing at all (no RTP, no RTCP sender report; the agent sends one every 2 s) from a live
+/// agent for this long: ask its `/healthz` whether it is still there.
+const SILENCE_PROBE_MS: f64 = 2600.0;
 /// Negotiated but never connected in this time: down.
 const CONNECT_TIMEOUT_MS: f64 = 15_000.0;
 const STATS_EVERY_MS: f64 = 1000.0;
@@ -73,6 +76,8 @@ thread_local! {
 /// A panel's connection and what the scene shows of it.
 struct PanelRt {
     desktop: loco_shared::config::Desktop,
+    /// `desktop.whep` resolved against the page's URL.
+    whep_url: String,
     video: HtmlVideoElement,
     state: StreamState,
     session: Option<whep::Session>,
@@ -94,6 +99,9 @@ struct PanelRt {
     stats_at: f64,
     kbps: f64,
     stats_pending: bool,
+    /// When the agent was last heard from (RTP or RTCP), and a `/healthz` probe in flight.
+    heard_at: f64,
+    probing: bool,
     label: String,
     hud: String,
     /// Last pointer message sent, to skip repeats.
@@ -250,9 +258,11 @@ impl App {
                     match state {
                         RtcPeerConnectionState::Connected => {
                             p.disconnected_since = None;
-                            if vw > 0 && p.state != StreamState::Live {
+                            let input_open = p.session.as_ref().is_some_and(|s| s.input_open());
+                            if vw > 0 && input_open && p.state != StreamState::Live {
                                 p.state = StreamState::Live;
                                 p.since = now;
+                                p.heard_at = now;
                                 p.error = None;
                             }
                             if p.state == StreamState::Live && now - p.since > STABLE_MS {
@@ -278,6 +288,20 @@ impl App {
                         continue;
                     }
                     let p = &mut self.panels[i];
+                    // A killed agent sends nothing and ICE takes ~8 s to notice: probe sooner.
+                    if p.state == StreamState::Live && !p.probing && now - p.heard_at > SILENCE_PROBE_MS {
+                        if let Some(url) = whep::health_url(&p.whep_url) {
+                            p.probing = true;
+                            let generation = p.generation;
+                            let shared = shared.clone();
+                            spawn_local(async move {
+                                let alive = whep::agent_answers(&url).await;
+                                if let Ok(mut app) = shared.try_borrow_mut() {
+                                    app.probed(i, generation, alive);
+                                }
+                            });
+                        }
+                    }
                     if !p.stats_pending && now - p.stats_at >= STATS_EVERY_MS {
                         p.stats_pending = true;
                         let generation = p.generation;
@@ -327,6 +351,19 @@ impl App {
         }
     }
 
+    fn probed(&mut self, i: usize, generation: u32, alive: bool) {
+        let Some(p) = self.panels.get_mut(i) else { return };
+        if p.generation != generation {
+            return;
+        }
+        p.probing = false;
+        if alive {
+            p.heard_at = now_ms();
+        } else {
+            self.down(i, "the agent does not answer".into());
+        }
+    }
+
     fn got_stats(&mut self, i: usize, generation: u32, st: Option<whep::VideoStats>) {
         let Some(p) = self.panels.get_mut(i) else { return };
         p.stats_pending = false;
@@ -338,6 +375,9 @@ impl App {
             let dt = (now - p.stats_at) / 1000.0;
             if p.stats_at > 0.0 && dt > 0.0 && st.bytes_received >= p.stats.bytes_received {
                 p.kbps = (st.bytes_received - p.stats.bytes_received) * 8.0 / 1000.0 / dt;
+            }
+            if st.activity != p.stats.activity {
+                p.heard_at = now;
             }
             p.stats = st;
         }
@@ -357,6 +397,7 @@ impl App {
         p.state = StreamState::Down;
         p.since = now;
         p.disconnected_since = None;
+        p.probing = false;
         p.stats = Default::default();
         p.stats_at = 0.0;
         p.kbps = 0.0;
@@ -1097,8 +1138,11 @@ async fn run() -> Result<(), String> {
             let new_frame = Rc::new(Cell::new(false));
             let frames_presented = Rc::new(Cell::new(0));
             let frame_cb = watch_frames(&video, new_frame.clone(), frames_presented.clone());
+            let whep_url =
+                web_sys::Url::new_with_base(&desktop.whep, &app.base_url).map(|u| u.href()).unwrap_or_default();
             app.panels.push(PanelRt {
                 desktop: desktop.clone(),
+                whep_url,
                 video,
                 state: StreamState::Connecting,
                 session: None,
@@ -1118,6 +1162,8 @@ async fn run() -> Result<(), String> {
                 stats_at: 0.0,
                 kbps: 0.0,
                 stats_pending: false,
+                heard_at: 0.0,
+                probing: false,
                 label: String::new(),
                 hud: String::new(),
                 last_pointer: None,

@@ -56,7 +56,11 @@ impl Session {
                     init.set_headers(&h);
                 }
             }
-            let _ = super::util::window().fetch_with_str_and_init(location, &init);
+            let request = super::util::window().fetch_with_str_and_init(location, &init);
+            // An agent that is gone rejects this: nothing to do about it, but no unhandled rejection.
+            wasm_bindgen_futures::spawn_local(async move {
+                let _ = JsFuture::from(request).await;
+            });
         }
         self.pc.set_ontrack(None);
         self.dc.close();
@@ -197,6 +201,8 @@ async fn negotiate(
 #[derive(Debug, Clone, Copy, Default)]
 pub struct VideoStats {
     pub frames_decoded: u32,
+    /// RTP packets received plus RTCP sender reports: changes whenever the agent sends anything.
+    pub activity: f64,
     pub bytes_received: f64,
     pub fps: f64,
     pub rtt_ms: Option<f64>,
@@ -214,6 +220,10 @@ pub async fn stats(pc: &RtcPeerConnection) -> Option<VideoStats> {
                 out.frames_decoded = super::util::num(&s, "framesDecoded").unwrap_or(0.0) as u32;
                 out.bytes_received = super::util::num(&s, "bytesReceived").unwrap_or(0.0);
                 out.fps = super::util::num(&s, "framesPerSecond").unwrap_or(0.0);
+                out.activity += super::util::num(&s, "packetsReceived").unwrap_or(0.0);
+            }
+            Some("remote-outbound-rtp") => {
+                out.activity += super::util::num(&s, "reportsSent").unwrap_or(0.0);
             }
             Some("candidate-pair") => {
                 let nominated = js_sys::Reflect::get(&s, &"nominated".into()).ok().and_then(|v| v.as_bool());
@@ -227,4 +237,27 @@ pub async fn stats(pc: &RtcPeerConnection) -> Option<VideoStats> {
         }
     }
     Some(out)
+}
+
+/// The agent's `/healthz` beside its WHEP endpoint (`…/whep` → `…/healthz`), if the URL has
+/// that shape.
+pub fn health_url(whep_url: &str) -> Option<String> {
+    let base = whep_url.split(['?', '#']).next().unwrap_or(whep_url);
+    base.strip_suffix("/whep").map(|b| format!("{b}/healthz"))
+}
+
+/// Whether the agent answers at all: `false` when the request fails at the network level or a
+/// gateway says its upstream is gone (502/504, or a 503 that is not the agent's own JSON).
+/// The agent's own 503 (its VNC server is down) still means the agent is there.
+pub async fn agent_answers(health_url: &str) -> bool {
+    let init = web_sys::RequestInit::new();
+    init.set_cache(web_sys::RequestCache::NoStore);
+    match fetch(health_url, &init, 3000).await {
+        Err(_) => false,
+        Ok(res) => {
+            let json =
+                res.headers().get("Content-Type").ok().flatten().is_some_and(|t| t.starts_with("application/json"));
+            !matches!(res.status(), 502 | 504) && (res.status() != 503 || json)
+        }
+    }
 }

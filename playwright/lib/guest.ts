@@ -1,0 +1,65 @@
+/**
+ * The QEMU test-pattern guest of agent/tests/guest (1024x768, full-screen patterns changing
+ * every 0.5 s). The QEMU command line comes from testguest.py itself (one description of how
+ * the guest boots: PVH kernel, KVM only when usable, TCG otherwise).
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { LOCO_CACHE, Proc, ProcessExited, REPO, freePort, isExecutable, killGroup, portAccepts, requireTools, run, spawnGroup, tail, waitUntil } from './procs';
+
+const GUEST_DIR = path.join(REPO, 'agent', 'tests', 'guest');
+const READY_MARKER = 'LOCO-TESTGUEST: READY';
+
+function python(): string {
+  const venv = path.join(LOCO_CACHE, 'venv', 'bin', 'python');
+  return isExecutable(venv) ? venv : 'python3';
+}
+
+export class QemuGuest {
+  private constructor(
+    readonly port: number,
+    readonly proc: Proc,
+    readonly logPath: string,
+    readonly serialPath: string,
+    readonly bootSeconds: number,
+  ) {}
+
+  static async start(workdir: string): Promise<QemuGuest> {
+    requireTools({ 'qemu-system-x86_64': 'qemu-system-x86', busybox: 'busybox-static' });
+    if (!fs.existsSync(path.join(GUEST_DIR, 'testguest.py'))) {
+      throw new Error(`${GUEST_DIR}/testguest.py is missing: the QEMU test-pattern guest is needed for video`);
+    }
+    let port = await freePort(5900);
+    while (port < 5900) port = await freePort(5900);
+    const serial = path.join(workdir, 'qemu-serial.log');
+    const log = path.join(workdir, 'qemu.log');
+    // build() is cached (recipe hash); the first build takes a few seconds.
+    const script =
+      'import json, sys; sys.path.insert(0, sys.argv[1]); import testguest as t; p = t.build(); ' +
+      'print(json.dumps([str(a) for a in t.qemu_command(p, vnc_port=int(sys.argv[2]), serial_log=sys.argv[3])]))';
+    let argv: string[];
+    try {
+      const out = await run([python(), '-c', script, GUEST_DIR, String(port), serial], { timeoutMs: 300000 });
+      argv = JSON.parse(out.trim().split('\n').pop() as string);
+    } catch (e) {
+      throw new Error(`building / describing the test-pattern guest failed: ${(e as Error).message}`);
+    }
+    fs.writeFileSync(log, `$ ${argv.join(' ')}\n`);
+    const t0 = Date.now();
+    const proc = spawnGroup(argv, { logPath: log, name: 'qemu' });
+    try {
+      await waitUntil(async () => {
+        if (proc.exitCode() !== undefined) throw new ProcessExited(`QEMU exited rc=${proc.exitCode()}`);
+        return (await portAccepts(port)) && fs.existsSync(serial) && fs.readFileSync(serial, 'utf8').includes(READY_MARKER);
+      }, 150000, `QEMU guest: VNC port ${port} and ${READY_MARKER} on its serial console`);
+    } catch (e) {
+      await killGroup(proc);
+      throw new Error(`${(e as Error).message}\n--- QEMU log ---\n${tail(log)}\n--- serial ---\n${tail(serial)}`);
+    }
+    return new QemuGuest(port, proc, log, serial, (Date.now() - t0) / 1000);
+  }
+
+  async stop(): Promise<void> {
+    await killGroup(this.proc, 'SIGTERM', 3000);
+  }
+}
