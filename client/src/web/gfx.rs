@@ -25,6 +25,10 @@ impl Backend {
 }
 
 pub struct Gfx {
+    /// Kept alive with the device: in Chromium, a WebGPU device whose instance and adapter are
+    /// garbage-collected is lost ("A valid external Instance reference no longer exists").
+    _instance: wgpu::Instance,
+    _adapter: wgpu::Adapter,
     pub backend: Backend,
     pub canvas: HtmlCanvasElement,
     pub gl: Option<WebGl2RenderingContext>,
@@ -33,6 +37,7 @@ pub struct Gfx {
     surface: wgpu::Surface<'static>,
     config: wgpu::SurfaceConfiguration,
     pub renderer: Renderer,
+    lost: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Gfx {
@@ -83,6 +88,19 @@ impl Gfx {
             })
             .await
             .map_err(|e| format!("no {} device: {e}", backend.as_str()))?;
+        let name = backend.as_str();
+        let lost = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = lost.clone();
+        device.set_device_lost_callback(move |reason, message| {
+            if reason == wgpu::DeviceLostReason::Destroyed {
+                return; // we dropped it
+            }
+            web_sys::console::warn_1(&format!("loco: the {name} device was lost ({reason:?}: {message})").into());
+            flag.store(true, std::sync::atomic::Ordering::Relaxed);
+        });
+        device.on_uncaptured_error(std::sync::Arc::new(move |e: wgpu::Error| {
+            web_sys::console::error_1(&format!("loco: {name}: {e}").into());
+        }));
         let caps = surface.get_capabilities(&adapter);
         // Not sRGB: video and caption bytes are already sRGB-encoded and must pass unchanged.
         let format = [wgpu::TextureFormat::Rgba8Unorm, wgpu::TextureFormat::Bgra8Unorm]
@@ -103,7 +121,24 @@ impl Gfx {
         };
         surface.configure(&device, &config);
         let renderer = Renderer::new(&device, &queue, format);
-        Ok(Gfx { backend, canvas, gl, device, queue, surface, config, renderer })
+        Ok(Gfx {
+            _instance: instance,
+            _adapter: adapter,
+            backend,
+            canvas,
+            gl,
+            device,
+            queue,
+            surface,
+            config,
+            renderer,
+            lost,
+        })
+    }
+
+    /// The browser took the device away (the page then starts over on a fresh WebGL2 canvas).
+    pub fn is_lost(&self) -> bool {
+        self.lost.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Reconfigures the surface when the canvas's drawing buffer changed size.
@@ -182,5 +217,87 @@ impl Gfx {
         unsafe {
             self.device.create_texture_from_hal::<wgpu_hal::api::Gles>(hal, &desc, wgpu::TextureUses::COLOR_TARGET)
         }
+    }
+}
+
+impl Gfx {
+    /// Draws `quads` for `views` into an offscreen `width` × `height` texture of the canvas's
+    /// format and reads it back as RGBA8 rows (top row first). What the canvas would show,
+    /// readable on every backend (a WebGPU canvas cannot be read back once presented).
+    pub async fn capture(
+        &mut self,
+        views: &[View],
+        quads: &[Quad],
+        width: u32,
+        height: u32,
+    ) -> Result<Vec<u8>, String> {
+        let format = self.config.format;
+        let target = self.device.create_texture(&wgpu::TextureDescriptor {
+            label: Some("capture"),
+            size: wgpu::Extent3d { width, height, depth_or_array_layers: 1 },
+            mip_level_count: 1,
+            sample_count: 1,
+            dimension: wgpu::TextureDimension::D2,
+            format,
+            usage: wgpu::TextureUsages::RENDER_ATTACHMENT | wgpu::TextureUsages::COPY_SRC,
+            view_formats: &[],
+        });
+        let view = target.create_view(&Default::default());
+        let padded = (width * 4).div_ceil(256) * 256;
+        let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("capture readback"),
+            size: u64::from(padded * height),
+            usage: wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::MAP_READ,
+            mapped_at_creation: false,
+        });
+        let mut encoder = self.device.create_command_encoder(&Default::default());
+        self.renderer.render(
+            &self.device,
+            &self.queue,
+            &mut encoder,
+            &Frame { target: &view, views, quads, clear: CLEAR },
+        );
+        encoder.copy_texture_to_buffer(
+            target.as_image_copy(),
+            wgpu::TexelCopyBufferInfo {
+                buffer: &buffer,
+                layout: wgpu::TexelCopyBufferLayout {
+                    offset: 0,
+                    bytes_per_row: Some(padded),
+                    rows_per_image: Some(height),
+                },
+            },
+            wgpu::Extent3d { width, height, depth_or_array_layers: 1 },
+        );
+        self.queue.submit([encoder.finish()]);
+        let done: std::rc::Rc<std::cell::RefCell<Option<Result<(), wgpu::BufferAsyncError>>>> = Default::default();
+        let flag = done.clone();
+        buffer.slice(..).map_async(wgpu::MapMode::Read, move |r| *flag.borrow_mut() = Some(r));
+        for _ in 0..500 {
+            let _ = self.device.poll(wgpu::PollType::Poll);
+            if done.borrow().is_some() {
+                break;
+            }
+            super::util::sleep(5).await;
+        }
+        match done.borrow_mut().take() {
+            Some(Ok(())) => {}
+            Some(Err(e)) => return Err(format!("capture: {e}")),
+            None => return Err("capture: the read-back did not finish in 2.5 s".into()),
+        }
+        let data = buffer.slice(..).get_mapped_range().map_err(|e| format!("capture: {e:?}"))?;
+        let bgra = matches!(format, wgpu::TextureFormat::Bgra8Unorm | wgpu::TextureFormat::Bgra8UnormSrgb);
+        let mut out = Vec::with_capacity((width * height * 4) as usize);
+        for row in 0..height {
+            let start = (row * padded) as usize;
+            for px in data[start..start + (width * 4) as usize].chunks_exact(4) {
+                if bgra {
+                    out.extend_from_slice(&[px[2], px[1], px[0], px[3]]);
+                } else {
+                    out.extend_from_slice(px);
+                }
+            }
+        }
+        Ok(out)
     }
 }

@@ -175,6 +175,8 @@ struct App {
     gfx: Option<Gfx>,
     xr_gfx: Option<Gfx>,
     xr_supported: bool,
+    /// A lost device is being replaced.
+    recovering: bool,
     label_ctx: Option<CanvasRenderingContext2d>,
     /// The flat view has something new to show (the XR view draws every frame regardless).
     redraw: bool,
@@ -221,6 +223,10 @@ impl App {
 
     fn tick(&mut self, shared: &Shared) {
         let now = now_ms();
+        if !self.recovering && self.gfx.as_ref().is_some_and(|g| g.is_lost()) {
+            self.recovering = true;
+            spawn_local(recover(shared.clone()));
+        }
         let mut relayout = false;
         for i in 0..self.panels.len() {
             let p = &mut self.panels[i];
@@ -1079,6 +1085,7 @@ async fn run() -> Result<(), String> {
         gfx: None,
         xr_gfx: None,
         xr_supported: false,
+        recovering: false,
         label_ctx,
         redraw: true,
         frame_ms: 0.0,
@@ -1102,18 +1109,12 @@ async fn run() -> Result<(), String> {
         Ok(g) => g,
         Err(e) if backend == Backend::WebGpu => {
             web_sys::console::warn_1(&format!("loco: WebGPU failed ({e}); using WebGL2").into());
-            // A canvas that had a WebGPU context cannot get a WebGL2 one: use a fresh canvas.
-            let fresh: HtmlCanvasElement = doc.create_element("canvas").map_err(|e| js_error(&e))?.unchecked_into();
-            fresh.set_id("loco-canvas");
-            fresh.set_class_name(&canvas.class_name());
-            canvas.replace_with_with_node_1(&fresh).map_err(|e| js_error(&e))?;
-            Gfx::new(fresh, Backend::WebGl2).await?
+            Gfx::new(fresh_canvas(&canvas)?, Backend::WebGl2).await?
         }
         Err(e) => return Err(e),
     };
-    let canvas = gfx.canvas.clone();
     shared.borrow_mut().gfx = Some(gfx);
-    install_input(&shared, &canvas);
+    install_input(&shared);
     start_flat_loop(&shared);
     setup_xr_button(&shared);
 
@@ -1200,6 +1201,46 @@ async fn run() -> Result<(), String> {
     Ok(())
 }
 
+/// Replaces `old` with a new, context-less canvas of the same id and attributes (a canvas that
+/// had a WebGPU context cannot get a WebGL2 one).
+fn fresh_canvas(old: &HtmlCanvasElement) -> Result<HtmlCanvasElement, String> {
+    let fresh: HtmlCanvasElement = document().create_element("canvas").map_err(|e| js_error(&e))?.unchecked_into();
+    for attr in ["id", "class", "tabindex", "aria-label"] {
+        if let Some(v) = old.get_attribute(attr) {
+            fresh.set_attribute(attr, &v).ok();
+        }
+    }
+    old.replace_with_with_node_1(&fresh).map_err(|e| js_error(&e))?;
+    Ok(fresh)
+}
+
+/// The flat view's device was lost: start over with WebGL2 on a fresh canvas; captions and
+/// video frames are uploaded again.
+async fn recover(shared: Shared) {
+    let old = shared.borrow_mut().gfx.take();
+    let canvas = match old.as_ref().map(|g| fresh_canvas(&g.canvas)) {
+        Some(Ok(c)) => c,
+        Some(Err(e)) => {
+            shared.borrow_mut().set_error(format!("The graphics device was lost and could not be replaced: {e}"));
+            return;
+        }
+        None => return,
+    };
+    drop(old);
+    let result = Gfx::new(canvas, Backend::WebGl2).await;
+    let mut app = shared.borrow_mut();
+    app.recovering = false;
+    match result {
+        Ok(g) => {
+            web_sys::console::warn_1(&"loco: drawing with WebGL2 after the device loss".into());
+            app.gfx = Some(g);
+            app.redraw = true;
+            app.redraw_labels();
+        }
+        Err(e) => app.set_error(format!("The graphics device was lost and could not be replaced: {e}")),
+    }
+}
+
 fn tick_shared_now(shared: &Shared) {
     if let Ok(mut app) = shared.try_borrow_mut() {
         app.tick(shared);
@@ -1281,6 +1322,11 @@ fn install_hook(shared: &Shared) {
             }
         });
         set(&snap, "screenPoint", screen_point.into_js_value());
+        let s3 = s.clone();
+        let capture_fn = Closure::<dyn Fn() -> js_sys::Promise>::new(move || {
+            wasm_bindgen_futures::future_to_promise(capture(s3.clone()))
+        });
+        set(&snap, "capture", capture_fn.into_js_value());
         deep_freeze(&snap);
         snap
     });
@@ -1289,6 +1335,32 @@ fn install_hook(shared: &Shared) {
     set(&desc, "configurable", false);
     set(&desc, "enumerable", true);
     js_sys::Object::define_property(&window(), &"__loco".into(), &desc);
+}
+
+/// `window.__loco.capture()`: the flat view as the renderer draws it now, read back from an
+/// offscreen texture — `{width, height, data}` with `data` RGBA8 rows at the canvas's size.
+async fn capture(shared: Shared) -> Result<JsValue, JsValue> {
+    let (views, quads, size) = {
+        let app = shared.try_borrow().map_err(|_| JsValue::from_str("busy"))?;
+        let g = app.gfx.as_ref().ok_or("no device")?;
+        let (w, h) = g.size();
+        let view =
+            View { view_proj: app.flat.camera.view_proj(w as f32, h as f32), viewport: [0.0, 0.0, w as f32, h as f32] };
+        (vec![view], scene::build(&app.scene()), (w, h))
+    };
+    // Take the device out while awaiting, so input and frames do not find the app borrowed.
+    let mut g = shared.try_borrow_mut().map_err(|_| JsValue::from_str("busy"))?.gfx.take().ok_or("no device")?;
+    let result = g.capture(&views, &quads, size.0, size.1).await;
+    if let Ok(mut app) = shared.try_borrow_mut() {
+        app.gfx = Some(g);
+        app.redraw = true;
+    }
+    let pixels = result.map_err(|e| JsValue::from_str(&e))?;
+    let o = js_sys::Object::new();
+    set(&o, "width", size.0);
+    set(&o, "height", size.1);
+    set(&o, "data", js_sys::Uint8Array::from(pixels.as_slice()));
+    Ok(o.into())
 }
 
 fn deep_freeze(v: &JsValue) {
@@ -1311,7 +1383,20 @@ fn canvas_point(canvas: &HtmlCanvasElement, ev: &MouseEvent) -> Vec2 {
     Vec2::new((ev.client_x() - r.left()) as f32, (ev.client_y() - r.top()) as f32)
 }
 
-fn install_input(shared: &Shared, canvas: &HtmlCanvasElement) {
+/// The scene's canvas (it may be replaced: a lost WebGPU device falls back to WebGL2 on a
+/// fresh canvas).
+fn scene_canvas() -> Option<HtmlCanvasElement> {
+    document().get_element_by_id("loco-canvas").and_then(|e| e.dyn_into().ok())
+}
+
+/// Whether an event was aimed at the scene's canvas.
+fn on_canvas(ev: &web_sys::Event) -> bool {
+    ev.target().and_then(|t| t.dyn_into::<web_sys::Element>().ok()).is_some_and(|e| e.id() == "loco-canvas")
+}
+
+/// Mouse, wheel and keyboard input. Listeners sit on the window (the canvas may be replaced)
+/// and look at events aimed at the canvas, plus moves and releases during a drag or capture.
+fn install_input(shared: &Shared) {
     let listen = |target: &web_sys::EventTarget, name: &str, f: Box<dyn FnMut(web_sys::Event)>| {
         let cb = Closure::wrap(f);
         let opts = web_sys::AddEventListenerOptions::new();
@@ -1323,19 +1408,23 @@ fn install_input(shared: &Shared, canvas: &HtmlCanvasElement) {
         );
         cb.forget();
     };
+    let win: web_sys::EventTarget = window().into();
     for (name, kind) in [("mousemove", 0), ("mousedown", 1), ("mouseup", 2)] {
         let s = shared.clone();
-        let c = canvas.clone();
-        let target: &web_sys::EventTarget = if kind == 2 { &window() } else { canvas };
         listen(
-            &target.clone(),
+            &win,
             name,
             Box::new(move |ev| {
-                let ev: MouseEvent = ev.unchecked_into();
                 let Ok(mut app) = s.try_borrow_mut() else { return };
                 if app.xr.is_some() {
                     return;
                 }
+                let held = app.flat.captured.is_some() || app.flat.dragging.is_some();
+                if !(on_canvas(&ev) || (held && kind != 1)) {
+                    return;
+                }
+                let Some(c) = scene_canvas() else { return };
+                let ev: MouseEvent = ev.unchecked_into();
                 let p = canvas_point(&c, &ev);
                 match kind {
                     0 => app.mouse_move(p),
@@ -1357,11 +1446,14 @@ fn install_input(shared: &Shared, canvas: &HtmlCanvasElement) {
     }
     {
         let s = shared.clone();
-        let c = canvas.clone();
         listen(
-            canvas,
+            &win,
             "wheel",
             Box::new(move |ev| {
+                if !on_canvas(&ev) {
+                    return;
+                }
+                let Some(c) = scene_canvas() else { return };
                 let ev: WheelEvent = ev.unchecked_into();
                 let Ok(mut app) = s.try_borrow_mut() else { return };
                 if app.wheel(canvas_point(&c, &ev), ev.delta_y()) {
@@ -1377,7 +1469,15 @@ fn install_input(shared: &Shared, canvas: &HtmlCanvasElement) {
             }),
         );
     }
-    listen(canvas, "contextmenu", Box::new(|ev| ev.prevent_default()));
+    listen(
+        &win,
+        "contextmenu",
+        Box::new(|ev| {
+            if on_canvas(&ev) {
+                ev.prevent_default();
+            }
+        }),
+    );
     for (name, down) in [("keydown", true), ("keyup", false)] {
         let s = shared.clone();
         listen(
