@@ -83,6 +83,47 @@ function attachText(testInfo: TestInfo, name: string, text: string): Promise<voi
   return testInfo.attach(name, { body: text, contentType: 'text/plain' });
 }
 
+/**
+ * Makes `page` a LocoPage: console lines and uncaught page errors collected, IWER's Quest 3
+ * runtime injected before the page's own scripts. The `loco` fixture uses it; a test that
+ * launches its own browser (other flags) can too, then calls `finishPage` at its end.
+ */
+export async function instrumentPage(page: Page, server: StaticServer): Promise<LocoPage> {
+  const consoleLines: string[] = [];
+  const pageErrors: string[] = [];
+  page.on('console', (m) => consoleLines.push(`${new Date().toISOString().slice(11, 23)} [${m.type()}] ${m.text()}`));
+  page.on('pageerror', (e) => {
+    pageErrors.push(String(e?.stack ?? e));
+    consoleLines.push(`[pageerror] ${String(e)}`);
+  });
+  await page.addInitScript({ path: IWER_JS });
+  await page.addInitScript({ content: IWER_INIT });
+  return {
+    page,
+    consoleLines,
+    pageErrors,
+    async open(query = '') {
+      requireDist();
+      await page.goto(`${server.url}/${query}`, { waitUntil: 'load' });
+    },
+    snap: () => readLoco(page),
+  };
+}
+
+/**
+ * Attaches the console (and, when `failed`, the last `__loco`); uncaught page errors fail the
+ * test. `failed` defaults to the test's status (known in a fixture's teardown, not in its body).
+ */
+export async function finishPage(lp: LocoPage, testInfo: TestInfo, failed = testInfo.status !== testInfo.expectedStatus): Promise<void> {
+  await attachText(testInfo, 'browser console', lp.consoleLines.join('\n'));
+  if (failed) {
+    const s = await readLoco(lp.page).catch((e) => `<${String(e)}>`);
+    await attachText(testInfo, 'last __loco', JSON.stringify(s, null, 1));
+  }
+  // An uncaught exception on the page is a bug whatever the test checked.
+  expect(lp.pageErrors, 'uncaught errors on the page').toEqual([]);
+}
+
 export const test = base.extend<TestFixtures, WorkerFixtures>({
   workdir: [async ({}, use) => {
     const d = fs.mkdtempSync(path.join(os.tmpdir(), 'loco-pw-w-'));
@@ -148,33 +189,9 @@ export const test = base.extend<TestFixtures, WorkerFixtures>({
   },
 
   loco: async ({ page, server }, use, testInfo) => {
-    const consoleLines: string[] = [];
-    const pageErrors: string[] = [];
-    page.on('console', (m) => consoleLines.push(`${new Date().toISOString().slice(11, 23)} [${m.type()}] ${m.text()}`));
-    page.on('pageerror', (e) => {
-      pageErrors.push(String(e?.stack ?? e));
-      consoleLines.push(`[pageerror] ${String(e)}`);
-    });
-    await page.addInitScript({ path: IWER_JS });
-    await page.addInitScript({ content: IWER_INIT });
-    const lp: LocoPage = {
-      page,
-      consoleLines,
-      pageErrors,
-      async open(query = '') {
-        requireDist();
-        await page.goto(`${server.url}/${query}`, { waitUntil: 'load' });
-      },
-      snap: () => readLoco(page),
-    };
+    const lp = await instrumentPage(page, server);
     await use(lp);
-    await attachText(testInfo, 'browser console', consoleLines.join('\n'));
-    if (testInfo.status !== testInfo.expectedStatus) {
-      const s = await readLoco(page).catch((e) => `<${String(e)}>`);
-      await attachText(testInfo, 'last __loco', JSON.stringify(s, null, 1));
-    }
-    // An uncaught exception on the page is a bug whatever the test checked.
-    expect(pageErrors, 'uncaught errors on the page').toEqual([]);
+    await finishPage(lp, testInfo);
   },
 
   logsOnFailure: [async ({}, use, testInfo) => {

@@ -192,6 +192,21 @@ export class Xvnc {
     return xl;
   }
 
+  /**
+   * A plain window at `geometry` (X geometry, pixels, e.g. `512x384+0+0`), mapped on top: xev's
+   * window, white inside a 1 px black border, with xev's 50x50 inner window (4 px black border)
+   * at (10,10). A known picture for pixel checks; it listens to nothing but exposures.
+   */
+  async plainWindow(geometry: string): Promise<XClient> {
+    const name = `locowin${Math.floor(Math.random() * 1e9)}`;
+    const p = spawnGroup(['xev', '-geometry', geometry, '-name', name, '-event', 'expose'],
+      { env: this.env, logPath: path.join(this.workdir, `${this.label}-${name}.log`), name: 'xev' });
+    const wid = (await this.x('xdotool', 'search', '--sync', '--onlyvisible', '--name', name)).split(/\s+/)[0];
+    const c = new XClient(p, wid);
+    this.clients.push(c);
+    return c;
+  }
+
   /** An xterm running `sh -c 'cat > FILE'`, mapped at `geometry`, holding the X input focus. */
   async xtermCat(outFile: string, geometry = '80x24+0+0'): Promise<XClient> {
     const cls = `LocoXterm${Math.floor(Math.random() * 1e9)}`;

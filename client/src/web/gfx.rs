@@ -222,15 +222,10 @@ impl Gfx {
 
 impl Gfx {
     /// Draws `quads` for `views` into an offscreen `width` × `height` texture of the canvas's
-    /// format and reads it back as RGBA8 rows (top row first). What the canvas would show,
-    /// readable on every backend (a WebGPU canvas cannot be read back once presented).
-    pub async fn capture(
-        &mut self,
-        views: &[View],
-        quads: &[Quad],
-        width: u32,
-        height: u32,
-    ) -> Result<Vec<u8>, String> {
+    /// format and starts reading it back: what the canvas would show, readable on every
+    /// backend (a WebGPU canvas cannot be read back once presented). The device stays usable
+    /// while the read-back is awaited with [`PendingCapture::finish`].
+    pub fn capture(&mut self, views: &[View], quads: &[Quad], width: u32, height: u32) -> PendingCapture {
         let format = self.config.format;
         let target = self.device.create_texture(&wgpu::TextureDescriptor {
             label: Some("capture"),
@@ -270,28 +265,55 @@ impl Gfx {
             wgpu::Extent3d { width, height, depth_or_array_layers: 1 },
         );
         self.queue.submit([encoder.finish()]);
-        let done: std::rc::Rc<std::cell::RefCell<Option<Result<(), wgpu::BufferAsyncError>>>> = Default::default();
+        let done: MapResult = Default::default();
         let flag = done.clone();
         buffer.slice(..).map_async(wgpu::MapMode::Read, move |r| *flag.borrow_mut() = Some(r));
+        PendingCapture {
+            device: self.device.clone(),
+            buffer,
+            done,
+            width,
+            height,
+            padded,
+            bgra: matches!(format, wgpu::TextureFormat::Bgra8Unorm | wgpu::TextureFormat::Bgra8UnormSrgb),
+        }
+    }
+}
+
+type MapResult = std::rc::Rc<std::cell::RefCell<Option<Result<(), wgpu::BufferAsyncError>>>>;
+
+/// A capture whose pixels are on their way back.
+pub struct PendingCapture {
+    device: wgpu::Device,
+    buffer: wgpu::Buffer,
+    done: MapResult,
+    width: u32,
+    height: u32,
+    padded: u32,
+    bgra: bool,
+}
+
+impl PendingCapture {
+    /// The pixels as RGBA8 rows, top row first.
+    pub async fn finish(self) -> Result<Vec<u8>, String> {
         for _ in 0..500 {
             let _ = self.device.poll(wgpu::PollType::Poll);
-            if done.borrow().is_some() {
+            if self.done.borrow().is_some() {
                 break;
             }
             super::util::sleep(5).await;
         }
-        match done.borrow_mut().take() {
+        match self.done.borrow_mut().take() {
             Some(Ok(())) => {}
             Some(Err(e)) => return Err(format!("capture: {e}")),
             None => return Err("capture: the read-back did not finish in 2.5 s".into()),
         }
-        let data = buffer.slice(..).get_mapped_range().map_err(|e| format!("capture: {e:?}"))?;
-        let bgra = matches!(format, wgpu::TextureFormat::Bgra8Unorm | wgpu::TextureFormat::Bgra8UnormSrgb);
-        let mut out = Vec::with_capacity((width * height * 4) as usize);
-        for row in 0..height {
-            let start = (row * padded) as usize;
-            for px in data[start..start + (width * 4) as usize].chunks_exact(4) {
-                if bgra {
+        let data = self.buffer.slice(..).get_mapped_range().map_err(|e| format!("capture: {e:?}"))?;
+        let mut out = Vec::with_capacity((self.width * self.height * 4) as usize);
+        for row in 0..self.height {
+            let start = (row * self.padded) as usize;
+            for px in data[start..start + (self.width * 4) as usize].chunks_exact(4) {
+                if self.bgra {
                     out.extend_from_slice(&[px[2], px[1], px[0], px[3]]);
                 } else {
                     out.extend_from_slice(px);

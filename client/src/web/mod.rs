@@ -1340,22 +1340,16 @@ fn install_hook(shared: &Shared) {
 /// `window.__loco.capture()`: the flat view as the renderer draws it now, read back from an
 /// offscreen texture — `{width, height, data}` with `data` RGBA8 rows at the canvas's size.
 async fn capture(shared: Shared) -> Result<JsValue, JsValue> {
-    let (views, quads, size) = {
-        let app = shared.try_borrow().map_err(|_| JsValue::from_str("busy"))?;
-        let g = app.gfx.as_ref().ok_or("no device")?;
+    let (pending, size) = {
+        let mut app = shared.try_borrow_mut().map_err(|_| JsValue::from_str("busy"))?;
+        let quads = scene::build(&app.scene());
+        let camera = app.flat.camera;
+        let g = app.gfx.as_mut().ok_or("no device")?;
         let (w, h) = g.size();
-        let view =
-            View { view_proj: app.flat.camera.view_proj(w as f32, h as f32), viewport: [0.0, 0.0, w as f32, h as f32] };
-        (vec![view], scene::build(&app.scene()), (w, h))
+        let view = View { view_proj: camera.view_proj(w as f32, h as f32), viewport: [0.0, 0.0, w as f32, h as f32] };
+        (g.capture(&[view], &quads, w, h), (w, h))
     };
-    // Take the device out while awaiting, so input and frames do not find the app borrowed.
-    let mut g = shared.try_borrow_mut().map_err(|_| JsValue::from_str("busy"))?.gfx.take().ok_or("no device")?;
-    let result = g.capture(&views, &quads, size.0, size.1).await;
-    if let Ok(mut app) = shared.try_borrow_mut() {
-        app.gfx = Some(g);
-        app.redraw = true;
-    }
-    let pixels = result.map_err(|e| JsValue::from_str(&e))?;
+    let pixels = pending.finish().await.map_err(|e| JsValue::from_str(&e))?;
     let o = js_sys::Object::new();
     set(&o, "width", size.0);
     set(&o, "height", size.1);
