@@ -148,30 +148,24 @@ pub fn build(input: &SceneInput) -> Vec<Quad> {
         } else {
             quads.push(Quad::solid(corners, NO_VIDEO));
         }
-        if let Some(aspect) = p.hud_aspect {
-            let h = HUD_HEIGHT_M.min(panel.height_m / 3.0);
-            let w = (h * aspect).min(panel.width_m);
-            let h = w / aspect;
-            let top_left = corners[0] + n * LIFT_M;
-            let (r, d) = (panel.right * w, -panel.up * h);
-            quads.push(Quad {
+        // A text strip: over the panel's top edge (HUD) or in the gap below it (caption),
+        // `height` tall at most and never wider than the panel.
+        let strip = |tex: Tex, aspect: f32, height: f32, top_left: Vec3| {
+            let w = (height * aspect).min(panel.width_m);
+            let (r, d) = (panel.right * w, -panel.up * (w / aspect));
+            Quad {
                 corners: [top_left, top_left + r, top_left + r + d, top_left + d],
                 uv: FULL_UV,
                 color: [1.0; 4],
-                tex: Tex::Hud(i),
-            });
+                tex,
+            }
+        };
+        if let Some(aspect) = p.hud_aspect {
+            let height = HUD_HEIGHT_M.min(panel.height_m / 3.0);
+            quads.push(strip(Tex::Hud(i), aspect, height, corners[0] + n * LIFT_M));
         }
         if let Some(aspect) = p.label_aspect {
-            let w = (LABEL_HEIGHT_M * aspect).min(panel.width_m);
-            let h = w / aspect;
-            let top_left = corners[3] - panel.up * LABEL_GAP_M;
-            let (r, d) = (panel.right * w, -panel.up * h);
-            quads.push(Quad {
-                corners: [top_left, top_left + r, top_left + r + d, top_left + d],
-                uv: FULL_UV,
-                color: [1.0; 4],
-                tex: Tex::Label(i),
-            });
+            quads.push(strip(Tex::Label(i), aspect, LABEL_HEIGHT_M, corners[3] - panel.up * LABEL_GAP_M));
         }
     }
     for ptr in &input.pointers {

@@ -1493,32 +1493,31 @@ fn install_input(shared: &Shared) {
             }),
         );
     }
-    // The HUD button of the flat view.
-    if let Some(btn) = document().get_element_by_id("toggle-hud") {
-        let s = shared.clone();
-        listen(
-            &btn,
-            "click",
-            Box::new(move |_| {
-                if let Ok(mut app) = s.try_borrow_mut() {
-                    app.hud = !app.hud;
-                    app.update_labels();
-                }
-            }),
-        );
-    }
-    if let Some(btn) = document().get_element_by_id("recentre") {
-        let s = shared.clone();
-        listen(
-            &btn,
-            "click",
-            Box::new(move |_| {
-                if let Ok(mut app) = s.try_borrow_mut() {
-                    app.flat.user_moved = false;
-                    app.redraw = true;
-                }
-            }),
-        );
+    // The flat view's buttons: Stats toggles the HUD, Recentre reframes the wall.
+    type Action = fn(&mut App);
+    let buttons: [(&str, Action); 2] = [
+        ("toggle-hud", |app| {
+            app.hud = !app.hud;
+            app.update_labels();
+        }),
+        ("recentre", |app| {
+            app.flat.user_moved = false;
+            app.redraw = true;
+        }),
+    ];
+    for (id, action) in buttons {
+        if let Some(btn) = document().get_element_by_id(id) {
+            let s = shared.clone();
+            listen(
+                &btn,
+                "click",
+                Box::new(move |_| {
+                    if let Ok(mut app) = s.try_borrow_mut() {
+                        action(&mut app);
+                    }
+                }),
+            );
+        }
     }
 }
 
