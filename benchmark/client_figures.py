@@ -167,11 +167,14 @@ def main() -> int:
                 page.wait_for_function("__loco.xr.active", timeout=10_000)
             time.sleep(3)
             chrome_pids = descendants(browser_pid()) if browser_pid() else []
-            before = page.evaluate("({f: __loco.frames, d: __loco.panels.map(p => p.framesDecoded)})")
+            before = page.evaluate("({f: __loco.frames, d: __loco.panels.map(p => p.framesDecoded),"
+                                   " u: __loco.panels.map(p => p.framesUploaded)})")
             c0, t0 = cpu_seconds(chrome_pids), time.monotonic()
             time.sleep(a.seconds)
             c1, t1 = cpu_seconds(chrome_pids), time.monotonic()
             after = page.evaluate("""({f: __loco.frames, d: __loco.panels.map(p => p.framesDecoded),
+                                      u: __loco.panels.map(p => p.framesUploaded),
+                                      uploadMs: __loco.uploadMs, uploadsPerFrame: __loco.uploadsPerFrame,
                                       p50: __loco.frameMsP50, p95: __loco.frameMsP95, backend: __loco.backend,
                                       states: __loco.panels.map(p => p.state)})""")
             browser.close()
@@ -189,6 +192,9 @@ def main() -> int:
             "frame_ms_p50": after["p50"],
             "frame_ms_p95": after["p95"],
             "decoded_fps_per_panel": [(x - y) / dt for x, y in zip(after["d"], before["d"])],
+            "texture_updates_per_s_per_panel": [(x - y) / dt for x, y in zip(after["u"], before["u"])],
+            "upload_ms_learnt": after["uploadMs"],
+            "uploads_allowed_per_frame": after["uploadsPerFrame"],
             "chromium_cpu_percent": 100 * (c1 - c0) / dt,
             "states_at_end": after["states"],
         }
@@ -211,6 +217,10 @@ def main() -> int:
     print(f"  render loop                {fig['render_fps']:.1f} frames/s, main-thread time per frame "
           f"p50 {fig['frame_ms_p50']:.2f} ms, p95 {fig['frame_ms_p95']:.2f} ms")
     print(f"  decoded fps per panel      min {min(fps):.1f}, mean {sum(fps) / len(fps):.1f}, max {max(fps):.1f}")
+    up = fig["texture_updates_per_s_per_panel"]
+    print(f"  texture updates per panel  min {min(up):.1f}/s, mean {sum(up) / len(up):.1f}/s "
+          f"(one upload costs {fig['upload_ms_learnt']:.1f} ms here; {fig['uploads_allowed_per_frame']} per frame "
+          f"fit the 11 ms budget)")
     print(f"  Chromium CPU (all procs)   {fig['chromium_cpu_percent']:.0f} % of one core")
     print(f"  wrote {out}")
     return 0

@@ -7,6 +7,7 @@
 //!
 //! The layout, ray picking and button/key mapping live in `loco-shared`, tested natively.
 
+pub mod budget;
 pub mod camera;
 pub mod render;
 pub mod scene;

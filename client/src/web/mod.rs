@@ -51,6 +51,8 @@ const LABEL_W: u32 = 1024;
 const LABEL_H: u32 = 44;
 /// How far a laser reaches when it hits nothing.
 const LASER_REACH_M: f32 = 4.0;
+/// Draw time a frame may spend on video uploads and drawing (a 90 Hz headset's frame).
+const FRAME_BUDGET_MS: f64 = 11.0;
 /// Frames whose CPU time the hook reports percentiles of.
 const FRAME_HISTORY: usize = 600;
 
@@ -71,7 +73,13 @@ type Looping<F> = Rc<RefCell<Option<Closure<F>>>>;
 
 thread_local! {
     static NO_FRAME_CALLBACKS: Cell<bool> = const { Cell::new(false) };
+    /// `?upload=video`: copy straight from the `<video>`; default: grab each new frame as an
+    /// ImageBitmap first (see `watch_frames`).
+    static UPLOAD_FROM_VIDEO: Cell<bool> = const { Cell::new(false) };
 }
+
+/// A panel's newest frame, grabbed as an ImageBitmap, waiting to be uploaded.
+type Grabbed = Rc<RefCell<Option<web_sys::ImageBitmap>>>;
 
 /// A panel's connection and what the scene shows of it.
 struct PanelRt {
@@ -92,8 +100,12 @@ struct PanelRt {
     error: Option<String>,
     /// Set by the video's frame callback: a new frame waits to be uploaded.
     new_frame: Rc<Cell<bool>>,
+    grabbed: Grabbed,
     frames_presented: Rc<Cell<u32>>,
     has_video: bool,
+    /// When a frame of this panel was last copied into its texture, and how many were.
+    uploaded_at: f64,
+    uploads: u64,
     video_size: (u32, u32),
     stats: whep::VideoStats,
     stats_at: f64,
@@ -177,6 +189,11 @@ struct App {
     xr_supported: bool,
     /// A lost device is being replaced.
     recovering: bool,
+    /// Video uploads in the frame being drawn, and how many a frame may afford.
+    uploads_this_frame: usize,
+    budget: crate::budget::UploadBudget,
+    /// Bitmaps copied in this frame, closed once it is submitted.
+    used_bitmaps: Vec<web_sys::ImageBitmap>,
     label_ctx: Option<CanvasRenderingContext2d>,
     /// The flat view has something new to show (the XR view draws every frame regardless).
     redraw: bool,
@@ -522,25 +539,51 @@ impl App {
     // ------------------------------------------------------------------ drawing
 
     /// Copies each panel's newest decoded frame into its texture; true if any was new.
+    /// Copies the newest decoded frame of panels that have one into their textures — as many
+    /// as the frame budget affords, those waiting longest first; true if any was copied.
     fn upload_videos(&mut self, xr: bool) -> bool {
-        let mut any = false;
+        self.uploads_this_frame = 0;
+        let every_frame = NO_FRAME_CALLBACKS.with(|f| f.get());
+        let mut waiting: Vec<usize> = (0..self.panels.len())
+            .filter(|&i| {
+                let p = &self.panels[i];
+                // HAVE_CURRENT_DATA: before that, WebGPU's copyExternalImageToTexture throws
+                // (and wgpu turns that into a panic).
+                (p.new_frame.get() || every_frame)
+                    && p.session.is_some()
+                    && p.video.video_width() > 0
+                    && p.video.ready_state() >= 2
+            })
+            .collect();
+        waiting.sort_by(|&a, &b| self.panels[a].uploaded_at.total_cmp(&self.panels[b].uploaded_at));
+        waiting.truncate(self.budget.allowed());
         let Some(g) = (if xr { self.xr_gfx.as_mut().or(self.gfx.as_mut()) } else { self.gfx.as_mut() }) else {
             return false;
         };
-        for (i, p) in self.panels.iter_mut().enumerate() {
-            let fresh = p.new_frame.get() || NO_FRAME_CALLBACKS.with(|f| f.get());
-            if !fresh || p.session.is_none() {
-                continue;
-            }
-            let (w, h) = (p.video.video_width(), p.video.video_height());
-            if w == 0 || h == 0 {
-                continue;
-            }
+        let now = now_ms();
+        let mut uploaded = 0;
+        for &i in &waiting {
+            let p = &mut self.panels[i];
+            let grabbed = p.grabbed.borrow_mut().take();
+            let source = match grabbed {
+                // WebGPU copies straight from the video (no blocking there; ImageBitmap sources
+                // were seen to make Chromium's copyExternalImageToTexture throw).
+                Some(bitmap) if g.backend == Backend::WebGpu => {
+                    bitmap.close();
+                    wgpu::ExternalImageSource::HTMLVideoElement(p.video.clone())
+                }
+                Some(bitmap) => wgpu::ExternalImageSource::ImageBitmap(bitmap),
+                // `?upload=video`, or a new device that needs the current picture again.
+                None => wgpu::ExternalImageSource::HTMLVideoElement(p.video.clone()),
+            };
+            let (w, h) = (source.width(), source.height());
             p.new_frame.set(false);
+            p.uploaded_at = now;
+            p.uploads += 1;
             let texture = g.renderer.texture(&g.device, Tex::Video(i), w, h).clone();
             g.queue.copy_external_image_to_texture(
                 &wgpu::CopyExternalImageSourceInfo {
-                    source: wgpu::ExternalImageSource::HTMLVideoElement(p.video.clone()),
+                    source: source.clone(),
                     origin: wgpu::Origin2d::ZERO,
                     flip_y: false,
                 },
@@ -554,10 +597,15 @@ impl App {
                 },
                 wgpu::Extent3d { width: w, height: h, depth_or_array_layers: 1 },
             );
+            if let wgpu::ExternalImageSource::ImageBitmap(b) = source {
+                // The copy runs at the next submit: close the bitmap after that.
+                self.used_bitmaps.push(b);
+            }
             p.has_video = true;
-            any = true;
+            uploaded += 1;
         }
-        any
+        self.uploads_this_frame = uploaded;
+        uploaded > 0
     }
 
     fn scene(&self) -> SceneInput {
@@ -612,13 +660,18 @@ impl App {
         g.resize(size.0, size.1);
         let (w, h) = g.size();
         let view = View { view_proj: camera.view_proj(w as f32, h as f32), viewport: [0.0, 0.0, w as f32, h as f32] };
+        let t1 = now_ms();
         if let Err(e) = g.draw_to_canvas(&[view], &quads) {
             web_sys::console::warn_1(&e.into());
         }
+        self.budget.record(self.uploads_this_frame, now_ms() - t1);
         self.account(now_ms() - t0);
     }
 
     fn account(&mut self, ms: f64) {
+        for b in self.used_bitmaps.drain(..) {
+            b.close();
+        }
         self.frames += 1;
         // Exponential moving average over ~60 frames.
         self.frame_ms = if self.frames == 1 { ms } else { self.frame_ms + (ms - self.frame_ms) / 60.0 };
@@ -763,14 +816,18 @@ impl App {
             Some(fb) => {
                 let texture = g.wrap_xr_framebuffer(fb, fw, fh);
                 let target = texture.create_view(&Default::default());
+                let t1 = now_ms();
                 g.draw(&target, &views, &quads);
+                self.budget.record(self.uploads_this_frame, now_ms() - t1);
             }
             None => {
                 // No opaque framebuffer (an emulator): the layer is the canvas itself.
                 g.resize(fw, fh);
+                let t1 = now_ms();
                 if let Err(e) = g.draw_to_canvas(&views, &quads) {
                     web_sys::console::warn_1(&e.into());
                 }
+                self.budget.record(self.uploads_this_frame, now_ms() - t1);
             }
         }
         self.account(now_ms() - t0);
@@ -901,6 +958,7 @@ impl App {
                     "state": p.state.as_str(),
                     "framesDecoded": p.stats.frames_decoded,
                     "framesPresented": p.frames_presented.get(),
+                    "framesUploaded": p.uploads,
                     "videoWidth": p.video.video_width(),
                     "videoHeight": p.video.video_height(),
                     "fps": p.stats.fps,
@@ -928,6 +986,8 @@ impl App {
             "frameMs": self.frame_ms,
             "frameMsP50": percentile(&self.frame_times, 0.5),
             "frameMsP95": percentile(&self.frame_times, 0.95),
+            "uploadMs": self.budget.per_upload_ms(),
+            "uploadsPerFrame": self.budget.allowed(),
             "allLiveAtMs": self.all_live_at,
             "frames": self.frames,
             "allLiveMs": self.all_live_at.map(|t| t - self.started_at),
@@ -1033,6 +1093,10 @@ fn query_param(name: &str) -> Option<String> {
     web_sys::Url::new(&href).ok()?.search_params().get(name)
 }
 
+/// WebGPU for the flat view when the browser offers a hardware adapter. A software one
+/// (SwiftShader, or `isFallbackAdapter`) is passed over for WebGL2: in headless Chromium its
+/// device was lost within a second every time ("A valid external Instance reference no longer
+/// exists"). `?backend=webgpu` still forces it (a lost device then falls back by itself).
 async fn webgpu_usable() -> bool {
     let gpu = js_sys::Reflect::get(&window().navigator(), &"gpu".into()).unwrap_or(JsValue::UNDEFINED);
     if gpu.is_undefined() || gpu.is_null() {
@@ -1042,7 +1106,19 @@ async fn webgpu_usable() -> bool {
     let Ok(f) = request.dyn_into::<js_sys::Function>() else { return false };
     let Ok(p) = f.call0(&gpu) else { return false };
     let Ok(p) = p.dyn_into::<js_sys::Promise>() else { return false };
-    matches!(JsFuture::from(p).await, Ok(a) if !a.is_null() && !a.is_undefined())
+    let adapter = match JsFuture::from(p).await {
+        Ok(a) if !a.is_null() && !a.is_undefined() => a,
+        _ => return false,
+    };
+    let info = js_sys::Reflect::get(&adapter, &"info".into()).unwrap_or(JsValue::UNDEFINED);
+    let fallback = js_sys::Reflect::get(&adapter, &"isFallbackAdapter".into()).ok().and_then(|v| v.as_bool())
+        == Some(true)
+        || js_sys::Reflect::get(&info, &"isFallbackAdapter".into()).ok().and_then(|v| v.as_bool()) == Some(true);
+    let software = ["vendor", "architecture", "description"]
+        .iter()
+        .filter_map(|k| util::text(&info, k))
+        .any(|v| v.to_ascii_lowercase().contains("swiftshader"));
+    !fallback && !software
 }
 
 async fn run() -> Result<(), String> {
@@ -1086,6 +1162,9 @@ async fn run() -> Result<(), String> {
         xr_gfx: None,
         xr_supported: false,
         recovering: false,
+        uploads_this_frame: 0,
+        budget: crate::budget::UploadBudget::new(FRAME_BUDGET_MS),
+        used_bitmaps: Vec::new(),
         label_ctx,
         redraw: true,
         frame_ms: 0.0,
@@ -1097,6 +1176,7 @@ async fn run() -> Result<(), String> {
     }));
     install_hook(&shared);
 
+    UPLOAD_FROM_VIDEO.with(|f| f.set(query_param("upload").as_deref() == Some("video")));
     // The device first: a page that cannot draw says so even before the config loads.
     let wanted = query_param("backend");
     let backend = match wanted.as_deref() {
@@ -1138,7 +1218,8 @@ async fn run() -> Result<(), String> {
             videos.append_child(&video).map_err(|e| js_error(&e))?;
             let new_frame = Rc::new(Cell::new(false));
             let frames_presented = Rc::new(Cell::new(0));
-            let frame_cb = watch_frames(&video, new_frame.clone(), frames_presented.clone());
+            let grabbed: Grabbed = Rc::new(RefCell::new(None));
+            let frame_cb = watch_frames(&video, new_frame.clone(), grabbed.clone(), frames_presented.clone());
             let whep_url =
                 web_sys::Url::new_with_base(&desktop.whep, &app.base_url).map(|u| u.href()).unwrap_or_default();
             app.panels.push(PanelRt {
@@ -1156,8 +1237,11 @@ async fn run() -> Result<(), String> {
                 disconnected_since: None,
                 error: None,
                 new_frame,
+                grabbed,
                 frames_presented,
                 has_video: false,
+                uploaded_at: 0.0,
+                uploads: 0,
                 video_size: (0, 0),
                 stats: Default::default(),
                 stats_at: 0.0,
@@ -1248,26 +1332,50 @@ fn tick_shared_now(shared: &Shared) {
 }
 
 /// Marks `new_frame` on every decoded frame the video presents.
+/// Marks `new_frame` on every decoded frame the video presents. Unless `?upload=video`, the
+/// frame is first grabbed with `createImageBitmap` (the browser converts it off the render
+/// loop) and `new_frame` is set once the bitmap is ready: copying from the `<video>` itself
+/// was measured to block the render loop for 90 ms to seconds per frame in Chromium with
+/// software decoding and SwiftShader.
 fn watch_frames(
     video: &HtmlVideoElement,
     new_frame: Rc<Cell<bool>>,
+    grabbed: Grabbed,
     presented: Rc<Cell<u32>>,
 ) -> Looping<dyn FnMut(f64, JsValue)> {
     let slot: Looping<dyn FnMut(f64, JsValue)> = Rc::new(RefCell::new(None));
     let again = slot.clone();
     let v = video.clone();
+    let grabbing = Rc::new(Cell::new(false));
     *slot.borrow_mut() = Some(Closure::new(move |_now: f64, meta: JsValue| {
-        new_frame.set(true);
         let n = util::num(&meta, "presentedFrames").map(|n| n as u32).unwrap_or(presented.get() + 1);
         presented.set(n);
+        if UPLOAD_FROM_VIDEO.with(|f| f.get()) {
+            new_frame.set(true);
+        } else if !grabbing.get() {
+            if let Ok(promise) = window().create_image_bitmap_with_html_video_element(&v) {
+                grabbing.set(true);
+                let (grabbing, grabbed, new_frame) = (grabbing.clone(), grabbed.clone(), new_frame.clone());
+                spawn_local(async move {
+                    if let Ok(bitmap) = JsFuture::from(promise).await {
+                        if let Some(old) = grabbed.borrow_mut().replace(bitmap.unchecked_into()) {
+                            old.close();
+                        }
+                        new_frame.set(true);
+                    }
+                    grabbing.set(false);
+                });
+            }
+        }
         if let Some(cb) = again.borrow().as_ref() {
             request_video_frame(&v, cb.as_ref().unchecked_ref());
         }
     }));
     if let Some(cb) = slot.borrow().as_ref() {
         if request_video_frame(video, cb.as_ref().unchecked_ref()) < 0 {
-            // No frame callbacks in this browser: upload on every drawn frame instead.
+            // No frame callbacks in this browser: upload from the video on every drawn frame.
             NO_FRAME_CALLBACKS.with(|f| f.set(true));
+            UPLOAD_FROM_VIDEO.with(|f| f.set(true));
         }
     }
     slot
