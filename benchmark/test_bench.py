@@ -1,5 +1,7 @@
-"""Tests for the benchmark: the quality metrics on known pictures, loco-codec-bench on a
-synthetic recording, and `bench.py --quick` end to end (real Xvnc recordings).
+"""Tests for the benchmark: the quality metrics on known pictures, the latency-pattern reader on
+known frames (clean, blurred, JPEG- and H.264-compressed, corrupted), the receiver statistics,
+loco-codec-bench on a synthetic recording, and `bench.py --quick` end to end (real Xvnc
+recordings, real agents, aiortc, headless Chromium, noVNC, GStreamer, x264, a stand-in VM).
 
     ~/.cache/loco/venv/bin/python -m pytest -q benchmark/test_bench.py
 """
@@ -22,6 +24,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import bench  # noqa: E402
+import latency_pattern as lp  # noqa: E402
 import quality  # noqa: E402
 
 
@@ -90,6 +93,162 @@ def test_shape_mismatch_is_an_error():
         quality.ssim(np.zeros((4, 4), np.uint8), np.zeros((4, 4), np.uint8))  # smaller than a window
 
 
+# ---- the latency pattern on known frames -------------------------------------------------
+
+def busy_background(seed: int = 0, h: int = 768, w: int = 1024) -> np.ndarray:
+    """An RGB desktop-ish picture: gradients, coloured blocks, fine stripes."""
+    return lp.texture(2 * w, h, seed)[:, :w, 2::-1].copy()
+
+
+def pattern_frame(ts: int, counter: int, clicks: int, bg: np.ndarray | None = None) -> np.ndarray:
+    rgb = busy_background() if bg is None else bg.copy()
+    y = lp.render(lp.encode(ts, counter, clicks))
+    x0, y0 = lp.ORIGIN
+    rgb[y0:y0 + lp.HEIGHT, x0:x0 + lp.WIDTH] = y[y0:y0 + lp.HEIGHT, x0:x0 + lp.WIDTH, None]
+    return rgb
+
+
+CASES = [(0, 0, 0), (1, 1, 1), (123456789, 200, 17), ((1 << 32) - 1, 255, 63), (0x80000000, 128, 32)]
+
+
+@pytest.mark.parametrize("ts,counter,clicks", CASES)
+def test_pattern_round_trip(ts, counter, clicks):
+    r = lp.read(pattern_frame(ts, counter, clicks))
+    assert r == lp.Reading(ts, counter, clicks)
+    # The luma plane alone reads the same.
+    assert lp.read(lp.render(lp.encode(ts, counter, clicks))) == r
+
+
+def test_pattern_values_wrap():
+    assert lp.encode(1 << 32, 256, 64) == lp.encode(0, 0, 0)
+    assert len(lp.encode(5, 6, 7)) == lp.N_CELLS == 64
+
+
+def test_pattern_survives_blur_and_noise():
+    import PIL.Image
+    import PIL.ImageFilter
+    rng = np.random.default_rng(2)
+    for i, (ts, counter, clicks) in enumerate(CASES):
+        img = PIL.Image.fromarray(pattern_frame(ts, counter, clicks, busy_background(i)))
+        blurred = np.asarray(img.filter(PIL.ImageFilter.GaussianBlur(3)), np.float32)
+        noisy = np.clip(blurred + rng.normal(0, 12, blurred.shape), 0, 255).astype(np.uint8)
+        assert lp.read(noisy) == lp.Reading(ts, counter, clicks)
+
+
+def test_pattern_survives_strong_jpeg():
+    import io
+
+    import PIL.Image
+    for ts, counter, clicks in CASES:
+        buf = io.BytesIO()
+        PIL.Image.fromarray(pattern_frame(ts, counter, clicks)).save(buf, "JPEG", quality=10)
+        assert lp.read(np.asarray(PIL.Image.open(io.BytesIO(buf.getvalue())))) == lp.Reading(ts, counter, clicks)
+
+
+def _through_h264(bit_rate: int, n: int = 45):
+    """A panning background and a new pattern every frame through x264 at `bit_rate`, decoded
+    by FFmpeg. Returns (what was drawn, decoded frames)."""
+    import av
+    enc = av.CodecContext.create("libx264", "w")
+    enc.width, enc.height, enc.pix_fmt = 1024, 768, "yuv420p"
+    enc.bit_rate = bit_rate
+    enc.framerate = 30
+    enc.options = {"preset": "ultrafast", "tune": "zerolatency"}
+    dec = av.CodecContext.create("h264", "r")
+    tex = lp.texture(2048, 768, 9)[..., 2::-1]
+    truth, got = [], []
+    for i in range(n):
+        ts, counter, clicks = 1_000_000 + 17 * i, i % 256, i // 10
+        rgb = pattern_frame(ts, counter, clicks, np.ascontiguousarray(tex[:, 8 * i:8 * i + 1024]))
+        truth.append(lp.Reading(ts, counter, clicks))
+        frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p")
+        frame.pts = i
+        for pkt in enc.encode(frame):
+            got += dec.decode(pkt)
+    for pkt in enc.encode(None):
+        got += dec.decode(pkt)
+    assert len(got) == len(truth)
+    return truth, got
+
+
+@pytest.mark.parametrize("bit_rate", [400_000, 120_000])
+def test_pattern_through_h264_never_misreads(bit_rate):
+    """Every decoded frame reads as a pattern that was drawn at or before it, or as nothing. At a
+    starved bitrate the encoder leaves the old pattern on screen for a while (that frame really
+    shows the old drawing: glass-to-glass counts a drawing at the first frame that shows it), or
+    blurs it past reading; it never makes up a value."""
+    truth, got = _through_h264(bit_rate)
+    readings = [lp.read_yuv_frame(f) for f in got]
+    invented = [(i, r) for i, r in enumerate(readings) if r is not None and r not in truth[:i + 1]]
+    assert not invented, invented
+    exact = sum(r == t for r, t in zip(readings, truth))
+    if bit_rate >= 400_000:  # what the agent's rate control leaves a 512x128 region, and less
+        assert exact >= 0.8 * len(truth), (exact, len(truth))
+        # The RGB path agrees with the Y-plane path.
+        assert lp.read(got[-1].to_ndarray(format="rgb24")) == readings[-1]
+
+
+def test_pattern_rejects_any_single_flipped_cell():
+    cells = lp.encode(987654321, 42, 5)
+    for i in range(2, lp.N_CELLS):
+        bad = list(cells)
+        bad[i] ^= 1
+        assert lp.read(lp.render(bad)) is None, i
+
+
+def test_pattern_rejects_torn_low_contrast_and_ambiguous_frames():
+    a = lp.render(lp.encode(1000, 1, 0))
+    b = lp.render(lp.encode(1016, 2, 0))
+    y0 = lp.ORIGIN[1]
+    torn = a.copy()
+    torn[y0 + 2 * lp.CELL:] = b[y0 + 2 * lp.CELL:]  # the bottom two rows drawn, the top two not yet
+    assert lp.read(torn) is None
+    # Too little contrast between the references (e.g. a washed-out frame).
+    assert lp.read(lp.render(lp.encode(1000, 1, 0), white=140, black=110)) is None
+    # A cell halfway between black and white (caught mid-drawing).
+    mid = a.copy()
+    x, y, w, h = lp.cell_rects()[20]
+    mid[y:y + h, x:x + w] = 128
+    assert lp.read(mid) is None
+    # Nothing there at all, or a frame too small to hold the pattern.
+    assert lp.read(np.full((768, 1024), 90, np.uint8)) is None
+    assert lp.read(np.zeros((100, 100), np.uint8)) is None
+
+
+def test_pattern_age():
+    now = 1_700_000_000.0375
+    ts = int((now - 0.030) * 1000) % (1 << 32)
+    assert lp.Reading(ts, 0, 0).age_ms(now) == pytest.approx(30.0, abs=1.0)
+    # Across the 2**32 ms wrap of the timestamp.
+    wrap_now = (1 << 32) / 1000 + 0.010
+    assert lp.Reading((1 << 32) - 5, 0, 0).age_ms(wrap_now) == pytest.approx(14.5, abs=0.01)
+    # A timestamp from the future (clock step) is negative, not four billion.
+    assert lp.Reading(int(now * 1000 + 100) % (1 << 32), 0, 0).age_ms(now) < 0
+
+
+# ---- receiver statistics ------------------------------------------------------------------
+
+def test_freezes_and_glass_to_glass():
+    import live
+    times = [i / 30 for i in range(60)] + [2.5 + i / 30 for i in range(30)]
+    assert live.freezes(times) == (1, pytest.approx(2.5 - 59 / 30))
+    assert live.freezes([i / 30 for i in range(100)]) == (0, 0.0)
+    # The first frame showing a drawing counts; later frames holding it (refinements) do not.
+    r1, r2 = lp.Reading(1000, 1, 0), lp.Reading(1016, 2, 0)
+    readings = [(1.030, r1), (1.060, r1), (1.050, r2)]
+    assert live.glass_to_glass(readings) == pytest.approx([29.5, 33.5])
+
+
+def test_receiver_summary_is_consistent():
+    import live_bench
+    times = [i / 30 for i in range(90)]
+    m = live_bench.summarize_receiver(times, [], 0, 3.0, 300_000, 400, False, True)
+    assert m["fps"] == pytest.approx(30.0)
+    assert m["bitrate_kbps"] == pytest.approx(300_000 * 8 / 3.0 / 1000)
+    assert m["wire_kbps"] == pytest.approx((300_000 + 400 * 28) * 8 / 3.0 / 1000)
+    assert m["freezes"] == 0
+
+
 # ---- loco-codec-bench on a synthetic recording --------------------------------------------
 
 def write_rec(path: Path, w: int, h: int, updates: list[tuple[float, list]], duration: float) -> None:
@@ -150,33 +309,58 @@ def test_codec_bench_rejects_a_bad_file(bench_bin, tmp_path):
 
 # ---- bench.py --quick end to end ----------------------------------------------------------
 
-NEEDED = ("Xvnc", "xterm", "xdotool", "xsetroot", "xdpyinfo", "ffplay", "less")
+NEEDED = ("Xvnc", "xterm", "xdotool", "xsetroot", "xdpyinfo", "ffplay", "ffmpeg", "less", "x264", "websockify",
+          "gst-launch-1.0", "chromium", "qemu-system-x86_64", "qemu-img")
 
 
-@pytest.mark.timeout(400)
-def test_bench_quick_end_to_end(tmp_path):
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
     missing = [t for t in NEEDED if shutil.which(t) is None]
     if missing:
         pytest.fail(f"missing tools {missing} (./loco deps installs them)")
-    out = tmp_path / "results"
+    out = tmp_path_factory.mktemp("bench") / "results"
     r = subprocess.run([sys.executable, str(HERE / "bench.py"), "--quick", "--rerecord", "--out", str(out)],
-                       capture_output=True, text=True, timeout=380, env=dict(os.environ))
+                       capture_output=True, text=True, timeout=560, env=dict(os.environ))
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert "loco codec matrix" in r.stdout and "PSNR-Y" in r.stdout  # the summary table
-
     with open(out / "results.csv", newline="") as f:
         reader = csv.DictReader(f)
         assert reader.fieldnames == bench.CSV_COLUMNS
         rows = list(reader)
+    return r.stdout, out, rows
+
+
+def _table(rows, part):
+    t: dict[tuple, dict[str, float]] = {}
+    for row in rows:
+        if row["part"] == part:
+            key = (row["system"], row["receiver"], row["backend"], row["instances"], row["instance"], row["workload"],
+                   row["codec"]) if part != "codec" else (row["codec"], row["workload"])
+            t.setdefault(key, {})[row["metric"]] = float(row["value"])
+    return t
+
+
+@pytest.mark.timeout(600)
+def test_bench_quick_writes_well_formed_rows(quick_run):
+    stdout, out, rows = quick_run
+    for heading in ("codec matrix", "loco and its peers", "scale: N desktops", "targets"):
+        assert heading in stdout, heading  # the summary tables
     assert rows
     for row in rows:
-        assert all(row[c] for c in ("date", "cpu_model", "agent_commit", "libx264", "libvpx", "libturbojpeg",
-                                    "settings", "workload", "metric")), row
+        assert all(row[c] for c in ("date", "host", "cpu_model", "agent_commit", *bench.VERSION_COLUMNS, "settings",
+                                    "part", "system", "backend", "instances", "metric")), row
         assert int(row["host_cores"]) > 0 and float(row["ram_gib"]) > 0
-        float(row["value"])  # every value is a number
-    table: dict[tuple[str, str], dict[str, float]] = {}
-    for row in rows:
-        table.setdefault((row["codec"], row["workload"]), {})[row["metric"]] = float(row["value"])
+        assert math.isfinite(float(row["value"])), row  # every value is a number; unmeasured ones have no row
+    assert {row["part"] for row in rows} == {"codec", "compare", "scale"}
+    for name in ("codec-matrix.png", "bitrate.png", "cpu-per-frame.png", "psnr.png", "ssim.png",
+                 "keyframe.png", "fps-per-core.png", "compare.png", "scale.png"):
+        data = (out / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, name
+
+
+@pytest.mark.timeout(600)
+def test_bench_quick_codec_matrix(quick_run):
+    _, _, rows = quick_run
+    table = _table(rows, "codec")
     workloads = {"idle", "typing", "scroll", "drag", "video"}
     assert {w for _, w in table} == workloads
     for w in workloads:
@@ -208,7 +392,72 @@ def test_bench_quick_end_to_end(tmp_path):
     for codec in ("h264", "vp8"):
         assert table[(codec, "video")]["bytes"] > table[(codec, "idle")]["bytes"]
 
-    for name in ("codec-matrix.png", "bitrate.png", "cpu-per-frame.png", "psnr.png", "ssim.png",
-                 "keyframe.png", "fps-per-core.png"):
-        data = (out / name).read_bytes()
-        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, name
+
+def _consistent_receiver(m: dict) -> None:
+    assert m["duration_s"] > 1.0
+    assert m["frames"] > 0 and m["fps"] == pytest.approx(m["frames"] / m["duration_s"], rel=1e-9)
+    if "bytes" in m:
+        assert m["bytes"] > 0
+        assert m["bitrate_kbps"] == pytest.approx(m["bytes"] * 8 / m["duration_s"] / 1000, rel=1e-9)
+    if "packets" in m:
+        assert m["wire_kbps"] == pytest.approx((m["bytes"] + 28 * m["packets"]) * 8 / m["duration_s"] / 1000,
+                                               rel=1e-9)
+    if "g2g_samples" in m:
+        assert m["g2g_samples"] > 0
+        assert 0 < m["g2g_ms_p50"] <= m["g2g_ms_p95"] <= m["g2g_ms_max"] < 5000
+    if "clicks" in m:
+        assert m["clicks"] >= 1 and 0 < m["input_to_photon_ms_p50"] <= m["input_to_photon_ms_max"] < 5000
+    if "encoded_frames" in m:
+        assert m["encoded_frames"] > 0 and m["agent_cpu_s"] > 0
+        assert m["agent_cpu_ms_per_frame"] == pytest.approx(1000 * m["agent_cpu_s"] / m["encoded_frames"], rel=1e-9)
+        assert 5 < m["agent_rss_mib"] <= m["agent_peak_rss_mib"] < 1024
+    if "host_cpu_cores" in m:
+        assert 0 < m["host_cpu_cores"] <= os.cpu_count() + 0.05
+        assert 0 < m["host_busy_percent"] <= 100.0 + 1e-9
+
+
+@pytest.mark.timeout(600)
+def test_bench_quick_compare(quick_run):
+    _, _, rows = quick_run
+    t = _table(rows, "compare")
+    get = lambda system, receiver: t[(system, receiver, "xvnc", "1", "", "motion",  # noqa: E731
+                                      "tight" if system == "novnc" else ("" if system == "ratio" else "h264"))]
+    loco, chrome, novnc = get("loco", "aiortc"), get("loco", "chromium"), get("novnc", "chromium")
+    for m in (loco, chrome, novnc):
+        _consistent_receiver(m)
+        assert "g2g_samples" in m and "clicks" in m and "receiver_cpu_cores" in m
+    assert "packets" in loco and "bytes" in novnc and "encoded_frames" in chrome
+    gst, x264 = get("gstreamer", ""), get("x264", "")
+    for m in (gst, x264):
+        assert m["frames"] > 0 and m["cpu_s"] > 0
+        assert m["cpu_ms_per_frame"] == pytest.approx(1000 * m["cpu_s"] / m["frames"], rel=1e-9)
+    ratio = get("ratio", "")
+    assert ratio["cpu_per_frame_loco_over_x264"] == pytest.approx(
+        loco["agent_cpu_ms_per_frame"] / x264["cpu_ms_per_frame"], rel=1e-9)
+    assert ratio["cpu_per_frame_loco_over_gstreamer"] == pytest.approx(
+        loco["agent_cpu_ms_per_frame"] / gst["cpu_ms_per_frame"], rel=1e-9)
+    assert ratio["bitrate_loco_over_novnc"] == pytest.approx(loco["bitrate_kbps"] / novnc["bitrate_kbps"], rel=1e-9)
+    assert ratio["g2g_p50_loco_aiortc_over_novnc"] == pytest.approx(loco["g2g_ms_p50"] / novnc["g2g_ms_p50"],
+                                                                     rel=1e-9)
+
+
+@pytest.mark.timeout(600)
+def test_bench_quick_scale(quick_run):
+    _, _, rows = quick_run
+    t = _table(rows, "scale")
+    for backend, busy in (("xvnc", "motion"), ("standin", "flood")):
+        for w in ("idle", busy):
+            one = t[("loco", "aiortc", backend, "1", "1", w, "h264")]
+            agg = t[("loco", "aiortc", backend, "1", "all", w, "h264")]
+            assert agg["duration_s"] == pytest.approx(one["duration_s"])
+            assert agg["bytes"] == one["bytes"] and agg["frames"] == one["frames"]
+            assert agg["bitrate_kbps"] == pytest.approx(agg["bytes"] * 8 / agg["duration_s"] / 1000, rel=1e-9)
+            assert agg["fps_mean"] == pytest.approx(one["fps"]) and agg["fps_min"] == pytest.approx(one["fps"])
+            assert agg["agent_rss_mib"] > 5 and agg["host_cpu_cores"] > 0
+            if w == busy:
+                _consistent_receiver({k: v for k, v in one.items() if k != "agent_peak_rss_mib"} |
+                                     {"agent_peak_rss_mib": agg["agent_peak_rss_mib"]})
+                assert "freezes" in agg
+        assert t[("loco", "aiortc", backend, "1", "all", "", "h264")]["boot_s"] >= 0
+    motion = t[("loco", "aiortc", "xvnc", "1", "all", "motion", "h264")]
+    assert motion["g2g_samples"] > 0 and motion["clicks"] >= 1
