@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# Builds the loco-shared fuzz targets with cargo-fuzz (libFuzzer + AddressSanitizer, release
+# Builds the loco-shared and loco-agent fuzz targets with cargo-fuzz (libFuzzer + AddressSanitizer, release
 # with debug assertions and overflow checks) and runs each for a bounded time.
 #
 #   fuzz/run.sh                     # every target, 20 s each
 #   FUZZ_SECONDS=300 fuzz/run.sh layout_ray bitrate_pacer
+#
+# The agent's targets (whep_http, rfb_server, framebuffer_ops) link loco-agent, so the first
+# build compiles webrtc-rs & co. with ASan (15-25 min on 2 cores); later builds are incremental.
 #
 # Needs cargo-fuzz (`cargo install cargo-fuzz --locked`). It uses nightly-only rustc flags
 # (-Zsanitizer=address, sancov passes); on a stable toolchain RUSTC_BOOTSTRAP=1 (set here
@@ -22,7 +25,7 @@ CACHE=${LOCO_CACHE:-$HOME/.cache/loco}
 export CARGO_TARGET_DIR=$CACHE/fuzz-target
 export RUSTC_BOOTSTRAP=${RUSTC_BOOTSTRAP:-1}
 SECONDS_PER_TARGET=${FUZZ_SECONDS:-20}
-ALL_TARGETS=(input_message desktops_config layout_ray bitrate_pacer)
+ALL_TARGETS=(input_message desktops_config layout_ray bitrate_pacer whep_http rfb_server framebuffer_ops)
 TARGETS=("$@")
 [ ${#TARGETS[@]} -gt 0 ] || TARGETS=("${ALL_TARGETS[@]}")
 

@@ -14,6 +14,7 @@ pub struct Metrics {
     pub bytes_sent: IntCounterVec,
     pub keyframes: IntCounterVec,
     pub keyframe_requests: IntCounterVec,
+    pub nack_packets: IntCounterVec,
     pub encode_seconds: HistogramVec,
     pub update_to_send_seconds: Histogram,
     pub viewers: IntGauge,
@@ -72,6 +73,14 @@ impl Metrics {
                     "loco_keyframe_requests_total",
                     "Keyframe requests by cause (new viewer, PLI, FIR, slow viewer, resize)",
                     &["cause"],
+                ),
+            ),
+            nack_packets: register(
+                &registry,
+                counter_vec(
+                    "loco_nack_packets_total",
+                    "RTP packets viewers reported lost in RTCP NACKs, per NACK (resent if still in the 8192-packet buffer)",
+                    &["codec"],
                 ),
             ),
             encode_seconds: register(

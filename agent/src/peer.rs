@@ -34,6 +34,7 @@ use webrtc::peer_connection::RTCPeerConnection;
 use webrtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use webrtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use webrtc::rtcp::receiver_report::ReceiverReport;
+use webrtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use webrtc::rtp::codecs::h264::H264Payloader;
 use webrtc::rtp::codecs::vp8::Vp8Payloader;
 use webrtc::rtp::packetizer::Payloader;
@@ -330,10 +331,11 @@ impl Viewers {
         role: Role,
     ) {
         let codec = session.codec;
-        // RTCP from the viewer: keyframe requests. Reading also drives the interceptors
-        // (NACK responder, receiver reports).
+        // RTCP from the viewer: keyframe requests, NACKs (counted; the NACK responder
+        // interceptor resends). Reading also drives the interceptors (NACK responder, reports).
         // Receiver reports drive this viewer's loss-based bitrate controller.
         let pipelines = self.pipelines.clone();
+        let nacked = self.metrics.nack_packets.with_label_values(&[codec.label()]);
         let viewer = session.number;
         let mut rate = BitrateController::new(self.limits.min_bitrate_kbps, self.limits.max_bitrate_kbps);
         let origin = Instant::now();
@@ -345,6 +347,10 @@ impl Viewers {
                         pipelines.request_keyframe(codec, KeyframeCause::Pli);
                     } else if any.downcast_ref::<FullIntraRequest>().is_some() {
                         pipelines.request_keyframe(codec, KeyframeCause::Fir);
+                    } else if let Some(nack) = any.downcast_ref::<TransportLayerNack>() {
+                        // The NACK interceptor resends these; count what viewers lost.
+                        let lost: u32 = nack.nacks.iter().map(|p| 1 + p.lost_packets.count_ones()).sum();
+                        nacked.inc_by(u64::from(lost));
                     } else if let Some(rr) = any.downcast_ref::<ReceiverReport>() {
                         for report in &rr.reports {
                             if let Some(kbps) = rate.on_report(origin.elapsed(), report.fraction_lost) {
@@ -383,9 +389,11 @@ impl Viewers {
 
         // A session that never connects (the viewer went away after its POST) or stays
         // disconnected ends after the connect timeout, so it cannot hold a viewer slot.
+        // It holds the peer connection weakly: an ended session's connection (its interceptor
+        // buffers are about a megabyte) is freed at once, not at the watcher's next tick.
         let weak = Arc::downgrade(self);
         let id = session.id.clone();
-        let pc = session.pc.clone();
+        let pc = Arc::downgrade(&session.pc);
         let timeout = self.limits.connect_timeout;
         tokio::spawn(async move {
             let mut down_since = Instant::now();
@@ -395,6 +403,7 @@ impl Viewers {
                 if !lock(&viewers.sessions).contains_key(&id) {
                     break;
                 }
+                let Some(pc) = pc.upgrade() else { break };
                 if pc.connection_state() == RTCPeerConnectionState::Connected {
                     down_since = Instant::now();
                 } else if down_since.elapsed() >= timeout {

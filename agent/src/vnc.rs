@@ -95,8 +95,9 @@ pub struct VncTask {
     pub shutdown: watch::Receiver<bool>,
 }
 
+/// Why a VNC session ended.
 #[derive(Debug, thiserror::Error)]
-enum SessionEnd {
+pub enum SessionEnd {
     #[error("connect: {0}")]
     Connect(String),
     #[error("VNC handshake: {0}")]
@@ -109,6 +110,12 @@ enum SessionEnd {
     BadUpdate(crate::framebuffer::FramebufferError),
     #[error("shutting down")]
     Shutdown,
+}
+
+/// A connected VNC stream of either kind.
+enum Connected {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
 }
 
 impl VncTask {
@@ -160,27 +167,65 @@ impl VncTask {
     }
 
     async fn session(&mut self, sessions: &mut u64) -> SessionEnd {
-        let this = &*self;
+        // One deadline for connecting and for the RFB handshake together.
+        let deadline = tokio::time::Instant::now() + self.config.connect_timeout;
+        let addr = self.config.addr.clone();
         let connect = async move {
-            match &this.config.addr {
+            match &addr {
                 VncAddr::Tcp(addr) => {
                     let stream = tokio::net::TcpStream::connect(addr.as_str()).await.map_err(|e| e.to_string())?;
                     let _ = stream.set_nodelay(true);
-                    this.handshake(stream).await
+                    Ok(Connected::Tcp(stream))
                 }
                 VncAddr::Unix(path) => {
                     let stream = tokio::net::UnixStream::connect(path).await.map_err(|e| e.to_string())?;
-                    this.handshake(stream).await
+                    Ok(Connected::Unix(stream))
                 }
             }
         };
         let mut shutdown = self.shutdown.clone();
-        let client = tokio::select! {
-            r = tokio::time::timeout(self.config.connect_timeout, connect) => match r {
+        let connected = tokio::select! {
+            r = tokio::time::timeout_at(deadline, connect) => match r {
                 Err(_) => return SessionEnd::Connect("timed out".into()),
                 Ok(Err(e)) => return SessionEnd::Connect(e),
-                Ok(Ok(Err(e))) => return SessionEnd::Handshake(e),
-                Ok(Ok(Ok(c))) => c,
+                Ok(Ok(c)) => c,
+            },
+            _ = shutdown.changed() => return SessionEnd::Shutdown,
+        };
+        match connected {
+            Connected::Tcp(stream) => self.session_on(stream, deadline, sessions).await,
+            Connected::Unix(stream) => self.session_on(stream, deadline, sessions).await,
+        }
+    }
+
+    /// Runs one VNC session over `stream`, an already connected byte stream to a VNC server:
+    /// the RFB handshake (within `config.connect_timeout`), then updates into the screen and
+    /// input out, until the server closes the stream, sends something invalid, or shutdown.
+    /// Afterwards the screen is marked disconnected, as between sessions of [`run`](Self::run).
+    ///
+    /// [`run`](Self::run) connects with the same code; this entry point lets tests and the
+    /// `rfb_server` fuzz target play the server over an in-memory stream.
+    pub async fn run_stream<S>(&mut self, stream: S) -> SessionEnd
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static,
+    {
+        let deadline = tokio::time::Instant::now() + self.config.connect_timeout;
+        let mut sessions = 0;
+        let end = self.session_on(stream, deadline, &mut sessions).await;
+        self.set_disconnected();
+        end
+    }
+
+    async fn session_on<S>(&mut self, stream: S, deadline: tokio::time::Instant, sessions: &mut u64) -> SessionEnd
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static,
+    {
+        let mut shutdown = self.shutdown.clone();
+        let client = tokio::select! {
+            r = tokio::time::timeout_at(deadline, self.handshake(stream)) => match r {
+                Err(_) => return SessionEnd::Connect("timed out".into()),
+                Ok(Err(e)) => return SessionEnd::Handshake(e),
+                Ok(Ok(c)) => c,
             },
             _ = shutdown.changed() => return SessionEnd::Shutdown,
         };
@@ -194,7 +239,7 @@ impl VncTask {
         end
     }
 
-    async fn handshake<S>(&self, stream: S) -> Result<Result<vnc::VncClient, vnc::VncError>, String>
+    async fn handshake<S>(&self, stream: S) -> Result<vnc::VncClient, vnc::VncError>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static,
     {
@@ -214,8 +259,7 @@ impl VncTask {
         for e in encodings.iter().chain(&[VncEncoding::DesktopSizePseudo]) {
             connector = connector.add_encoding(*e);
         }
-        let result = async { connector.build()?.try_start().await?.finish() }.await;
-        Ok(result)
+        connector.build()?.try_start().await?.finish()
     }
 
     /// Runs one connected session until it ends.
@@ -396,5 +440,99 @@ mod tests {
         ] {
             assert_eq!(a.parse::<VncAddr>().unwrap().is_local(), local, "{a}");
         }
+    }
+
+    /// What an RFB 3.8 server with no authentication sends up to its ServerInit (BGRA).
+    fn server_hello(width: u16, height: u16) -> Vec<u8> {
+        let mut b = b"RFB 003.008\n".to_vec();
+        b.extend_from_slice(&[1, 1, 0, 0, 0, 0]); // one security type (None), result OK
+        b.extend_from_slice(&width.to_be_bytes());
+        b.extend_from_slice(&height.to_be_bytes());
+        b.extend_from_slice(&[32, 24, 0, 1, 0, 255, 0, 255, 0, 255, 16, 8, 0, 0, 0, 0]);
+        b.extend_from_slice(&4u32.to_be_bytes());
+        b.extend_from_slice(b"test");
+        b
+    }
+
+    fn rect_header(b: &mut Vec<u8>, x: u16, y: u16, w: u16, h: u16, encoding: i32) {
+        for v in [x, y, w, h] {
+            b.extend_from_slice(&v.to_be_bytes());
+        }
+        b.extend_from_slice(&encoding.to_be_bytes());
+    }
+
+    /// Plays `server` (then keeps the stream open a while, then closes it) against
+    /// `VncTask::run_stream`; returns how the session ended and the screen.
+    async fn play(server: Vec<u8>) -> (SessionEnd, Framebuffer, bool, u64) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let metrics = Arc::new(Metrics::new());
+        let screen = Arc::new(Screen::default());
+        let pipelines = Pipelines::new(
+            crate::pipeline::PipelineConfig { bitrate_kbps: 1000, max_fps: 30, encoder_threads: 1 },
+            screen.clone(),
+            metrics.clone(),
+        );
+        let (_input_tx, input_rx) = mpsc::channel(8);
+        let (_shutdown_tx, shutdown_rx) = watch::channel(false);
+        let mut task = VncTask {
+            config: VncConfig {
+                addr: VncAddr::Tcp("127.0.0.1:5900".into()),
+                password: None,
+                connect_timeout: Duration::from_secs(3),
+                max_backoff: Duration::from_secs(1),
+                request_interval: Duration::from_millis(33),
+            },
+            screen: screen.clone(),
+            pipelines,
+            metrics: metrics.clone(),
+            input: input_rx,
+            shutdown: shutdown_rx,
+        };
+        let (client, server_io) = tokio::io::duplex(64 * 1024);
+        let (mut from_client, mut to_client) = tokio::io::split(server_io);
+        tokio::spawn(async move {
+            to_client.write_all(&server).await.unwrap();
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            to_client.shutdown().await.unwrap();
+        });
+        tokio::spawn(async move {
+            let mut sink = [0u8; 4096];
+            while from_client.read(&mut sink).await.is_ok_and(|n| n > 0) {}
+        });
+        let end = task.run_stream(client).await;
+        let s = screen.lock();
+        (end, s.fb.clone(), s.connected, metrics.vnc_updates.get())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn applies_raw_and_copyrect_from_a_server_stream() {
+        let mut b = server_hello(4, 2);
+        b.extend_from_slice(&[0, 0, 0, 2]); // FramebufferUpdate, two rectangles
+        rect_header(&mut b, 1, 0, 2, 1, 0); // Raw 2x1 at (1, 0)
+        b.extend_from_slice(&[1, 2, 3, 255, 4, 5, 6, 255]);
+        rect_header(&mut b, 0, 1, 2, 1, 1); // CopyRect to (0, 1) from (1, 0)
+        b.extend_from_slice(&[0, 1, 0, 0]);
+        let (end, fb, connected, rects) = play(b).await;
+        assert!(matches!(end, SessionEnd::Lost(_)), "{end}");
+        assert!(!connected, "disconnected after the session");
+        assert_eq!(rects, 2);
+        #[rustfmt::skip]
+        let want = [
+            0, 0, 0, 0,   1, 2, 3, 255, 4, 5, 6, 255, 0, 0, 0, 0,
+            1, 2, 3, 255, 4, 5, 6, 255, 0, 0, 0, 0,   0, 0, 0, 0,
+        ];
+        assert_eq!(fb.bgra(), want);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_rectangle_outside_the_screen_ends_the_session() {
+        let mut b = server_hello(4, 2);
+        b.extend_from_slice(&[0, 0, 0, 1]);
+        rect_header(&mut b, 3, 0, 2, 1, 0); // 2 wide at x = 3 of 4
+        b.extend_from_slice(&[9; 8]);
+        let (end, fb, _, rects) = play(b).await;
+        assert!(matches!(end, SessionEnd::Server(_)), "{end}");
+        assert_eq!(rects, 0);
+        assert!(fb.bgra().iter().all(|&v| v == 0));
     }
 }

@@ -42,6 +42,29 @@ def pytest_sessionfinish(session, exitstatus):
     kill_all_groups()
 
 
+# ------------------------------------------------------------------ --soak
+
+
+def pytest_addoption(parser):
+    parser.addoption("--soak", action="store_true", default=False,
+                     help="also run the soak test (test_soak.py, marker soak); deselected otherwise")
+    parser.addoption("--soak-minutes", type=float, default=30.0, help="soak duration (default 30)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--soak"):
+        # Its own time limit: the soak, plus start-up and teardown.
+        limit = int(config.getoption("--soak-minutes") * 60 + 300)
+        for item in items:
+            if item.get_closest_marker("soak"):
+                item.add_marker(pytest.mark.timeout(limit))
+        return
+    keep = [i for i in items if not i.get_closest_marker("soak")]
+    if len(keep) != len(items):
+        config.hook.pytest_deselected(items=[i for i in items if i.get_closest_marker("soak")])
+        items[:] = keep
+
+
 @pytest.fixture
 def port():
     """A free TCP port on 127.0.0.1."""

@@ -86,7 +86,7 @@ _groups_lock = threading.Lock()
 
 def spawn(argv: list[str], *, log_path: str | os.PathLike | None = None,
           env: dict | None = None, stdout=None, stderr=None, name: str | None = None,
-          **kw) -> subprocess.Popen:
+          stdin=subprocess.DEVNULL, **kw) -> subprocess.Popen:
     """Start argv in its own process group; remember the group so it is killed at exit."""
     logf = None
     if log_path is not None:
@@ -96,7 +96,7 @@ def spawn(argv: list[str], *, log_path: str | os.PathLike | None = None,
     try:
         p = subprocess.Popen(argv, env=env, stdout=stdout if stdout is not None else subprocess.DEVNULL,
                              stderr=stderr if stderr is not None else subprocess.DEVNULL,
-                             stdin=subprocess.DEVNULL, start_new_session=True, **kw)
+                             stdin=stdin, start_new_session=True, **kw)
     finally:
         if logf is not None:
             logf.close()

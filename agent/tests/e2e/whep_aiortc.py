@@ -108,6 +108,8 @@ class WhepViewer:
         self.latest: Frame | None = None
         self.frame_count = 0
         self.recent: collections.deque[Frame] = collections.deque(maxlen=8)
+        # time.monotonic() of every decoded frame (the newest 100 000)
+        self.arrivals: collections.deque[float] = collections.deque(maxlen=100_000)
         self.connection_states: list[str] = []
         self.track_error: str | None = None
         self.track_ended = False
@@ -174,7 +176,7 @@ class WhepViewer:
             url += "?codec=" + urllib.parse.quote(self.codec_requested)
         headers = {"Content-Type": "application/sdp", **self._headers()}
         async with aiohttp.ClientSession() as s:
-            async with s.post(url, data=self.offer_sdp.encode(), headers=headers,
+            async with s.post(url, data=self.offer_for_agent(self.offer_sdp).encode(), headers=headers,
                               timeout=aiohttp.ClientTimeout(total=timeout)) as r:
                 body = await r.text()
                 if r.status != 201:
@@ -189,11 +191,21 @@ class WhepViewer:
         self.answer_sdp = body
         if not sdp_candidates(body):
             raise RuntimeError("WHEP answer holds no ICE candidates (must be non-trickle):\n" + body)
-        filtered, self.dropped_candidates = _filter_remote_candidates(body)
+        filtered = self.answer_for_viewer(body)
         if not sdp_candidates(filtered):
             raise RuntimeError("WHEP answer has no candidate on this machine's addresses: "
                                f"{self.dropped_candidates}")
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=filtered, type="answer"))
+
+    # -- SDP hooks (the impairment relay of test_impairment.py rewrites candidates here) ---
+    def offer_for_agent(self, offer: str) -> str:
+        """The offer as POSTed to the agent (the viewer's own, by default)."""
+        return offer
+
+    def answer_for_viewer(self, answer: str) -> str:
+        """The answer as given to aiortc: by default, without candidates on other machines."""
+        filtered, self.dropped_candidates = _filter_remote_candidates(answer)
+        return filtered
 
     async def _consume(self, track) -> None:
         try:
@@ -201,6 +213,7 @@ class WhepViewer:
                 av_frame = await track.recv()
                 self.frame_count += 1
                 f = Frame(av_frame, self.frame_count)
+                self.arrivals.append(f.time)
                 if self.frames.full():
                     try:
                         self.frames.get_nowait()

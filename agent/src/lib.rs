@@ -1,0 +1,266 @@
+//! `loco-agent`: one per VM. Connects to the VM's VNC server, encodes the screen when it
+//! changes, serves it to WebRTC viewers behind a WHEP endpoint, and turns their input back
+//! into VNC events.
+//!
+//! The process is a thin I/O loop around pure logic in `loco-shared` (protocol parsing, frame
+//! pacing, damage): one task for VNC ([`vnc`]), one encoder thread per codec in use
+//! ([`pipeline`]), one set of tasks per viewer ([`peer`]), and the HTTP server ([`http`]).
+//! See ARCHITECTURE.md for how a frame and an input event travel.
+//!
+//! The agent is a library (this crate) and a thin binary (`src/main.rs`: argument errors,
+//! logging, the runtime). The library exposes its modules so that tests and the fuzz targets
+//! (`fuzz/`) can drive the real code: the WHEP router ([`http::router`]) and the VNC session
+//! over any byte stream ([`vnc::VncTask::run_stream`]).
+
+pub mod encode;
+pub mod framebuffer;
+pub mod http;
+pub mod metrics;
+pub mod peer;
+pub mod pipeline;
+pub mod vnc;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use tokio::sync::{mpsc, watch};
+use webrtc::ice_transport::ice_server::RTCIceServer;
+
+use crate::encode::Codec;
+
+/// Streams one VM's VNC screen to WebRTC viewers (WHEP) and takes their input back.
+#[derive(Parser, Debug)]
+#[command(name = "loco-agent", version, about, long_about = None)]
+pub struct Args {
+    /// The VM's VNC server: HOST:PORT, or unix:PATH for QEMU's `-vnc unix:PATH`.
+    #[arg(long, value_parser = vnc::parse_vnc_addr)]
+    vnc: vnc::VncAddr,
+
+    /// Where to serve WHEP, /healthz and /metrics.
+    #[arg(long, default_value = "127.0.0.1:8080", value_parser = vnc::parse_listen)]
+    listen: SocketAddr,
+
+    /// Codec for viewers that do not ask for one (`POST /whep?codec=vp8`).
+    #[arg(long, default_value = "h264")]
+    codec: Codec,
+
+    /// Upper bound on the frames encoded per second (frames are sent only when the screen changes).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=120))]
+    max_fps: u32,
+
+    /// Target video bitrate in kbit/s (constant-bitrate rate control, per encoder).
+    #[arg(long, default_value_t = 6000, value_parser = clap::value_parser!(u32).range(100..=100_000))]
+    bitrate_kbps: u32,
+
+    /// Lowest bitrate the loss-based congestion control may go down to, in kbit/s.
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u32).range(50..=100_000))]
+    min_bitrate_kbps: u32,
+
+    /// Encoder threads per codec (1 keeps nine agents on a small host fair to each other).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16))]
+    encoder_threads: u32,
+
+    /// Require `Authorization: Bearer TOKEN` for WHEP and input. Prefer --token-file or
+    /// LOCO_TOKEN in production: command lines are visible to other users of the host.
+    #[arg(long, env = "LOCO_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+
+    /// Read the bearer token from this file (first line).
+    #[arg(long, conflicts_with = "token")]
+    token_file: Option<PathBuf>,
+
+    /// A second token that may watch but not send input (input from it is refused and counted).
+    #[arg(long, env = "LOCO_VIEW_TOKEN", hide_env_values = true)]
+    view_token: Option<String>,
+
+    /// Read the view-only token from this file (first line).
+    #[arg(long, conflicts_with = "view_token")]
+    view_token_file: Option<PathBuf>,
+
+    /// VNC password, if the server asks for one.
+    #[arg(long, env = "LOCO_VNC_PASSWORD", hide_env_values = true)]
+    vnc_password: Option<String>,
+
+    /// STUN/TURN server for ICE, e.g. `turn:turn.example:3478?transport=udp`. Repeatable.
+    #[arg(long = "ice-server")]
+    ice_servers: Vec<String>,
+
+    /// Username for the TURN servers given with --ice-server.
+    #[arg(long, env = "LOCO_TURN_USERNAME")]
+    turn_username: Option<String>,
+
+    /// Password for the TURN servers given with --ice-server.
+    #[arg(long, env = "LOCO_TURN_PASSWORD", hide_env_values = true)]
+    turn_password: Option<String>,
+
+    /// Serve all WebRTC media on this one UDP port (instead of an ephemeral port per viewer).
+    /// Experimental: with webrtc-ice's UDP mux some sessions were seen to stay in ICE
+    /// "checking" under load; ephemeral ports (the default) have not shown this.
+    #[arg(long)]
+    udp_port: Option<u16>,
+
+    /// Advertise this address in ICE candidates instead of the host's own (1:1 NAT). Repeatable.
+    #[arg(long = "public-ip")]
+    public_ips: Vec<String>,
+
+    /// Most viewers at once (more get 503).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    max_viewers: u64,
+
+    /// Input events per second one viewer may send on average (bursts of a quarter second
+    /// above it pass); more are dropped and counted as rate_limited.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    max_input_per_sec: u32,
+
+    /// Seconds a viewer session may stay unconnected (never connected, or dropped) before it ends.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    session_timeout_s: u64,
+
+    /// Longest wait between VNC reconnection attempts, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    max_backoff_ms: u64,
+}
+
+/// Runs the agent until SIGINT/SIGTERM: binds `--listen`, starts the VNC task and serves HTTP.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let token = read_token("--token-file", args.token.as_deref(), args.token_file.as_deref())?;
+    let view_token = read_token("--view-token-file", args.view_token.as_deref(), args.view_token_file.as_deref())?;
+    if view_token.is_some() && token.is_none() {
+        anyhow::bail!("a view-only token needs a control token too (--token): otherwise anyone could control the VM");
+    }
+    let ice_servers: Vec<RTCIceServer> = args
+        .ice_servers
+        .iter()
+        .map(|url| RTCIceServer {
+            urls: vec![url.clone()],
+            username: args.turn_username.clone().unwrap_or_default(),
+            credential: args.turn_password.clone().unwrap_or_default(),
+        })
+        .collect();
+
+    // Bind first: a port in use is a start-up error, not something to retry.
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+
+    let metrics = Arc::new(metrics::Metrics::new());
+    let screen = Arc::new(pipeline::Screen::default());
+    let pipelines = pipeline::Pipelines::new(
+        pipeline::PipelineConfig {
+            bitrate_kbps: args.bitrate_kbps,
+            max_fps: args.max_fps,
+            encoder_threads: args.encoder_threads,
+        },
+        screen.clone(),
+        metrics.clone(),
+    );
+    let (input_tx, input_rx) = mpsc::channel(1024);
+    let factory = peer::PeerFactory::new(peer::IceConfig {
+        servers: ice_servers,
+        udp_mux_port: args.udp_port,
+        nat_1to1_ips: args.public_ips.clone(),
+    })
+    .await?;
+    let limits = peer::Limits {
+        max_viewers: args.max_viewers as usize,
+        input_per_second: args.max_input_per_sec,
+        input_burst: (args.max_input_per_sec / 4).max(1),
+        connect_timeout: Duration::from_secs(args.session_timeout_s),
+        min_bitrate_kbps: args.min_bitrate_kbps.min(args.bitrate_kbps),
+        max_bitrate_kbps: args.bitrate_kbps,
+    };
+    let viewers = peer::Viewers::new(factory, pipelines.clone(), metrics.clone(), input_tx, screen.clone(), limits);
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let vnc_task = tokio::spawn(
+        vnc::VncTask {
+            config: vnc::VncConfig {
+                addr: args.vnc.clone(),
+                password: args.vnc_password.clone(),
+                connect_timeout: Duration::from_secs(3),
+                max_backoff: Duration::from_millis(args.max_backoff_ms.max(50)),
+                request_interval: Duration::from_micros(1_000_000 / u64::from(args.max_fps)),
+            },
+            screen: screen.clone(),
+            pipelines: pipelines.clone(),
+            metrics: metrics.clone(),
+            input: input_rx,
+            shutdown: shutdown_rx.clone(),
+        }
+        .run(),
+    );
+
+    let state = Arc::new(http::AppState {
+        viewers: viewers.clone(),
+        pipelines,
+        screen,
+        metrics,
+        default_codec: args.codec,
+        tokens: http::Tokens { control: token.into_iter().collect(), view: view_token.into_iter().collect() },
+    });
+    tracing::info!(listen = %args.listen, vnc = %args.vnc, codec = %args.codec, "loco-agent ready");
+    let mut shutdown_http = shutdown_rx.clone();
+    let server = axum::serve(listener, http::router(state)).with_graceful_shutdown(async move {
+        let _ = shutdown_http.changed().await;
+    });
+    let server = tokio::spawn(async move { server.await });
+
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    let _ = shutdown_tx.send(true);
+    viewers.close_all().await;
+    let _ = tokio::time::timeout(Duration::from_secs(3), vnc_task).await;
+    let _ = tokio::time::timeout(Duration::from_secs(3), server).await;
+    Ok(())
+}
+
+/// glibc gives each thread that allocates its own heap arena; with a runtime, encoder and
+/// WebRTC threads that is megabytes of resident memory nine agents pay for nothing.
+pub fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only adjusts allocator tuning; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
+/// A token from its flag/environment value or the first line of its file; empty is an error.
+fn read_token(file_flag: &str, value: Option<&str>, file: Option<&std::path::Path>) -> anyhow::Result<Option<String>> {
+    let token = match (value, file) {
+        (Some(t), _) => t.trim().to_owned(),
+        (None, Some(path)) => {
+            let text =
+                std::fs::read_to_string(path).with_context(|| format!("cannot read {file_flag} {}", path.display()))?;
+            text.lines().next().unwrap_or("").trim().to_owned()
+        }
+        (None, None) => return Ok(None),
+    };
+    if token.is_empty() {
+        anyhow::bail!("a token is empty");
+    }
+    Ok(Some(token))
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,185 @@
+"""10 % packet loss and 0-100 ms jitter, each way, between an aiortc viewer and the agent.
+
+The kernel on the test machines has no sch_netem, so `tc netem` cannot impair the path; the
+media goes through a userspace UDP relay instead (udp_impair.py: Bernoulli loss, uniform
+per-packet delay, its own seeded RNG per direction). The viewer's offer and the agent's
+answer are rewritten so that each peer knows only the relay's addresses: every ICE, DTLS,
+SRTP and SCTP packet crosses it (the relay's counters and aioice's nominated pair prove it).
+
+The source is a real Xvnc with motion: an xterm printing lines without pause (the screen
+scrolls all the time, the agent encodes up to 30 fps). Over a 30 s window the test prints the
+viewer's decoded fps, its longest freeze, the relay's measured loss and delays, and how the
+agent reacted: NACKed packets (`loco_nack_packets_total`), PLI keyframe requests, keyframes,
+and the bitrate target its loss-based controller settled on (`loco_bitrate_target_kbps`).
+Asserted, generously (figures go to the output, not into tight timed assertions): frames keep
+arriving throughout (>= 2 fps, no freeze over 6 s), the connection stays up, the relay saw
+about 10 % loss each way, the agent saw NACKs or PLIs, and once the impairment is lifted the
+viewer shows a new solid colour correctly."""
+from __future__ import annotations
+
+import statistics
+import time
+
+import pytest
+
+from checks import W, H, frame_is, wait_metric
+from e2e_util import kill_group, sdp_candidates
+from udp_impair import ImpairedPath
+from whep_aiortc import SyncViewer, WhepViewer
+
+LOSS, JITTER_MS = 0.10, 100
+WINDOW_S = 30.0
+
+
+def _replace_candidates(sdp: str, host: str, port: int) -> str:
+    """Every m-section's candidates replaced by one host candidate host:port."""
+    out, done_in_section = [], False
+    for line in sdp.splitlines():
+        s = line.strip()
+        if s.startswith("m="):
+            done_in_section = False
+        if s.startswith("a=candidate:"):
+            if not done_in_section:
+                out.append(f"a=candidate:1 1 udp 2130706431 {host} {port} typ host")
+                done_in_section = True
+            continue
+        out.append(line)
+    return "\r\n".join(out) + "\r\n"
+
+
+class RelayedViewer(WhepViewer):
+    """A WHEP viewer whose media path runs through an ImpairedPath."""
+
+    def __init__(self, base_url: str, codec: str, relay: ImpairedPath):
+        super().__init__(base_url, codec, None)
+        self.relay = relay
+        self.agent_candidate: dict | None = None
+
+    def offer_for_agent(self, offer: str) -> str:
+        return _replace_candidates(offer, "127.0.0.1", self.relay.agent_side)
+
+    def answer_for_viewer(self, answer: str) -> str:
+        local = [c for c in sdp_candidates(answer) if c["ip"] == "127.0.0.1" and c["proto"] == "udp"]
+        assert local, f"the agent's answer has no 127.0.0.1 UDP candidate:\n{answer}"
+        self.agent_candidate = local[0]
+        self.relay.set_agent("127.0.0.1", local[0]["port"])
+        self.dropped_candidates = [c["line"] for c in sdp_candidates(answer)]
+        return _replace_candidates(answer, "127.0.0.1", self.relay.viewer_side)
+
+
+def _freeze_and_fps(arrivals: list[float], t0: float, t1: float) -> tuple[float, float, int]:
+    times = [t for t in arrivals if t0 <= t <= t1]
+    edges = [t0] + times + [t1]
+    gaps = [b - a for a, b in zip(edges, edges[1:])]
+    return len(times) / (t1 - t0), max(gaps), len(times)
+
+
+def _runs(values) -> str:
+    """[6000, 6000, 5400] -> '6000x2 5400'"""
+    out = []
+    for v in values:
+        if out and out[-1][0] == v:
+            out[-1][1] += 1
+        else:
+            out.append([v, 1])
+    return " ".join(f"{v:.0f}x{n}" if n > 1 else f"{v:.0f}" for v, n in out)
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("codec", ["h264", "vp8"])
+def test_loss_and_jitter(codec, xvnc, agent, aio_loop, tmp_path, request):
+    relay = ImpairedPath(LOSS, JITTER_MS, seed=8, log_path=tmp_path / "udp_impair.log")
+    request.node.__dict__.setdefault("_loco_logs", []).append(("udp_impair log", tmp_path / "udp_impair.log"))
+    a = agent(xvnc.port, codec=codec)
+    a.wait_vnc(True, 30)
+    xterm = xvnc.spawn("xterm", "-geometry", "160x50+0+0", "-e", "sh", "-c",
+                       "i=0; while :; do i=$((i+1)); echo \"line $i: $(date +%T.%N) the quick brown fox\"; "
+                       "sleep 0.005; done", log_path=tmp_path / "scroll-xterm.log")
+    v = None
+    try:
+        async def _connect():
+            w = RelayedViewer(a.url, codec, relay)
+            try:
+                await w._start(True, 20)
+            except BaseException:
+                await w.pc.close()
+                raise
+            return w
+        v = SyncViewer(aio_loop, aio_loop.run(_connect(), 40), name="aiortc-impaired")
+        # ICE and DTLS run through the impairment too: allow them time.
+        v.wait_frame(lambda f: (f.width, f.height) == (W, H), timeout=40, what="a first 1024x768 frame")
+
+        def nominated():
+            conn = v.v.pc.getTransceivers()[0].receiver.transport.transport._connection
+            return [(p.local_candidate.host, p.local_candidate.port, p.remote_candidate.host,
+                     p.remote_candidate.port) for p in conn._nominated.values()]
+        pairs = aio_loop.call(nominated)
+        assert pairs and all(p[2:] == ("127.0.0.1", relay.viewer_side) for p in pairs), \
+            f"the viewer's nominated pair does not go to the relay ({relay.viewer_side}): {pairs}"
+
+        time.sleep(3.0)   # past the join keyframe and the first loss reports
+        m0, s0 = a.metrics(), relay.stats()
+        t0 = time.monotonic()
+        bitrate = []
+        while time.monotonic() - t0 < WINDOW_S:
+            time.sleep(1.0)
+            bitrate.append(a.metric("loco_bitrate_target_kbps", None, codec=codec))
+            assert v.connection_state == "connected", v.describe()
+        t1 = time.monotonic()
+        m1, s1 = a.metrics(), relay.stats()
+        fps, freeze, frames = _freeze_and_fps(list(v.v.arrivals), t0, t1)
+
+        def delta(name, **labels):
+            return m1.get(name, **labels) - m0.get(name, **labels)
+        sent = delta("loco_frames_sent_total", codec=codec)
+        nacked = delta("loco_nack_packets_total", codec=codec)
+        plis = delta("loco_keyframe_requests_total", cause="pli")
+        keyframes = delta("loco_keyframes_total", codec=codec)
+        video_bytes = delta("loco_bytes_sent_total", codec=codec)
+        kbps = video_bytes * 8 / 1000 / (t1 - t0)
+        wire_bytes = s1["to_viewer"]["bytes"] - s0["to_viewer"]["bytes"]
+        dirs = {}
+        for d in ("to_agent", "to_viewer"):
+            rec = s1[d]["received"] - s0[d]["received"]
+            drop = s1[d]["dropped"] - s0[d]["dropped"]
+            dirs[d] = (rec, drop, drop / rec if rec else 0.0)
+        known = [b for b in bitrate if b is not None]
+        print(f"\n[impairment] {LOSS:.0%} loss + U(0,{JITTER_MS}) ms jitter each way, {t1 - t0:.1f} s window, "
+              f"scrolling xterm on Xvnc, {codec}")
+        print(f"[impairment] viewer: {frames} frames decoded = {fps:.1f} fps, longest freeze {freeze * 1000:.0f} ms "
+              f"(agent sent {sent:.0f} frames = {sent / (t1 - t0):.1f} fps, {kbps:.0f} kbit/s of video)")
+        print(f"[impairment] relay: to agent {dirs['to_agent'][0]} pkts, {dirs['to_agent'][2]:.1%} dropped; "
+              f"to viewer {dirs['to_viewer'][0]} pkts, {dirs['to_viewer'][2]:.1%} dropped; "
+              f"delay mean/max {s1['to_viewer']['mean_delay_ms']}/{s1['to_viewer']['max_delay_ms']} ms")
+        print(f"[impairment] relay carried {wire_bytes / 1e6:.1f} MB towards the viewer for {video_bytes / 1e6:.1f} MB "
+              f"of encoded video (x{wire_bytes / max(1, video_bytes):.1f}: RTP/SRTP overhead and NACK resends)")
+        print(f"[impairment] agent: {nacked:.0f} NACKed packets (aiortc repeats a NACK until the packet "
+              f"arrives), {plis:.0f} PLI keyframe requests, {keyframes:.0f} keyframes; bitrate target kbit/s "
+              f"each second: {_runs(known)} (min {min(known) if known else None}, "
+              f"median {statistics.median(known) if known else None})")
+
+        # Media really crossed the relay, impaired as asked.
+        for d, (rec, drop, frac) in dirs.items():
+            assert rec >= 100, f"relay {d}: only {rec} packets in {WINDOW_S:.0f} s: {s1}"
+            assert 0.04 <= frac <= 0.18, f"relay {d}: {frac:.1%} dropped, expected about {LOSS:.0%}: {s1}"
+        assert s1["to_viewer"]["bytes"] > 200_000, s1
+        # The viewer kept decoding through it.
+        assert fps >= 2.0, f"only {fps:.1f} fps decoded under impairment"
+        assert freeze <= 6.0, f"the picture froze for {freeze:.1f} s"
+        # The agent saw the loss and reacted (retransmissions, keyframes, or a lower rate).
+        assert nacked > 0 or plis > 0 or (known and min(known) < 6000), \
+            f"no NACK, PLI or bitrate reaction (nacked {nacked}, pli {plis}, bitrate {known})"
+        assert a.alive()
+
+        # Impairment lifted: the viewer recovers and shows what is on the screen now.
+        kill_group(xterm)
+        relay.set(loss=0.0, jitter_ms=0)
+        xvnc.solid("#c03060")
+        v.wait_frame(frame_is("#c03060"), timeout=20, what="the new colour after the impairment was lifted")
+        wait_metric(a, "loco_viewers", lambda n: n == 1)
+        assert v.connection_state == "connected", v.describe()
+    finally:
+        kill_group(xterm)
+        if v is not None:
+            v.close()
+        relay.close()
