@@ -25,6 +25,10 @@ pub struct Metrics {
     pub whep_requests: IntCounterVec,
     pub sessions_ended: IntCounterVec,
     pub bitrate_target_kbps: prometheus::IntGaugeVec,
+    pub retransmits: IntCounterVec,
+    pub retransmits_dequeued: IntCounterVec,
+    pub viewer_rtt_seconds: Histogram,
+    pub loss_ratio: prometheus::GaugeVec,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: T) -> T {
@@ -71,7 +75,7 @@ impl Metrics {
                 &registry,
                 counter_vec(
                     "loco_keyframe_requests_total",
-                    "Keyframe requests by cause (new viewer, PLI, FIR, slow viewer, resize)",
+                    "Keyframe requests by cause (new viewer, PLI, FIR, slow viewer, unrecoverable NACK, resize)",
                     &["cause"],
                 ),
             ),
@@ -79,7 +83,7 @@ impl Metrics {
                 &registry,
                 counter_vec(
                     "loco_nack_packets_total",
-                    "RTP packets viewers reported lost in RTCP NACKs, per NACK (resent if still in the 8192-packet buffer)",
+                    "RTP packets named in viewers' RTCP NACKs, every time (receivers repeat NACKs until the packet arrives)",
                     &["codec"],
                 ),
             ),
@@ -138,6 +142,49 @@ impl Metrics {
                         "The encoder's target bitrate: --bitrate-kbps, lowered while a viewer reports loss",
                     ),
                     &["codec"],
+                )
+                .expect("valid metric"),
+            ),
+            retransmits: register(
+                &registry,
+                counter_vec(
+                    "loco_retransmits_total",
+                    "What the agent did with each NACKed packet: resent, unknown (never sent), \
+                     expired (older than 1 s or overwritten; asks for a keyframe), too_soon (resent within the last 1.5 round trips), too_many (resent 4 times; asks for a keyframe), \
+                     queued (over the resend budget of half the media bytes + 16 KiB/s: sent when it allows, \
+                     see loco_retransmits_dequeued_total; expired while queued counts as expired)",
+                    &["codec", "outcome"],
+                ),
+            ),
+            retransmits_dequeued: register(
+                &registry,
+                counter_vec(
+                    "loco_retransmits_dequeued_total",
+                    "Queued resends sent once the resend budget allowed",
+                    &["codec"],
+                ),
+            ),
+            viewer_rtt_seconds: register(
+                &registry,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "loco_viewer_rtt_seconds",
+                        "Round-trip times to viewers, from their RTCP receiver reports",
+                    )
+                    .buckets(vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0]),
+                )
+                .expect("valid metric"),
+            ),
+            loss_ratio: register(
+                &registry,
+                prometheus::GaugeVec::new(
+                    Opts::new(
+                        "loco_viewer_loss_ratio",
+                        "Latest loss a viewer showed, what its bitrate controller acts on: from TWCC \
+                         feedback (loss before retransmission, source=twcc) or, for viewers without \
+                         TWCC, the share of packets it NACKed or its receiver reports' fraction lost, whichever is larger (source=nack)",
+                    ),
+                    &["codec", "source"],
                 )
                 .expect("valid metric"),
             ),

@@ -79,6 +79,8 @@ pub enum KeyframeCause {
     Pli,
     Fir,
     SlowViewer,
+    /// A viewer NACKed a packet that can no longer be resent.
+    Unrecoverable,
 }
 
 impl KeyframeCause {
@@ -88,6 +90,7 @@ impl KeyframeCause {
             KeyframeCause::Pli => "pli",
             KeyframeCause::Fir => "fir",
             KeyframeCause::SlowViewer => "slow_viewer",
+            KeyframeCause::Unrecoverable => "unrecoverable",
         }
     }
 }

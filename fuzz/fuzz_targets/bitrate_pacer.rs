@@ -207,7 +207,10 @@ fuzz_target!(|inp: Input| {
                         last_change = Some(now);
                         let loss = f64::from(lost) / 256.0;
                         if loss > 0.10 {
-                            assert!(v < before && u64::from(v) * 2 + 2 >= u64::from(before), "{before} -> {v} at loss {loss}");
+                            assert!(
+                                v < before && u64::from(v) * 2 + 2 >= u64::from(before),
+                                "{before} -> {v} at loss {loss}"
+                            );
                         } else if loss < 0.02 {
                             assert!(v > before && f64::from(v) <= (f64::from(before) * 1.08).ceil(), "{before} -> {v}");
                         } else {

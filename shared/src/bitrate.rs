@@ -1,5 +1,8 @@
-//! Loss-based bitrate control for one viewer, from the `fraction lost` of its RTCP receiver
-//! reports (the classic rule of libwebrtc's loss-based controller):
+//! Loss-based bitrate control for one viewer (the classic rule of libwebrtc's loss-based
+//! controller), fed once a second or so with the loss the viewer saw. The agent feeds it the
+//! loss before retransmission from the viewer's TWCC feedback ([`crate::twcc`]) when the viewer
+//! sends it (Chromium does), else the `fraction lost` of its RTCP receiver reports (loss after
+//! retransmission: what a receiver without TWCC can tell):
 //!
 //! - more than 10 % lost: cut the rate by half the loss (`rate × (1 − loss/2)`), at most once
 //!   per `min_interval` so one burst is not punished twice;
@@ -40,10 +43,16 @@ impl BitrateController {
     /// A receiver report said `fraction_lost` (RTCP's 8-bit fixed point: lost/256) at `now`.
     /// Returns the new rate when it changed.
     pub fn on_report(&mut self, now: Duration, fraction_lost: u8) -> Option<u32> {
+        self.on_loss(now, f64::from(fraction_lost) / 256.0)
+    }
+
+    /// The viewer lost `loss` (0..=1) of what was sent since the last call, at `now`.
+    /// Returns the new rate when it changed.
+    pub fn on_loss(&mut self, now: Duration, loss: f64) -> Option<u32> {
         if self.last_change.is_some_and(|t| now.saturating_sub(t) < self.min_interval) {
             return None;
         }
-        let loss = f64::from(fraction_lost) / 256.0;
+        let loss = if loss.is_finite() { loss.clamp(0.0, 1.0) } else { 0.0 };
         let next = if loss > 0.10 {
             (f64::from(self.kbps) * (1.0 - loss / 2.0)) as u32
         } else if loss < 0.02 {
@@ -88,6 +97,15 @@ mod tests {
         }
         assert_eq!(c.kbps(), 6000);
         assert!(t < 12, "took {t} s to recover");
+    }
+
+    #[test]
+    fn loss_as_a_fraction() {
+        let mut c = BitrateController::new(300, 6000);
+        assert_eq!(c.on_loss(s(1), 0.2), Some(5400));
+        assert_eq!(c.on_loss(s(2), 0.05), None, "hold");
+        assert_eq!(c.on_loss(s(3), f64::NAN), Some(5832), "garbage counts as no loss");
+        assert_eq!(c.on_loss(s(4), 7.0), Some(2916), "clamped to 100 %");
     }
 
     #[test]

@@ -5,7 +5,10 @@
 //! `wasm32-unknown-unknown` and tests natively without a network.
 //!
 //! - [`protocol`]: the JSON messages a viewer sends on the `input` data channel.
-//! - [`bitrate`]: loss-based bitrate control from RTCP receiver reports.
+//! - [`bitrate`]: loss-based bitrate control (from TWCC feedback, else receiver reports).
+//! - [`retransmit`]: which NACKed packets to resend (held, not too soon, within a byte
+//!   budget), RTT from receiver reports.
+//! - [`twcc`]: loss before retransmission from transport-wide congestion control feedback.
 //! - [`config`]: the page's `desktops.json`, strictly checked with readable errors.
 //! - [`keys`]: browser keyboard events to X11 keysyms.
 //! - [`controller`]: VR controller buttons to RFB button masks (trigger, grip, wheel).
@@ -25,6 +28,8 @@ pub mod layout;
 pub mod pacer;
 pub mod protocol;
 pub mod ratelimit;
+pub mod retransmit;
+pub mod twcc;
 
 pub use geom::Rect;
 pub use pacer::{FramePacer, PacerDecision};

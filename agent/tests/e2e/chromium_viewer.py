@@ -88,7 +88,13 @@ class ChromiumViewer:
 
     def state(self) -> dict:
         return self.page.evaluate(
-            "() => Object.fromEntries(Object.entries(window.__t).filter(([k, v]) => typeof v !== 'function'))")
+            "() => Object.fromEntries(Object.entries(window.__t)"
+            ".filter(([k, v]) => typeof v !== 'function' && k !== 'frameTimes'))")
+
+    def frame_times(self) -> tuple[list[float], float]:
+        """The page's recent frame presentation times and its clock now (performance.now(), ms)."""
+        r = self.page.evaluate("() => [window.__t.frameTimes.slice(), performance.now()]")
+        return r[0], r[1]
 
     def get(self, key: str):
         return self.page.evaluate("(k) => window.__t[k]", key)
