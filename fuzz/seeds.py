@@ -30,7 +30,7 @@ def wall(radius=1.6, cw=0.92, ch=0.69, gap=0.06, cols=3, eye=(0.0, 1.5, 0.0), ya
 
 
 # bitrate_pacer's Event variants, in declaration order
-EVENTS = ["Damage", "KeyframeRequest", "Reset", "Poll", "Sleep", "PollWhenDue", "Report", "Input"]
+EVENTS = ["Damage", "KeyframeRequest", "Reset", "Poll", "Sleep", "PollWhenDue", "Report", "Input", "Rtt"]
 
 
 def ev(name, *args) -> bytes:
@@ -170,6 +170,11 @@ def main() -> None:
     reports = ([ev("Report", 1000, 64)] * 4 + [ev("Report", 1000, 13)] + [ev("Report", 1000, 0)] * 8
                + [ev("Report", 300, 255)] * 10 + [ev("Input", 500)] * 300)
     (bp / "loss_reports_and_input").write_bytes(pacer(reports))
+    # A queue building: RTT from 20 ms to 400 ms and back, with clean loss reports between.
+    queue = []
+    for rtt in (20, 25, 60, 140, 250, 400, 400, 300, 120, 30, 20, 20):
+        queue += [ev("Rtt", 1000, rtt), ev("Report", 10, 0)]
+    (bp / "queueing_delay").write_bytes(pacer(queue))
 
     fo = CORPUS / "framebuffer_ops"
     fo.mkdir(parents=True, exist_ok=True)

@@ -75,7 +75,7 @@ impl Metrics {
                 &registry,
                 counter_vec(
                     "loco_keyframe_requests_total",
-                    "Keyframe requests by cause (new viewer, PLI, FIR, slow viewer, unrecoverable NACK, resize)",
+                    "Keyframe requests by cause (new viewer, PLI, FIR, slow viewer, unrecoverable NACK, after a lossy spell, resize)",
                     &["cause"],
                 ),
             ),

@@ -351,8 +351,9 @@ impl Viewers {
         // buffer (a NACK for a packet that can no longer be resent asks for a keyframe, at
         // most once a second); TWCC feedback, the loss before retransmission that drives this
         // viewer's loss-based bitrate controller; receiver reports, which give the round-trip
-        // time and, for a viewer that sends no TWCC, pace the fallback loss measure: the share
-        // of packets it NACKed, or its reports' loss after retransmission if larger.
+        // time (a standing queue, RTT well above the path's base, cuts the rate too) and, for
+        // a viewer that sends no TWCC, pace the fallback loss measure: the share of packets it
+        // NACKed, or its reports' loss after retransmission if larger.
         // Reading also drives the interceptors (reports).
         let pipelines = self.pipelines.clone();
         let metrics = self.metrics.clone();
@@ -367,7 +368,18 @@ impl Viewers {
             let mut again: Vec<RtpPacket> = Vec::new();
             let mut twcc = TwccLoss::default();
             let mut twcc_seen = false;
+            // What this viewer was sent, for the send rate over each loss sample.
+            let mut sent_mark = (Duration::ZERO, 0u64);
+            let mut sent_kbps = move |now: Duration, bytes: u64| {
+                let (t, b) = std::mem::replace(&mut sent_mark, (now, bytes));
+                let secs = now.saturating_sub(t).as_secs_f64();
+                (secs > 0.2).then(|| bytes.saturating_sub(b) as f64 * 8.0 / 1000.0 / secs)
+            };
             let mut repaired_at: Option<Duration> = None;
+            // One keyframe once a lossy spell is over (no NACK for 1.5 s): a frame the viewer
+            // never got whole may still be referenced, and not every receiver asks (aiortc
+            // asks only when a later packet arrives, so a still screen stays broken).
+            let mut nacked_at: Option<Duration> = None;
             // Resends the budget queued go out from this timer too, so they leave even when the
             // viewer sends nothing more.
             let mut tick = tokio::time::interval(Duration::from_millis(20));
@@ -380,6 +392,10 @@ impl Viewers {
                     },
                     _ = tick.tick() => Vec::new(),
                 };
+                if nacked_at.is_some_and(|t| origin.elapsed().saturating_sub(t) >= Duration::from_millis(1500)) {
+                    nacked_at = None;
+                    pipelines.request_keyframe(codec, KeyframeCause::AfterLoss);
+                }
                 let polled = {
                     let mut held = lock(&resend);
                     held.has_queued().then(|| held.poll(origin.elapsed()))
@@ -407,6 +423,7 @@ impl Viewers {
                         pipelines.request_keyframe(codec, KeyframeCause::Fir);
                     } else if let Some(nack) = any.downcast_ref::<TransportLayerNack>() {
                         let now = origin.elapsed();
+                        nacked_at = Some(now);
                         let mut unrecoverable = false;
                         {
                             let mut held = lock(&resend);
@@ -434,8 +451,9 @@ impl Viewers {
                         twcc.on_feedback(cc.base_sequence_number, twcc_statuses(cc), now);
                         if let Some(sample) = twcc.take_sample(now, Duration::from_secs(1)) {
                             metrics.loss_ratio.with_label_values(&[codec.label(), "twcc"]).set(sample.fraction);
-                            if let Some(kbps) = rate.on_loss(now, sample.fraction) {
-                                tracing::debug!(viewer, kbps, loss = sample.fraction, "viewer bitrate (TWCC)");
+                            let sent = sent_kbps(now, lock(&resend).bytes_out());
+                            if let Some(kbps) = rate.on_loss(now, sample.fraction, sent) {
+                                tracing::debug!(viewer, kbps, loss = sample.fraction, ?sent, "viewer bitrate (TWCC)");
                                 pipelines.set_viewer_bitrate(codec, viewer, kbps);
                             }
                         }
@@ -445,15 +463,19 @@ impl Viewers {
                         for report in &rr.reports {
                             let now = origin.elapsed();
                             let rtt = rtt_from_report(ntp_middle32(wall), report.last_sender_report, report.delay);
-                            let share = {
+                            let (share, bytes_out) = {
                                 let mut held = lock(&resend);
                                 if let Some(rtt) = rtt {
                                     held.on_rtt(rtt);
                                 }
-                                held.take_nacked_share(now, Duration::from_millis(900))
+                                (held.take_nacked_share(now, Duration::from_millis(900)), held.bytes_out())
                             };
                             if let Some(rtt) = rtt {
                                 metrics.viewer_rtt_seconds.observe(rtt.as_secs_f64());
+                                if let Some(kbps) = rate.on_rtt(now, rtt) {
+                                    tracing::debug!(viewer, kbps, ?rtt, "viewer bitrate (queueing delay)");
+                                    pipelines.set_viewer_bitrate(codec, viewer, kbps);
+                                }
                             }
                             if twcc_seen {
                                 continue;
@@ -462,7 +484,8 @@ impl Viewers {
                             let Some(share) = share else { continue };
                             let loss = share.fraction.max(reported);
                             metrics.loss_ratio.with_label_values(&[codec.label(), "nack"]).set(loss);
-                            if let Some(kbps) = rate.on_loss(now, loss) {
+                            let sent = sent_kbps(now, bytes_out);
+                            if let Some(kbps) = rate.on_loss(now, loss, sent) {
                                 tracing::debug!(
                                     viewer,
                                     kbps,

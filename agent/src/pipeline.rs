@@ -81,6 +81,8 @@ pub enum KeyframeCause {
     SlowViewer,
     /// A viewer NACKed a packet that can no longer be resent.
     Unrecoverable,
+    /// A viewer's lossy spell ended (no NACK for 1.5 s).
+    AfterLoss,
 }
 
 impl KeyframeCause {
@@ -91,6 +93,7 @@ impl KeyframeCause {
             KeyframeCause::Fir => "fir",
             KeyframeCause::SlowViewer => "slow_viewer",
             KeyframeCause::Unrecoverable => "unrecoverable",
+            KeyframeCause::AfterLoss => "after_loss",
         }
     }
 }

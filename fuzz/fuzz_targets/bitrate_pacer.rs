@@ -8,8 +8,10 @@
 //!   `Idle`; `damaged_since` is the first change since the previous encode; keyframes only
 //!   when asked and never closer than `min_keyframe_interval`; at most `refine_frames`
 //!   refinement frames per burst of changes.
-//! - bitrate: stays in [min, max], starts at max, changes at most once per second, only
-//!   downwards above 10 % loss (by at most half), only upwards below 2 % (by at most 8 %).
+//! - bitrate: stays in [min, max], starts at max; a loss report over 10 % only lowers it, to
+//!   no less than half the rate before the current one-second interval began; one below 2 %
+//!   only raises it, by at most 8 %, never within a second of the interval's start; an RTT
+//!   sample only lowers it, to no less than 85 % of that rate; in between it holds.
 //! - token bucket: never more than `burst + per_second × t` events in any window of length t.
 #![no_main]
 
@@ -40,6 +42,8 @@ enum Event {
     Report(u16, u8),
     /// Time passes (microseconds), then an input event meets the rate limiter.
     Input(u16),
+    /// Time passes (milliseconds), then a round-trip time sample (milliseconds).
+    Rtt(u16, u16),
 }
 
 #[derive(Debug, Arbitrary)]
@@ -149,7 +153,9 @@ fuzz_target!(|inp: Input| {
     let max_kbps = inp.max_kbps.max(1);
     let min_kbps = inp.min_kbps.clamp(1, max_kbps);
     assert_eq!(bitrate.kbps(), max_kbps, "starts at the maximum");
-    let mut last_change: Option<Duration> = None;
+    // The controller's one-second intervals: when the current one began, and the rate
+    // before it.
+    let mut interval: Option<(Duration, u32)> = None;
 
     let per_sec = u32::from(inp.input_per_sec);
     let burst = u32::from(inp.input_burst).max(1);
@@ -196,25 +202,43 @@ fuzz_target!(|inp: Input| {
                 let r = bitrate.on_report(now, lost);
                 let after = bitrate.kbps();
                 assert!((min_kbps..=max_kbps).contains(&after), "{after} outside [{min_kbps}, {max_kbps}]");
+                let recent = interval.filter(|&(t, _)| now - t < SECOND);
                 match r {
                     None => assert_eq!(after, before),
                     Some(v) => {
                         assert_eq!(v, after);
                         assert_ne!(v, before, "Some() without a change");
-                        if let Some(t) = last_change {
-                            assert!(now - t >= SECOND, "changes at {t:?} and {now:?}");
-                        }
-                        last_change = Some(now);
+                        let base = recent.map_or(before, |(_, b)| b);
                         let loss = f64::from(lost) / 256.0;
                         if loss > 0.10 {
-                            assert!(
-                                v < before && u64::from(v) * 2 + 2 >= u64::from(before),
-                                "{before} -> {v} at loss {loss}"
-                            );
+                            assert!(v < before && u64::from(v) * 2 + 2 >= u64::from(base), "{base}/{before} -> {v} at loss {loss}");
                         } else if loss < 0.02 {
+                            assert!(recent.is_none(), "grew within a second of {interval:?} at {now:?}");
                             assert!(v > before && f64::from(v) <= (f64::from(before) * 1.08).ceil(), "{before} -> {v}");
                         } else {
                             panic!("rate changed {before} -> {v} at a holding loss of {loss}");
+                        }
+                        if recent.is_none() {
+                            interval = Some((now, before));
+                        }
+                    }
+                }
+            }
+            Event::Rtt(dt, rtt) => {
+                now += ms(dt);
+                let before = bitrate.kbps();
+                let r = bitrate.on_rtt(now, ms(rtt));
+                let after = bitrate.kbps();
+                assert!((min_kbps..=max_kbps).contains(&after), "{after} outside [{min_kbps}, {max_kbps}]");
+                let recent = interval.filter(|&(t, _)| now - t < SECOND);
+                match r {
+                    None => assert_eq!(after, before),
+                    Some(v) => {
+                        assert_eq!(v, after);
+                        let base = recent.map_or(before, |(_, b)| b);
+                        assert!(v < before && f64::from(v) >= (f64::from(base) * 0.85).floor() - 1.0, "{base}/{before} -> {v}");
+                        if recent.is_none() {
+                            interval = Some((now, before));
                         }
                     }
                 }

@@ -80,10 +80,14 @@ test('IWER Quest 3 runtime: session, local-floor, controller ray = the pose we s
   for (const target of [v3(0.4, 1.2, -1.5), v3(-1.1, 2.0, -0.9), v3(0, 1.6, -1.6), v3(1.2, 0.8, -0.3)]) {
     const pose = aimAt(origin, target);
     await setController(page, 'right', pose.position, pose.quaternion);
+    // Every target shares the origin, so wait for the new orientation too (|q·q'| = 1 for
+    // the same rotation): the page may still show the previous frame's pose.
+    const q = pose.quaternion;
     const got = await waitUntil(async () => {
       const h = await page.evaluate(() => (window as any).__h);
       const r = h.inputs.right;
-      return dist(r.o, origin) < 1e-5 ? r : null;
+      const same = Math.abs(r.q[0] * q[0] + r.q[1] * q[1] + r.q[2] * q[2] + r.q[3] * q[3]);
+      return dist(r.o, origin) < 1e-5 && same > 1 - 1e-6 ? r : null;
     }, 5000, 'the page to see the new controller pose');
     const dirSeen = rotate(got.q, v3(0, 0, -1));
     const miss = rayMiss(got.o, dirSeen, target);

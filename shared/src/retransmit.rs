@@ -137,6 +137,7 @@ pub struct Retransmitter<P> {
     refilled_at: Option<Duration>,
     newest: Option<u16>,
     resent: u64,
+    bytes_out: u64,
     queue: std::collections::VecDeque<u16>,
     window_start: Option<Duration>,
     window_sent: u32,
@@ -165,6 +166,7 @@ impl<P: Clone> Retransmitter<P> {
             refilled_at: None,
             newest: None,
             resent: 0,
+            bytes_out: 0,
             queue: std::collections::VecDeque::new(),
             window_start: None,
             window_sent: 0,
@@ -191,6 +193,7 @@ impl<P: Clone> Retransmitter<P> {
         self.window_start.get_or_insert(now);
         self.window_sent = self.window_sent.saturating_add(1);
         self.refill(now, bytes);
+        self.bytes_out += bytes as u64;
         if self.newest.is_none_or(|n| seq.wrapping_sub(n) < 0x8000) {
             self.newest = Some(seq);
         }
@@ -247,6 +250,7 @@ impl<P: Clone> Retransmitter<P> {
             slot.resends += 1;
             slot.last_sent = now;
             self.resent += 1;
+            self.bytes_out += slot.bytes as u64;
             out.resend.push(slot.packet.clone());
             self.queue.pop_back();
         }
@@ -269,6 +273,11 @@ impl<P: Clone> Retransmitter<P> {
         self.window_sent = 0;
         self.window_nacked = 0;
         Some(share)
+    }
+
+    /// Bytes sent so far, originals and resends (RTP header and payload).
+    pub fn bytes_out(&self) -> u64 {
+        self.bytes_out
     }
 
     /// Packets resent so far.
@@ -335,6 +344,7 @@ impl<P: Clone> Retransmitter<P> {
         slot.resends += 1;
         slot.last_sent = now;
         self.resent += 1;
+        self.bytes_out += slot.bytes as u64;
         (Outcome::Resend, Some(slot.packet.clone()))
     }
 }

@@ -224,24 +224,11 @@ def test_loss_and_jitter_chromium(xvnc, agent, chromium, tmp_path, request):
     a = agent(xvnc.port, codec=codec)
     a.wait_vnc(True, 30)
 
-    def answer_for_viewer(answer: str) -> str:
-        local = [c for c in sdp_candidates(answer) if c["ip"] == "127.0.0.1" and c["proto"] == "udp"]
-        assert local, f"the agent's answer has no 127.0.0.1 UDP candidate:\n{answer}"
-        relay.set_agent("127.0.0.1", local[0]["port"])
-        return _replace_candidates(answer, "127.0.0.1", relay.viewer_side)
-
-    proxy = WhepProxy(a.url, lambda offer: _replace_candidates(offer, "127.0.0.1", relay.agent_side),
-                      answer_for_viewer)
     xterm = xvnc.spawn("xterm", "-geometry", "160x50+0+0", "-e", "sh", "-c", SCROLL,
                        log_path=tmp_path / "scroll-xterm.log")
+    proxy = None
     try:
-        v = chromium(name="chromium-impaired")
-        v.start(proxy.url, codec=codec)
-        assert proxy.exchanges == 1 and not proxy.errors, proxy.errors
-        v.wait_playing(W, H, timeout=40)
-        pair = v.selected_pair()
-        assert pair and pair["remote"]["port"] == relay.viewer_side, \
-            f"Chromium's selected pair does not go to the relay ({relay.viewer_side}): {pair}"
+        v, proxy = _relayed_chromium(a, relay, chromium, codec)
 
         time.sleep(3.0)
         m0, s0 = a.metrics(), relay.stats()
@@ -310,5 +297,104 @@ def test_loss_and_jitter_chromium(xvnc, agent, chromium, tmp_path, request):
             time.sleep(0.3)
     finally:
         kill_group(xterm)
-        proxy.close()
+        if proxy is not None:
+            proxy.close()
+        relay.close()
+
+
+def _relayed_chromium(a, relay, chromium, codec: str):
+    """A Chromium viewer whose WHEP exchange goes through a WhepProxy that routes its media
+    through `relay`; returns (viewer, proxy) once it plays."""
+    def answer_for_viewer(answer: str) -> str:
+        local = [c for c in sdp_candidates(answer) if c["ip"] == "127.0.0.1" and c["proto"] == "udp"]
+        assert local, f"the agent's answer has no 127.0.0.1 UDP candidate:\n{answer}"
+        relay.set_agent("127.0.0.1", local[0]["port"])
+        return _replace_candidates(answer, "127.0.0.1", relay.viewer_side)
+
+    proxy = WhepProxy(a.url, lambda offer: _replace_candidates(offer, "127.0.0.1", relay.agent_side),
+                      answer_for_viewer)
+    v = chromium(name="chromium-relayed")
+    v.start(proxy.url, codec=codec)
+    assert proxy.exchanges == 1 and not proxy.errors, proxy.errors
+    v.wait_playing(W, H, timeout=40)
+    pair = v.selected_pair()
+    assert pair and pair["remote"]["port"] == relay.viewer_side, \
+        f"Chromium's selected pair does not go to the relay ({relay.viewer_side}): {pair}"
+    return v, proxy
+
+
+@pytest.mark.timeout(300)
+def test_bottleneck_chromium(xvnc, agent, chromium, tmp_path, request):
+    """Congestion: a 1.5 Mbit/s bottleneck with a 150 ms tail-drop queue appears between the
+    agent (6 Mbit/s ceiling, a scrolling xterm to fill it) and Chromium. The queue drops what
+    does not fit; Chromium's TWCC feedback shows the agent that loss, and the agent must bring
+    its bitrate target down to about the bottleneck, so the queue's drops fall; once the
+    bottleneck goes, the target climbs back (8 % a second). Figures per second are printed."""
+    codec, rate = "h264", 1500
+    relay = ImpairedPath(0.0, 0, seed=10, log_path=tmp_path / "udp_impair.log")
+    request.node.__dict__.setdefault("_loco_logs", []).append(("udp_impair log", tmp_path / "udp_impair.log"))
+    a = agent(xvnc.port, codec=codec)
+    a.wait_vnc(True, 30)
+    xterm = xvnc.spawn("xterm", "-geometry", "160x50+0+0", "-e", "sh", "-c", SCROLL,
+                       log_path=tmp_path / "scroll-xterm.log")
+    proxy = None
+    try:
+        v, proxy = _relayed_chromium(a, relay, chromium, codec)
+        time.sleep(3.0)
+        before = a.metric("loco_bitrate_target_kbps", None, codec=codec)
+        relay.set(rate_kbps=rate, queue_ms=150)
+        rows = []
+        prev = relay.stats()["to_viewer"]
+        _, page_t0 = v.frame_times()
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 40.0:
+            time.sleep(1.0)
+            st = relay.stats()["to_viewer"]
+            rec = st["received"] - prev["received"]
+            rows.append({
+                "target": a.metric("loco_bitrate_target_kbps", None, codec=codec),
+                "twcc": a.metric("loco_viewer_loss_ratio", None, codec=codec, source="twcc"),
+                "delivered_kbps": (st["bytes"] - prev["bytes"]) * 8 / 1000,
+                "queue_drop": (st["queue_dropped"] - prev["queue_dropped"]) / rec if rec else 0.0,
+            })
+            prev = st
+        times, page_t1 = v.frame_times()
+        fps, freeze, frames = _freeze_and_fps([t / 1000 for t in times], page_t0 / 1000, page_t1 / 1000)
+        targets = [r["target"] for r in rows if r["target"] is not None]
+        print(f"\n[bottleneck] Chromium, {codec}, {rate} kbit/s bottleneck with a 150 ms tail-drop queue "
+              f"towards the viewer for 40 s; bitrate target before: {before}")
+        print(f"[bottleneck] viewer: {frames} frames presented = {fps:.1f} fps, longest freeze {freeze * 1000:.0f} ms; "
+              f"relay: {relay.stats()['to_viewer']}")
+        print("[bottleneck]  s  target kbit/s  TWCC loss  delivered kbit/s  queue drops")
+        for i, r in enumerate(rows, 1):
+            twcc = f"{r['twcc']:.3f}" if r["twcc"] is not None else "-"
+            print(f"[bottleneck] {i:2d}  {r['target'] or 0:12.0f}  {twcc:>9}  {r['delivered_kbps']:16.0f}  "
+                  f"{r['queue_drop']:10.1%}")
+
+        assert before is not None and before > 2 * rate, f"the agent was not above the bottleneck first: {before}"
+        assert targets and min(targets) <= rate, f"the bitrate target never came down to {rate}: {targets}"
+        late = sorted(targets[-10:])[len(targets[-10:]) // 2]
+        assert late <= 1.5 * rate, f"the target went back above the bottleneck: last 10 s {targets[-10:]}"
+        early_drops = max(r["queue_drop"] for r in rows[:5])
+        late_drops = sum(r["queue_drop"] for r in rows[-10:]) / 10
+        assert late_drops <= max(0.05, early_drops / 2), \
+            f"the queue still drops {late_drops:.1%} (first 5 s: up to {early_drops:.1%})"
+        assert fps >= 2.0 and freeze <= 6.0, (fps, freeze)
+
+        # The bottleneck goes: the target climbs back.
+        relay.set(rate_kbps=0)
+        t1 = time.monotonic()
+        climb = []
+        while time.monotonic() - t1 < 45.0:
+            time.sleep(1.0)
+            climb.append(a.metric("loco_bitrate_target_kbps", None, codec=codec))
+            if climb[-1] and climb[-1] >= 3 * rate:
+                break
+        print(f"[bottleneck] bottleneck removed; target each second: {_runs([c or 0 for c in climb])}")
+        assert climb[-1] and climb[-1] >= 3 * rate, f"the target did not climb back: {climb}"
+        assert a.alive()
+    finally:
+        kill_group(xterm)
+        if proxy is not None:
+            proxy.close()
         relay.close()

@@ -21,6 +21,11 @@ remote candidate; packets to a socket from anything but A are dropped and counte
 Delays are drawn uniformly from [0, jitter] per packet, so packets are reordered, as with
 netem's jitter. Loss is Bernoulli per packet. Both use a seeded random generator.
 
+A bottleneck (`rate_kbps`, `queue_ms`) models a congested link towards the viewer, like
+netem's `rate` or a token-bucket shaper: packets are serialised at that rate in arrival order,
+and one that would wait longer than `queue_ms` in the queue is dropped (tail drop), so a
+sender above the rate sees queueing delay first, then loss. Off when `rate_kbps` is 0.
+
 Run it as a process (what the tests do, to keep it off the viewer's GIL):
 
     python udp_impair.py --loss 0.1 --jitter-ms 100 --seed 7
@@ -28,6 +33,7 @@ Run it as a process (what the tests do, to keep it off the viewer's GIL):
     <- {"agent": ["127.0.0.1", A_port]}                       (stdin, one JSON per line)
     <- {"stats": true}  -> {"to_agent": {...}, "to_viewer": {...}, ...}
     <- {"set": {"loss": 0.0, "jitter_ms": 0}}                 (change the impairment)
+    <- {"set": {"rate_kbps": 1500, "queue_ms": 150}}          (a bottleneck towards the viewer)
 
 `ImpairedPath` drives such a process from a test.
 """
@@ -53,13 +59,18 @@ class Direction:
         self.bytes = 0
         self.delay_sum = 0.0
         self.delay_max = 0.0
+        self.queue_dropped = 0
+        self.queue_delay_max = 0.0
+        self.link_free_at = 0.0
 
     def stats(self) -> dict:
         return {"received": self.received, "dropped": self.dropped, "sent": self.sent,
                 "bytes": self.bytes,
                 "loss": round(self.dropped / self.received, 4) if self.received else 0.0,
                 "mean_delay_ms": round(1000 * self.delay_sum / max(1, self.received - self.dropped), 1),
-                "max_delay_ms": round(1000 * self.delay_max, 1)}
+                "max_delay_ms": round(1000 * self.delay_max, 1),
+                "queue_dropped": self.queue_dropped,
+                "queue_delay_max_ms": round(1000 * self.queue_delay_max, 1)}
 
 
 class _Sock(asyncio.DatagramProtocol):
@@ -81,6 +92,8 @@ class Relay:
     def __init__(self, loss: float, jitter_ms: float, seed: int, host: str = "127.0.0.1"):
         self.loss = loss
         self.jitter = jitter_ms / 1000.0
+        self.rate_bps = 0.0        # bottleneck towards the viewer; 0: none
+        self.queue_s = 0.15
         self.host = host
         self.agent: tuple[str, int] | None = None
         self.to_agent = Direction(random.Random(seed))
@@ -131,6 +144,16 @@ class Relay:
             d.dropped += 1
             return
         delay = d.rng.uniform(0.0, self.jitter) if self.jitter > 0 else 0.0
+        if d is self.to_viewer and self.rate_bps > 0:
+            now = self.loop.time()
+            start = max(now, d.link_free_at)
+            if start - now > self.queue_s:
+                d.dropped += 1
+                d.queue_dropped += 1
+                return
+            d.link_free_at = start + len(data) * 8 / self.rate_bps
+            d.queue_delay_max = max(d.queue_delay_max, start - now)
+            delay += d.link_free_at - now
         d.delay_sum += delay
         d.delay_max = max(d.delay_max, delay)
 
@@ -182,7 +205,8 @@ class Relay:
         return {"to_agent": self.to_agent.stats(), "to_viewer": self.to_viewer.stats(),
                 "foreign_dropped": self.foreign, "unmapped_dropped": self.unmapped,
                 "viewer_sources": len(self.upstream), "loss": self.loss,
-                "jitter_ms": self.jitter * 1000}
+                "jitter_ms": self.jitter * 1000, "rate_kbps": self.rate_bps / 1000,
+                "queue_ms": self.queue_s * 1000}
 
 
 async def _serve(args) -> None:
@@ -207,6 +231,8 @@ async def _serve(args) -> None:
         elif "set" in cmd:
             relay.loss = float(cmd["set"].get("loss", relay.loss))
             relay.jitter = float(cmd["set"].get("jitter_ms", relay.jitter * 1000)) / 1000
+            relay.rate_bps = float(cmd["set"].get("rate_kbps", relay.rate_bps / 1000)) * 1000
+            relay.queue_s = float(cmd["set"].get("queue_ms", relay.queue_s * 1000)) / 1000
             print(json.dumps({"ok": True}), flush=True)
         elif "stats" in cmd:
             print(json.dumps(relay.stats()), flush=True)
@@ -242,12 +268,10 @@ class ImpairedPath:
     def set_agent(self, host: str, port: int) -> None:
         self._ask({"agent": [host, port]})
 
-    def set(self, loss: float | None = None, jitter_ms: float | None = None) -> None:
-        s = {}
-        if loss is not None:
-            s["loss"] = loss
-        if jitter_ms is not None:
-            s["jitter_ms"] = jitter_ms
+    def set(self, loss: float | None = None, jitter_ms: float | None = None,
+            rate_kbps: float | None = None, queue_ms: float | None = None) -> None:
+        s = {k: v for k, v in (("loss", loss), ("jitter_ms", jitter_ms), ("rate_kbps", rate_kbps),
+                               ("queue_ms", queue_ms)) if v is not None}
         self._ask({"set": s})
 
     def stats(self) -> dict:
