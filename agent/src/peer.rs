@@ -384,12 +384,17 @@ impl Viewers {
             // viewer sends nothing more.
             let mut tick = tokio::time::interval(Duration::from_millis(20));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // One read in flight across ticks: a tick never cancels a read half-way.
+            let mut reading = Box::pin(sender.read_rtcp());
             loop {
                 let packets = tokio::select! {
-                    read = sender.read_rtcp() => match read {
-                        Ok((packets, _)) => packets,
-                        Err(_) => break,
-                    },
+                    read = &mut reading => {
+                        reading = Box::pin(sender.read_rtcp());
+                        match read {
+                            Ok((packets, _)) => packets,
+                            Err(_) => break,
+                        }
+                    }
                     _ = tick.tick() => Vec::new(),
                 };
                 if nacked_at.is_some_and(|t| origin.elapsed().saturating_sub(t) >= Duration::from_millis(1500)) {
