@@ -45,6 +45,19 @@ MAX_KBPS = 6000   # the agent's default --bitrate-kbps
 WINDOW_S = 30.0
 
 
+def _relay(request, tmp_path, loss: float, jitter_ms: float, seed: int) -> ImpairedPath:
+    """An impairment relay whose log is attached to the test's report."""
+    log = tmp_path / "udp_impair.log"
+    request.node.__dict__.setdefault("_loco_logs", []).append(("udp_impair log", log))
+    return ImpairedPath(loss, jitter_ms, seed=seed, log_path=log)
+
+
+def _scrolling_xterm(xvnc, tmp_path):
+    """An xterm printing lines without pause: the agent encodes up to its frame cap."""
+    return xvnc.spawn("xterm", "-geometry", "160x50+0+0", "-e", "sh", "-c", SCROLL,
+                      log_path=tmp_path / "scroll-xterm.log")
+
+
 def _replace_candidates(sdp: str, host: str, port: int) -> str:
     """Every m-section's candidates replaced by one host candidate host:port."""
     out, done_in_section = [], False
@@ -102,12 +115,10 @@ def _runs(values) -> str:
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("codec", ["h264", "vp8"])
 def test_loss_and_jitter(codec, xvnc, agent, aio_loop, tmp_path, request):
-    relay = ImpairedPath(LOSS, JITTER_MS, seed=8, log_path=tmp_path / "udp_impair.log")
-    request.node.__dict__.setdefault("_loco_logs", []).append(("udp_impair log", tmp_path / "udp_impair.log"))
+    relay = _relay(request, tmp_path, LOSS, JITTER_MS, seed=8)
     a = agent(xvnc.port, codec=codec)
     a.wait_vnc(True, 30)
-    xterm = xvnc.spawn("xterm", "-geometry", "160x50+0+0", "-e", "sh", "-c", SCROLL,
-                       log_path=tmp_path / "scroll-xterm.log")
+    xterm = _scrolling_xterm(xvnc, tmp_path)
     v = None
     try:
         async def _connect():
@@ -219,13 +230,11 @@ def test_loss_and_jitter_chromium(xvnc, agent, chromium, tmp_path, request):
     """The same path impairment with headless Chromium as the viewer: its TWCC feedback shows
     the agent the loss before retransmission, and the agent must lower its bitrate target."""
     codec = "h264"
-    relay = ImpairedPath(LOSS, JITTER_MS, seed=9, log_path=tmp_path / "udp_impair.log")
-    request.node.__dict__.setdefault("_loco_logs", []).append(("udp_impair log", tmp_path / "udp_impair.log"))
+    relay = _relay(request, tmp_path, LOSS, JITTER_MS, seed=9)
     a = agent(xvnc.port, codec=codec)
     a.wait_vnc(True, 30)
 
-    xterm = xvnc.spawn("xterm", "-geometry", "160x50+0+0", "-e", "sh", "-c", SCROLL,
-                       log_path=tmp_path / "scroll-xterm.log")
+    xterm = _scrolling_xterm(xvnc, tmp_path)
     proxy = None
     try:
         v, proxy = _relayed_chromium(a, relay, chromium, codec)
@@ -331,12 +340,10 @@ def test_bottleneck_chromium(xvnc, agent, chromium, tmp_path, request):
     its bitrate target down to about the bottleneck, so the queue's drops fall; once the
     bottleneck goes, the target climbs back (8 % a second). Figures per second are printed."""
     codec, rate = "h264", 1500
-    relay = ImpairedPath(0.0, 0, seed=10, log_path=tmp_path / "udp_impair.log")
-    request.node.__dict__.setdefault("_loco_logs", []).append(("udp_impair log", tmp_path / "udp_impair.log"))
+    relay = _relay(request, tmp_path, 0.0, 0, seed=10)
     a = agent(xvnc.port, codec=codec)
     a.wait_vnc(True, 30)
-    xterm = xvnc.spawn("xterm", "-geometry", "160x50+0+0", "-e", "sh", "-c", SCROLL,
-                       log_path=tmp_path / "scroll-xterm.log")
+    xterm = _scrolling_xterm(xvnc, tmp_path)
     proxy = None
     try:
         v, proxy = _relayed_chromium(a, relay, chromium, codec)
