@@ -38,6 +38,7 @@ CHROMIUM_ARGS = [
 # QEMU runs under TCG on hosts without KVM and the machine may be busy: be generous.
 READY_TIMEOUT = 420
 LIVE_TIMEOUT = 180
+STANDIN = Path(os.environ.get("LOCO_CACHE") or os.path.expanduser("~/.cache/loco")) / "standin"
 
 
 def agent_bin() -> Path:
@@ -354,7 +355,7 @@ def test_up_three_vms_page_live_and_clean_stop(runtime_dir, tmp_path):
 @needs_agent
 @needs_qemu
 @pytest.mark.timeout(600)
-def test_child_death_stops_the_rest(runtime_dir):
+def test_last_vm_dying_ends_the_run(runtime_dir):
     base = free_port_block(2)
     up = UpRun("--vms", "1", "--port", str(base), runtime_dir=runtime_dir)
     try:
@@ -365,6 +366,222 @@ def test_child_death_stops_the_rest(runtime_dir):
         rc = up.wait(60)
         assert rc == 1, up.output()
         assert f"vm1 QEMU (pid {qemus[0]}) was killed by SIGKILL" in up.output()
+        assert "no VM is left running" in up.output()
         assert not procs_mentioning(runtime_dir)
     finally:
         up.kill()
+
+
+@needs_agent
+@needs_qemu
+@pytest.mark.timeout(600)
+def test_a_vm_that_cannot_boot_does_not_stop_the_others(runtime_dir):
+    """vm2's QEMU dies while the VMs boot; vm1 and vm3 are still served, vm2 is
+    reported, and Ctrl-C stops the rest (exit 1: a VM failed during the run)."""
+    base = free_port_block(4)
+    up = UpRun("--vms", "3", "--port", str(base), runtime_dir=runtime_dir)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            vm2 = [pid for pid, c in procs_mentioning(runtime_dir).items() if "qemu-system" in c and "loco-vm2" in c]
+            if vm2:
+                break
+            assert time.monotonic() < deadline, up.output()
+            time.sleep(0.05)
+        os.kill(vm2[0], signal.SIGKILL)
+        up.wait_for(r"^\s+vm3\s+http://\S+/whep", READY_TIMEOUT)
+        out = up.output()
+        assert f"vm2 QEMU (pid {vm2[0]}) was killed by SIGKILL" in out, out
+        assert "vm2 is left out; the other VMs go on" in out, out
+        assert re.search(r"^\s+vm2\s+http://\S+/whep\s+\(failed", out, re.M), out
+        for i in (1, 3):
+            status, body = http_get(f"http://127.0.0.1:{base + i}/healthz")
+            assert status == 200 and json.loads(body)["vnc_connected"], (i, body)
+        assert up.proc.poll() is None
+        up.proc.send_signal(signal.SIGINT)
+        assert up.wait(60) == 1, up.output()
+        assert "vm2 failed during the run" in up.output()
+        assert not procs_mentioning(runtime_dir)
+    finally:
+        up.kill()
+
+
+@needs_agent
+@needs_qemu
+@pytest.mark.timeout(600)
+def test_boot_timeout_serves_what_is_up_and_keeps_waiting(runtime_dir):
+    """past --boot-timeout, up.py serves the VMs (none ready yet here), says which it is
+    still waiting for and at what stage, and announces each VM when it becomes ready: no teardown."""
+    base = free_port_block(3)
+    up = UpRun("--vms", "2", "--port", str(base), "--boot-timeout", "0.5", runtime_dir=runtime_dir)
+    try:
+        up.wait_for(r"not every VM is ready; serving those that are and still waiting for: vm1 \(", 60)
+        up.wait_for(r"^\s+page\s+http://", 10)
+        up.wait_for(r"vm1 is ready too", READY_TIMEOUT)
+        up.wait_for(r"vm2 is ready too", READY_TIMEOUT)
+        up.proc.send_signal(signal.SIGINT)
+        assert up.wait(60) == 0, up.output()
+        assert not procs_mentioning(runtime_dir)
+    finally:
+        up.kill()
+
+
+# --------------------------------------------------------------------------- saved state (stand-in)
+
+needs_standin = _require(not (STANDIN / "standin.qcow2").is_file(),
+                         reason=f"the stand-in image is not built ({STANDIN}; packer/standin/build.sh)")
+
+
+def nine_live(page_url: str, n: int, t0: float) -> float:
+    """Opens the WebXR page in headless Chromium and waits for n live panels showing the stand-in's
+    1024x768 desktop; returns the seconds from t0 to that moment."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            pg = browser.new_page(viewport={"width": 1280, "height": 720})
+            pg.goto(page_url)
+            try:
+                pg.wait_for_function(
+                    f"""window.__loco && window.__loco.panels.length === {n} &&
+                       window.__loco.panels.every(p => p.state === 'live' && p.framesDecoded > 0 &&
+                                                       p.videoWidth === 1024 && p.videoHeight === 768)""",
+                    timeout=LIVE_TIMEOUT * 1000, polling=250)
+            except Exception as e:  # playwright TimeoutError
+                pytest.fail(f"panels not live: {pg.evaluate('JSON.stringify(window.__loco && window.__loco.panels)')}"
+                            f"\n{e}")
+            return time.monotonic() - t0
+        finally:
+            browser.close()
+
+
+def up_until_live(state_dir: str, runtime_dir: str, n: int, *extra: str) -> tuple[UpRun, float]:
+    base = free_port_block(n + 1)
+    t0 = time.monotonic()
+    up = UpRun("--standin", "--vms", str(n), "--port", str(base), "--state-dir", state_dir, *extra,
+               runtime_dir=runtime_dir)
+    up.wait_for(rf"^\s+vm{n}\s+http://\S+/whep\s+\(1024x768\)", READY_TIMEOUT)
+    return up, nine_live(f"http://127.0.0.1:{base}/", n, t0)
+
+
+def stop_cleanly(up: UpRun, runtime_dir: str):
+    up.proc.send_signal(signal.SIGINT)
+    rc = up.wait(60)
+    assert rc == 0, up.output()
+    assert "no VM or agent is left running" in up.output()
+    assert not procs_mentioning(runtime_dir)
+
+
+@pytest.fixture(scope="module")
+def state_dir():
+    d = tempfile.mkdtemp(prefix="loco-test-state-")
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@needs_agent
+@needs_qemu
+@needs_chromium
+@needs_standin
+@pytest.mark.timeout(1500)
+def test_up_nine_standin_vms_live_from_a_saved_state(runtime_dir, state_dir):
+    """`./loco up`'s default, nine stand-in VMs, reaches nine live panels in headless
+    Chromium under TCG: the first run boots one VM cold, saves its state and starts all nine from
+    it; the next run starts all nine from the saved state. Ctrl-C leaves nothing behind."""
+    sd = os.path.join(state_dir, "standin")
+    up, first = up_until_live(sd, runtime_dir, 9)
+    try:
+        out = up.output()
+        assert "no saved state to start from (there is no saved state yet): vm1 boots cold" in out, out
+        assert re.search(r"booting: (udev|X server|IceWM desktop), to be saved \(vm1\)", out), out  # stages
+        assert "saving its state to" in out and "starting 9 VMs from it" in out, out
+        memory = re.search(r"QEMU memory (\d+) MiB", out).group(1)
+        stop_cleanly(up, runtime_dir)
+    finally:
+        up.kill()
+    meta = json.loads(Path(sd, "meta.json").read_text())
+    assert meta["bytes"] == Path(sd, "state.mig").stat().st_size > 10 << 20
+
+    up, later = up_until_live(sd, runtime_dir, 9)
+    try:
+        out = up.output()
+        assert f"starting from the saved state in {sd}" in out, out
+        assert "vm1 boots cold" not in out and "saving its state" not in out, out
+        qemus = [c for c in procs_mentioning(runtime_dir).values() if "qemu-system" in c]
+        assert len(qemus) == 9 and all("-incoming file:" in c for c in qemus), qemus
+        memory_later = re.search(r"QEMU memory (\d+) MiB", out).group(1)
+        stop_cleanly(up, runtime_dir)
+    finally:
+        up.kill()
+    print(f"\nloco up, nine stand-in VMs to nine live panels in Chromium (TCG, {os.cpu_count()} cores): "
+          f"first run (cold boot + save) {first:.1f} s, later run {later:.1f} s; QEMU RSS of the nine "
+          f"{memory} MiB / {memory_later} MiB; state {meta['bytes'] / 2**20:.0f} MiB saved in {meta['save_s']} s")
+
+
+@needs_agent
+@needs_qemu
+@needs_chromium
+@needs_standin
+@pytest.mark.timeout(1200)
+def test_corrupt_or_mismatched_saved_state_falls_back(runtime_dir, state_dir):
+    """a saved state QEMU cannot load is discarded and made anew (one VM boots cold, the
+    others start from its new state); a state saved for another QEMU is not even tried."""
+    sd = os.path.join(state_dir, "standin")
+    if not Path(sd, "meta.json").is_file():  # run alone: make one first
+        up, _ = up_until_live(sd, runtime_dir, 1)
+        stop_cleanly(up, runtime_dir)
+    stream = Path(sd, "state.mig")
+    size = stream.stat().st_size
+    with open(stream, "r+b") as f:  # same size, garbage from the first MiB on
+        f.seek(1 << 20)
+        f.write(os.urandom(min(4 << 20, size - (1 << 20))))
+    saved_at = json.loads(Path(sd, "meta.json").read_text())["saved_at"]
+    time.sleep(1.1)
+    up, _ = up_until_live(sd, runtime_dir, 2)
+    try:
+        out = up.output()
+        assert "QEMU could not start from the saved state" in out and "discarded it. Making it anew" in out, out
+        assert "starting 2 VMs from it" in out, out
+        stop_cleanly(up, runtime_dir)
+    finally:
+        up.kill()
+    meta = json.loads(Path(sd, "meta.json").read_text())
+    assert meta["saved_at"] != saved_at and meta["bytes"] == stream.stat().st_size
+
+    # Saved by "another QEMU": the key no longer fits, so it is made anew before any VM tries it.
+    meta["key"] = "0" * 20
+    meta["what"]["qemu"] = "QEMU emulator version 1.0"
+    Path(sd, "meta.json").write_text(json.dumps(meta))
+    up, _ = up_until_live(sd, runtime_dir, 1)
+    try:
+        out = up.output()
+        assert "it does not fit: QEMU changed (QEMU emulator version 1.0 → " in out, out
+        assert "QEMU could not start" not in out, out
+        stop_cleanly(up, runtime_dir)
+    finally:
+        up.kill()
+
+    # --cold uses no state at all.
+    base = free_port_block(2)
+    up = UpRun("--standin", "--vms", "1", "--port", str(base), "--state-dir", sd, "--cold", runtime_dir=runtime_dir)
+    try:
+        up.wait_for(r"^\s+vm1\s+http://\S+/whep\s+\(1024x768\)", READY_TIMEOUT)
+        assert "saved state" not in up.output() and "-incoming" not in str(procs_mentioning(runtime_dir))
+        stop_cleanly(up, runtime_dir)
+    finally:
+        up.kill()
+
+
+@needs_agent
+@needs_qemu
+def test_from_state_without_one_is_a_clear_error(tmp_path):
+    image = tmp_path / "disk.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "64M"], check=True)
+    r = subprocess.run([sys.executable, str(UP), "--image", str(image), "--vms", "1", "--from-state",
+                        "--state-dir", str(tmp_path / "state"), "--port", str(free_port_block(2))],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert f"--from-state: no saved state of {image} to start from (there is no saved state yet); make one " \
+           "with --save-state" in r.stderr
+    assert not procs_mentioning(str(tmp_path))

@@ -24,8 +24,6 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
-import numpy as np
-
 HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:
     sys.path.insert(0, HERE)
@@ -182,6 +180,8 @@ def expected_patterns(paths=None):
     From the built guest's manifest when `paths` is given, else straight from
     the recipe (mkguest.PATTERNS) without building anything.
     """
+    import numpy as np  # only the pattern checks need it (./loco up does not)
+
     if paths is not None:
         m = paths.manifest
         key = m.get("recipe_hash") or paths.manifest_path
@@ -213,6 +213,8 @@ def pattern_names(paths=None):
 
 def psnr(a, b):
     """PSNR in dB between two same-shape uint8 images (inf when identical)."""
+    import numpy as np  # only the pattern checks need it (./loco up does not)
+
     d = a.astype(np.float32) - b.astype(np.float32)
     mse = float(np.mean(d * d))
     return float("inf") if mse == 0 else 10.0 * np.log10(255.0 * 255.0 / mse)
@@ -226,6 +228,8 @@ def match_pattern(rgb_frame, patterns=None):
     (-1, 0.0). Rule of thumb: the correct pattern through H.264/VP8 gives > 30 dB,
     a lossless VNC grab gives inf, any wrong pattern < 12 dB.
     """
+    import numpy as np  # only the pattern checks need it (./loco up does not)
+
     pats = expected_patterns() if patterns is None else patterns
     f = np.asarray(rgb_frame)
     if f.ndim != 3 or f.shape[2] < 3 or f.shape[:2] != pats[0].shape[:2]:
