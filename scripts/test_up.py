@@ -585,3 +585,63 @@ def test_from_state_without_one_is_a_clear_error(tmp_path):
     assert f"--from-state: no saved state of {image} to start from (there is no saved state yet); make one " \
            "with --save-state" in r.stderr
     assert not procs_mentioning(str(tmp_path))
+
+
+@needs_agent
+@needs_qemu
+@pytest.mark.timeout(600)
+def test_save_state_of_your_own_image_on_enter(tmp_path, runtime_dir):
+    """--image DISK --save-state with a profile that prints no ready line (win98): vm1 boots, the page
+    is served, and Enter on the terminal saves its state; the VMs then start from it, and so does a
+    later run. (The disk here is blank, so the saved "desktop" is the BIOS saying there is nothing
+    to boot: what is saved and restored is the same whatever the guest shows.)"""
+    import pty
+
+    image = tmp_path / "blank.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "64M"], check=True)
+    sd = str(tmp_path / "state")
+    base = free_port_block(3)
+    master, slave = pty.openpty()
+    argv = [sys.executable, str(UP), "--image", str(image), "--vms", "2", "--port", str(base), "--save-state",
+            "--state-dir", sd, "--runtime-dir", runtime_dir]
+    proc = subprocess.Popen(argv, stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            process_group=0)
+    os.close(slave)
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()
+
+    def wait_for(text: str, timeout: float):
+        deadline = time.monotonic() + timeout
+        while text not in "".join(lines):
+            assert proc.poll() is None and time.monotonic() < deadline, "".join(lines)
+            time.sleep(0.1)
+
+    try:
+        wait_for("press Enter here once its desktop is up", 60)
+        assert re.search(r"^\s+page\s+http://", "".join(lines), re.M)
+        deadline = time.monotonic() + 30  # vm1 is on the page meanwhile
+        while http_get(f"http://127.0.0.1:{base + 1}/healthz")[0] != 200:
+            assert time.monotonic() < deadline, "vm1's agent never saw its screen"
+            time.sleep(0.2)
+        os.write(master, b"\n")
+        wait_for("starting 2 VMs from it", 60)
+        wait_for("vm2 is ready too", 120)
+        qemus = [c for c in procs_mentioning(runtime_dir).values() if "qemu-system" in c]
+        assert len(qemus) == 2 and all("-incoming file:" in c for c in qemus), qemus
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(60) == 0, "".join(lines)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+    assert not procs_mentioning(runtime_dir)
+
+    # A later run of the same image starts from that state by itself.
+    up = UpRun("--image", str(image), "--vms", "1", "--port", str(base), "--state-dir", sd, "--from-state",
+               runtime_dir=runtime_dir)
+    try:
+        up.wait_for(r"^\s+vm1\s+http://\S+/whep", 120)
+        assert f"starting from the saved state in {sd}" in up.output()
+        stop_cleanly(up, runtime_dir)
+    finally:
+        up.kill()
