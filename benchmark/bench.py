@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""loco's benchmark (issue 6): the codec matrix on recorded desktop workloads, loco against
+"""loco's benchmark: the codec matrix on recorded desktop workloads, loco against
 its peers (noVNC, GStreamer, bare x264) on a real VNC server, and 1/3/9 desktops at once.
 
     python3 benchmark/bench.py [--quick] [--parts codec,compare,scale] [--out results] ...

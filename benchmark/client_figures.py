@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Figures for the WebXR client (issue 3), measured in headless Chromium on this machine.
+"""Figures for the WebXR client, measured in headless Chromium on this machine.
 
     python3 benchmark/client_figures.py [--panels 9] [--seconds 20] [--xr]
 

@@ -205,7 +205,7 @@ def test_bad_arguments(args, message):
 
 
 def test_default_is_nine_vms():
-    """Issue 4: `loco up` starts N VMs, default 9."""
+    """`loco up` starts N VMs, default 9."""
     sys.path.insert(0, str(HERE))
     try:
         import up as up_py
@@ -250,7 +250,7 @@ def test_port_in_use(busy):
 @needs_chromium
 @pytest.mark.timeout(900)
 def test_up_three_vms_page_live_and_clean_stop(runtime_dir, tmp_path):
-    """Issue 4: `loco up` with 3 VMs comes up, every agent's /healthz is healthy, and Ctrl-C
+    """`loco up` with 3 VMs comes up, every agent's /healthz is healthy, and Ctrl-C
     leaves no process behind (on the small test-pattern guest, so it fits a 2-core CI machine)."""
     from playwright.sync_api import sync_playwright
 

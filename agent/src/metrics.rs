@@ -4,9 +4,12 @@ use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
 
-/// Every metric the agent exports. Names carry units; see `docs/metrics.md`.
+/// Every metric the agent exports. Names carry units; `docs/protocol.md` lists them (a test keeps
+/// the two in step).
 pub struct Metrics {
     registry: Registry,
+    /// The name of every metric registered, in registration order.
+    names: Vec<String>,
     pub frames_captured: IntCounter,
     pub frames_encoded: IntCounterVec,
     pub frames_sent: IntCounterVec,
@@ -31,7 +34,11 @@ pub struct Metrics {
     pub loss_ratio: prometheus::GaugeVec,
 }
 
-fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: T) -> T {
+fn register<T: prometheus::core::Collector + Clone + 'static>(
+    (registry, names): (&Registry, &std::cell::RefCell<Vec<String>>),
+    metric: T,
+) -> T {
+    names.borrow_mut().extend(metric.desc().iter().map(|d| d.fq_name.clone()));
     // Registration fails only on duplicate names, which is a programming error caught by tests.
     registry.register(Box::new(metric.clone())).expect("metric names are unique");
     metric
@@ -41,6 +48,8 @@ impl Metrics {
     #[allow(clippy::expect_used)]
     pub fn new() -> Self {
         let registry = Registry::new();
+        let names = std::cell::RefCell::new(Vec::new());
+        let reg = (&registry, &names);
         let latency_buckets =
             vec![0.0005, 0.001, 0.002, 0.004, 0.006, 0.008, 0.010, 0.015, 0.020, 0.025, 0.035, 0.050, 0.1, 0.25, 1.0];
         let counter = |name: &str, help: &str| IntCounter::new(name, help).expect("valid metric");
@@ -49,13 +58,13 @@ impl Metrics {
         };
         Self {
             frames_captured: register(
-                &registry,
+                reg,
                 counter("loco_frames_captured_total", "Framebuffer updates received from the VNC server"),
             ),
-            vnc_updates: register(&registry, counter("loco_vnc_rects_total", "Rectangles applied to the framebuffer")),
-            frames_encoded: register(&registry, counter_vec("loco_frames_encoded_total", "Frames encoded", &["codec"])),
+            vnc_updates: register(reg, counter("loco_vnc_rects_total", "Rectangles applied to the framebuffer")),
+            frames_encoded: register(reg, counter_vec("loco_frames_encoded_total", "Frames encoded", &["codec"])),
             frames_sent: register(
-                &registry,
+                reg,
                 counter_vec(
                     "loco_frames_sent_total",
                     "Frames written to viewers' video tracks (per viewer)",
@@ -63,16 +72,16 @@ impl Metrics {
                 ),
             ),
             frames_dropped: register(
-                &registry,
+                reg,
                 counter_vec("loco_frames_dropped_total", "Frames not sent to a viewer that was too slow", &["codec"]),
             ),
             bytes_sent: register(
-                &registry,
+                reg,
                 counter_vec("loco_bytes_sent_total", "Encoded video bytes written to viewers (per viewer)", &["codec"]),
             ),
-            keyframes: register(&registry, counter_vec("loco_keyframes_total", "Keyframes encoded", &["codec"])),
+            keyframes: register(reg, counter_vec("loco_keyframes_total", "Keyframes encoded", &["codec"])),
             keyframe_requests: register(
-                &registry,
+                reg,
                 counter_vec(
                     "loco_keyframe_requests_total",
                     "Keyframe requests by cause (new viewer, PLI, FIR, slow viewer, unrecoverable NACK, after a lossy spell, resize)",
@@ -80,7 +89,7 @@ impl Metrics {
                 ),
             ),
             nack_packets: register(
-                &registry,
+                reg,
                 counter_vec(
                     "loco_nack_packets_total",
                     "RTP packets named in viewers' RTCP NACKs, every time (receivers repeat NACKs until the packet arrives)",
@@ -88,7 +97,7 @@ impl Metrics {
                 ),
             ),
             encode_seconds: register(
-                &registry,
+                reg,
                 HistogramVec::new(
                     HistogramOpts::new(
                         "loco_encode_seconds",
@@ -100,7 +109,7 @@ impl Metrics {
                 .expect("valid metric"),
             ),
             update_to_send_seconds: register(
-                &registry,
+                reg,
                 Histogram::with_opts(
                     HistogramOpts::new(
                         "loco_update_to_send_seconds",
@@ -111,11 +120,11 @@ impl Metrics {
                 .expect("valid metric"),
             ),
             viewers: register(
-                &registry,
+                reg,
                 IntGauge::new("loco_viewers", "Connected WHEP viewers").expect("valid metric"),
             ),
             input_events: register(
-                &registry,
+                reg,
                 counter_vec(
                     "loco_input_events_total",
                     "Input events from viewers: accepted, rejected (malformed or not allowed), rate_limited, dropped (no VNC)",
@@ -123,19 +132,19 @@ impl Metrics {
                 ),
             ),
             vnc_reconnects: register(
-                &registry,
+                reg,
                 counter("loco_vnc_reconnects_total", "VNC connections made after the first one"),
             ),
             vnc_connected: register(
-                &registry,
+                reg,
                 IntGauge::new("loco_vnc_connected", "1 while the VNC connection is up").expect("valid metric"),
             ),
             whep_requests: register(
-                &registry,
+                reg,
                 counter_vec("loco_whep_requests_total", "WHEP requests by HTTP status", &["status"]),
             ),
             bitrate_target_kbps: register(
-                &registry,
+                reg,
                 prometheus::IntGaugeVec::new(
                     Opts::new(
                         "loco_bitrate_target_kbps",
@@ -146,7 +155,7 @@ impl Metrics {
                 .expect("valid metric"),
             ),
             retransmits: register(
-                &registry,
+                reg,
                 counter_vec(
                     "loco_retransmits_total",
                     "What the agent did with each NACKed packet: resent, unknown (never sent), \
@@ -157,7 +166,7 @@ impl Metrics {
                 ),
             ),
             retransmits_dequeued: register(
-                &registry,
+                reg,
                 counter_vec(
                     "loco_retransmits_dequeued_total",
                     "Queued resends sent once the resend budget allowed",
@@ -165,7 +174,7 @@ impl Metrics {
                 ),
             ),
             viewer_rtt_seconds: register(
-                &registry,
+                reg,
                 Histogram::with_opts(
                     HistogramOpts::new(
                         "loco_viewer_rtt_seconds",
@@ -176,7 +185,7 @@ impl Metrics {
                 .expect("valid metric"),
             ),
             loss_ratio: register(
-                &registry,
+                reg,
                 prometheus::GaugeVec::new(
                     Opts::new(
                         "loco_viewer_loss_ratio",
@@ -189,7 +198,7 @@ impl Metrics {
                 .expect("valid metric"),
             ),
             sessions_ended: register(
-                &registry,
+                reg,
                 counter_vec(
                     "loco_sessions_ended_total",
                     "Viewer sessions ended, by reason: deleted, failed, closed, timeout, shutdown, refused_full",
@@ -197,7 +206,14 @@ impl Metrics {
                 ),
             ),
             registry,
+            names: names.into_inner(),
         }
+    }
+
+    /// The names of the metric families `GET /metrics` exports (labelled ones appear there once
+    /// they have a first sample).
+    pub fn names(&self) -> &[String] {
+        &self.names
     }
 
     /// The Prometheus text exposition of every metric.
@@ -237,6 +253,33 @@ mod tests {
             "loco_vnc_connected 0",
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
+        }
+    }
+
+    /// docs/protocol.md's metrics table names exactly the metrics the agent exports.
+    #[test]
+    fn protocol_doc_lists_every_metric_and_no_other() {
+        let doc = include_str!("../../docs/protocol.md");
+        let documented: std::collections::BTreeSet<&str> = doc
+            .lines()
+            .filter_map(|l| l.strip_prefix("| `"))
+            .filter_map(|rest| rest.split(['`', '{']).next())
+            .filter(|name| name.starts_with("loco_"))
+            .collect();
+        let m = Metrics::new();
+        let exported: std::collections::BTreeSet<&str> = m.names().iter().map(String::as_str).collect();
+        assert_eq!(exported.len(), m.names().len(), "a metric is registered twice");
+        let undocumented: Vec<_> = exported.difference(&documented).collect();
+        let gone: Vec<_> = documented.difference(&exported).collect();
+        assert!(
+            undocumented.is_empty() && gone.is_empty(),
+            "docs/protocol.md's metrics table is out of step with agent/src/metrics.rs: \
+             exported but not documented {undocumented:?}; documented but not exported {gone:?}"
+        );
+        // And each one really shows in /metrics once it has a sample (unlabelled ones at once).
+        let text = m.render();
+        for name in ["loco_frames_captured_total", "loco_viewers", "loco_vnc_connected", "loco_viewer_rtt_seconds"] {
+            assert!(text.contains(name), "{name} missing from /metrics");
         }
     }
 }
