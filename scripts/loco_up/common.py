@@ -1,0 +1,51 @@
+"""What every part of `./loco up` shares: where things are, the two kinds of error, how it talks."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+WALL_DIR = ROOT / "scripts" / "wall"
+WEB_DIR = Path(os.environ.get("LOCO_WEB_DIR") or ROOT / "www" / "dist")
+GUEST_DIR = ROOT / "agent" / "tests" / "guest"
+PACKER_DIR = ROOT / "packer"
+STANDIN_BUILD = PACKER_DIR / "standin" / "build.sh"
+MAX_VMS = 9
+GRACE_S = 5.0  # SIGTERM -> SIGKILL
+QEMU = "qemu-system-x86_64"
+SUN_PATH_MAX = 100  # sockaddr_un.sun_path is 108 bytes; stay clear of it
+RESTORE_S = 120.0  # a VM not running this long after starting from a saved state: the state is bad
+
+
+class UsageError(Exception):
+    """Bad input: one readable sentence, exit status 2."""
+
+
+class Failure(Exception):
+    """Something went wrong at run time: exit status 1."""
+
+
+def say(msg: str = "") -> None:
+    print(msg, flush=True)
+
+
+def warn(msg: str) -> None:
+    print(f"loco up: {msg}", file=sys.stderr, flush=True)
+
+
+def qemu_profiles():
+    """packer/qemuargs.py, the reader of packer/qemu-args.json (shared with the VM runner)."""
+    if str(PACKER_DIR) not in sys.path:
+        sys.path.insert(0, str(PACKER_DIR))
+    import qemuargs  # noqa: E402
+
+    return qemuargs
+
+
+def vmstate():
+    """packer/vmstate.py (saved VM states), beside qemuargs.py."""
+    qemu_profiles()
+    import vmstate as mod  # noqa: E402
+
+    return mod
