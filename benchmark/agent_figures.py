@@ -34,7 +34,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "agent" / "tests" / "e2e"))
 
 from e2e_util import free_port, http_request, kill_group, parse_metrics, sdp_candidates, spawn, wait_port  # noqa: E402
 from whep_aiortc import LoopThread, SyncViewer  # noqa: E402

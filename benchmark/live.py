@@ -23,13 +23,13 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-for p in (ROOT / "agent" / "tests" / "e2e", ROOT / "packer", ROOT / "agent" / "tests" / "guest"):
-    if str(p) not in sys.path:
-        sys.path.insert(0, str(p))
-
+# On PYTHONPATH (./loco bench and ./loco test set it): tools/ (the harness), packer/, agent/tests/guest/,
+# agent/tests/e2e/.
 import numpy as np  # noqa: E402
 
 import latency_pattern  # noqa: E402
+from loco_testkit.serial import SerialConsole  # noqa: E402
+from loco_testkit.standin import image_dir  # noqa: E402
 from e2e_util import free_port, http_request, kill_group, parse_metrics, sdp_candidates, spawn, wait_until  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -515,71 +515,8 @@ class XvncInstance(Instance):
             pass
 
 
-class SerialConsole:
-    """The stand-in's ttyS0 through QEMU's unix-socket chardev; a shell for user loco with
-    DISPLAY=:0 runs on it (packer/standin/rootfs/usr/sbin/loco-init)."""
-
-    def __init__(self, path: str):
-        self.buf, self.lock, self.n = "", threading.Lock(), 0
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                self.sock.connect(path)
-                break
-            except OSError:
-                self.sock.close()
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        while True:
-            try:
-                d = self.sock.recv(65536)
-            except OSError:
-                return
-            if not d:
-                return
-            with self.lock:
-                self.buf = (self.buf + d.decode(errors="replace"))[-200_000:]
-
-    def text(self) -> str:
-        with self.lock:
-            return self.buf
-
-    def wait_for(self, pattern: str, timeout: float, alive=lambda: True) -> re.Match:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            m = re.search(pattern, self.text(), re.S)
-            if m:
-                return m
-            if not alive():
-                break
-            time.sleep(0.1)
-        raise TimeoutError(f"no {pattern!r} on the serial console within {timeout:.0f}s; it ends:\n"
-                           + self.text()[-2000:])
-
-    def run(self, cmd: str, timeout: float = 30.0) -> str:
-        self.n += 1
-        n = self.n
-        self.sock.sendall(f'echo @@"B"{n}; {cmd}; echo @@"E"{n}\n'.encode())
-        return self.wait_for(rf"@@B{n}\r?\n(.*?)@@E{n}", timeout).group(1).strip()
-
-    def background(self, cmd: str) -> None:
-        """Starts a shell command in the guest and returns at once."""
-        self.run(f"{{ {cmd} ; }} >/dev/null 2>&1 </dev/null & true")
-
-    def close(self) -> None:
-        try:
-            self.sock.close()
-        except OSError:
-            pass
-
-
 def standin_dir() -> Path:
-    return Path(os.environ.get("LOCO_STANDIN_DIR") or CACHE / "standin")
+    return image_dir()
 
 
 class StandinInstance(Instance):

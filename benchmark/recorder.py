@@ -37,7 +37,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "agent" / "tests" / "e2e"))
 
 from e2e_util import kill_group  # noqa: E402
 from xhelpers import Xvnc, require_tools  # noqa: E402

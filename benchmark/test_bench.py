@@ -21,7 +21,6 @@ import numpy as np
 import pytest
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
 
 import bench  # noqa: E402
 import latency_pattern as lp  # noqa: E402

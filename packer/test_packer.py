@@ -16,7 +16,6 @@ import pytest
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-sys.path.insert(0, str(HERE))
 import qemuargs  # noqa: E402
 
 TEMPLATES = sorted(HERE.rglob("*.pkr.hcl"))
@@ -171,7 +170,7 @@ def test_qemuargs_builds_valid_command_lines(tmp_path):
 
 
 def test_up_py_uses_the_shared_file():
-    up = (ROOT / "scripts" / "up.py").read_text()
+    up = "".join(p.read_text() for p in sorted((ROOT / "scripts" / "loco_up").glob("*.py")))
     assert "qemuargs" in up and "qemu_argv(" in up
     assert '"win98"' in up and '"standin"' in up
 

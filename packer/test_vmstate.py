@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 import qemuargs  # noqa: E402
 import vmstate  # noqa: E402
 

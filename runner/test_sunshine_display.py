@@ -27,7 +27,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -38,12 +37,11 @@ import pytest
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 SCRIPT = HERE / "sunshine.sh"
-sys.path.insert(0, str(ROOT / "packer" / "standin"))  # test_standin: the stand-in VM helpers
-
-import test_standin as standin  # noqa: E402  (also puts packer/ and agent/tests/guest on sys.path)
-import qemuargs  # noqa: E402
+# On PYTHONPATH (./loco test sets it): tools/ (the harness), packer/, agent/tests/guest/.
 import rfbgrab  # noqa: E402
-import testguest  # noqa: E402
+from loco_testkit import desktop as standin  # noqa: E402 (the stand-in's screen and pointer)
+from loco_testkit.procs import group_alive  # noqa: E402
+from loco_testkit.standin import BOOT_TIMEOUT, StandinVM, image_dir, missing_files  # noqa: E402
 
 W, H = standin.W, standin.H
 TOOLS = {"Xvfb": "xvfb", "xauth": "xauth", "xdpyinfo": "x11-utils", "xwininfo": "x11-utils",
@@ -120,55 +118,22 @@ class Display:
         return self.proc.returncode
 
 
-def group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-
-
 @pytest.fixture(scope="module")
 def vm():
     missing = [f"{t} ({pkg})" for t, pkg in TOOLS.items() if not shutil.which(t)]
     if missing:
         pytest.fail(f"missing: {', '.join(missing)}; apt-get install -y --no-install-recommends "
                     + " ".join(sorted({TOOLS[m.split()[0]] for m in missing})), pytrace=False)
-    img = standin.IMAGE_DIR / standin.PROFILE["image"]
-    if not all(p.is_file() for p in (img, standin.IMAGE_DIR / "vmlinuz", standin.IMAGE_DIR / "initrd.img")):
-        pytest.fail(f"the stand-in image is not built in {standin.IMAGE_DIR}; build it with:\n"
+    if missing_files():
+        pytest.fail(f"the stand-in image is not built in {image_dir()}; build it with:\n"
                     f"    sudo {ROOT / 'packer' / 'standin' / 'build.sh'}", pytrace=False)
-    d = Path(tempfile.mkdtemp(prefix="loco-sunshine-", dir="/tmp"))
-    overlay = d / "overlay.qcow2"
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(img), "-F", "qcow2", str(overlay)],
-                   check=True)
-    accel = "kvm" if testguest.kvm_usable() else "tcg"
-    vnc, ser = d / "vnc.sock", d / "serial.sock"
-    argv = qemuargs.qemu_argv("standin", disk=str(overlay), image_dir=str(standin.IMAGE_DIR), accel=accel,
-                              vnc=f"unix:{vnc}", serial=f"unix:{ser},server=on,wait=off",
-                              qemu_name="loco-sunshine-test")
-    log = open(d / "qemu.log", "wb")
-    t0 = time.monotonic()
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                            process_group=0)
-    console = None
+    sv = StandinVM("loco-sunshine-test")
     try:
-        deadline = time.monotonic() + 10
-        while not ser.exists():
-            assert proc.poll() is None, f"QEMU exited: {(d / 'qemu.log').read_text()}"
-            assert time.monotonic() < deadline, "QEMU made no serial socket"
-            time.sleep(0.02)
-        console = standin.SerialConsole(str(ser))
-        console.wait_for(re.escape(standin.PROFILE["ready_marker"]), standin.BOOT_TIMEOUT,
-                         alive=lambda: proc.poll() is None)
-        print(f"\nstand-in desktop up after {time.monotonic() - t0:.1f}s ({accel.upper()})")
-        yield {"dir": d, "vnc": str(vnc), "console": console}
+        sv.start()
+        print(f"\nstand-in desktop up after {sv.wait_ready(BOOT_TIMEOUT):.1f}s ({sv.accel.upper()})")
+        yield {"dir": sv.work, "vnc": str(sv.vnc_path), "console": sv.console}
     finally:
-        if console:
-            console.close()
-        standin._stop(proc)
-        log.close()
-        shutil.rmtree(d, ignore_errors=True)
+        sv.stop()
 
 
 @pytest.fixture(scope="module")

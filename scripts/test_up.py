@@ -206,12 +206,9 @@ def test_bad_arguments(args, message):
 
 def test_default_is_nine_vms():
     """`loco up` starts N VMs, default 9."""
-    sys.path.insert(0, str(HERE))
-    try:
-        import up as up_py
-    finally:
-        sys.path.remove(str(HERE))
-    assert up_py.parse_args([]).vms == 9
+    from loco_up.args import parse_args
+
+    assert parse_args([]).vms == 9
     r = subprocess.run([sys.executable, str(UP), "--help"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "default 9" in r.stdout, r.stdout
 

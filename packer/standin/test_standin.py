@@ -25,9 +25,7 @@ import re
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -37,35 +35,17 @@ import pytest
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
-sys.path.insert(0, str(HERE.parent))  # qemuargs
-sys.path.insert(0, str(ROOT / "agent" / "tests" / "guest"))  # testguest, rfbgrab
-sys.path.insert(0, str(ROOT / "agent" / "tests" / "e2e"))  # whep_aiortc
 
-import qemuargs  # noqa: E402
+# On PYTHONPATH (./loco test sets it): tools/ (the harness), packer/, agent/tests/guest/, agent/tests/e2e/.
 import rfbgrab  # noqa: E402
-import testguest  # noqa: E402
+from loco_testkit.procs import kill_group  # noqa: E402
+from loco_testkit.desktop import (START_BUTTON, close, desktop_stats, guest_pointer, looks_like_icewm,  # noqa: E402
+                                  start_menu_open)
+from loco_testkit.standin import BOOT_TIMEOUT, PROFILE, StandinVM, image_dir, missing_files  # noqa: E402
 
 CACHE = Path(os.environ.get("LOCO_CACHE") or Path.home() / ".cache" / "loco")
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """SIGTERM, then SIGKILL after 10 s."""
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-IMAGE_DIR = Path(os.environ.get("LOCO_STANDIN_DIR") or CACHE / "standin")
-PROFILE = qemuargs.profile("standin")
-BOOT_TIMEOUT = float(os.environ.get("LOCO_STANDIN_BOOT_TIMEOUT", "240"))
+IMAGE_DIR = image_dir()
 W, H = PROFILE["screen"]
-TEAL = (0, 128, 128)  # the desktop background (rootfs/etc/X11/icewm/preferences)
-GREY = (192, 192, 192)  # IceWM's win95 theme: taskbar face
-TASKBAR_H = 26
-START_BUTTON = (20, H - 13)  # IceWM's start button, bottom-left
 
 
 def agent_binary() -> Path:
@@ -76,145 +56,31 @@ def agent_binary() -> Path:
     return Path(target) / "release" / "loco-agent"
 
 
-def near(rgb: np.ndarray, colour, tol=28) -> np.ndarray:
-    """Per-pixel mask: every channel within tol of colour."""
-    return np.all(np.abs(rgb.astype(np.int16) - np.array(colour, np.int16)) <= tol, axis=-1)
-
-
-def desktop_stats(rgb: np.ndarray) -> dict:
-    h = rgb.shape[0]
-    bar = rgb[h - TASKBAR_H + 3:h - 3, 300:900]  # the task pane: grey, away from buttons and clock
-    return {
-        "size": (rgb.shape[1], rgb.shape[0]),
-        "teal": float(near(rgb[:h - TASKBAR_H], TEAL).mean()),
-        "taskbar_grey": float(near(bar, GREY).mean()),
-        "mean": float(rgb.mean()),
-        "dark": float((rgb.max(axis=-1) < 40).mean()),
-    }
-
-
-def looks_like_icewm(rgb: np.ndarray) -> bool:
-    s = desktop_stats(rgb)
-    return s["size"] == (W, H) and s["teal"] > 0.5 and s["taskbar_grey"] > 0.6 and s["dark"] < 0.3
-
-
-def start_menu_open(rgb: np.ndarray) -> bool:
-    """IceWM's start menu: a grey panel just above the start button, where the desktop is teal."""
-    panel = rgb[H - TASKBAR_H - 150:H - TASKBAR_H - 10, 5:120]
-    return float(near(panel, GREY).mean()) > 0.4 and float(near(panel, TEAL).mean()) < 0.2
-
-
-class SerialConsole:
-    """The guest's ttyS0 via QEMU's unix-socket chardev: collects output, runs shell commands
-    (the stand-in keeps a shell for user loco with DISPLAY=:0 on it)."""
-
-    def __init__(self, path: str):
-        self.buf = ""
-        self.lock = threading.Lock()
-        self.n = 0
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                self.sock.connect(path)
-                break
-            except OSError:
-                self.sock.close()
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.02)
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self):
-        while True:
-            try:
-                d = self.sock.recv(65536)
-            except OSError:
-                return
-            if not d:
-                return
-            with self.lock:
-                self.buf += d.decode(errors="replace")
-
-    def text(self) -> str:
-        with self.lock:
-            return self.buf
-
-    def wait_for(self, pattern: str, timeout: float, alive=lambda: True) -> re.Match:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            m = re.search(pattern, self.text(), re.S)
-            if m:
-                return m
-            if not alive():
-                break
-            time.sleep(0.1)
-        raise AssertionError(f"no {pattern!r} on the serial console within {timeout:.0f}s; it ends:\n"
-                             + self.text()[-3000:])
-
-    def run(self, cmd: str, timeout: float = 30.0) -> str:
-        self.n += 1
-        n = self.n
-        # The quotes keep the echoed command line from matching the markers.
-        self.sock.sendall(f'echo @@"B"{n}; {cmd}; echo @@"E"{n}\n'.encode())
-        m = self.wait_for(rf"@@B{n}\r?\n(.*?)@@E{n}", timeout)
-        return m.group(1).strip()
-
-    def close(self):
-        try:
-            self.sock.close()
-        except OSError:
-            pass
-
-
 @pytest.fixture(scope="module")
 def image() -> Path:
-    img = IMAGE_DIR / PROFILE["image"]
-    missing = [p for p in (img, IMAGE_DIR / "vmlinuz", IMAGE_DIR / "initrd.img") if not p.is_file()]
+    missing = missing_files()
     if missing:
         pytest.fail(f"the stand-in image is not built ({', '.join(map(str, missing))} missing); build it with:\n"
                     f"    sudo {HERE / 'build.sh'}\n(LOCO_STANDIN_DIR points the tests at another build)",
                     pytrace=False)
-    return img
+    return IMAGE_DIR / PROFILE["image"]
 
 
 @pytest.fixture(scope="module")
 def vm(image):
     if not shutil.which("qemu-system-x86_64"):
         pytest.fail("qemu-system-x86_64 is not installed (apt-get install -y qemu-system-x86)", pytrace=False)
-    d = Path(tempfile.mkdtemp(prefix="loco-standin-", dir="/tmp"))
-    overlay = d / "overlay.qcow2"
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(image), "-F", "qcow2", str(overlay)],
-                   check=True)
-    accel = "kvm" if testguest.kvm_usable() else "tcg"
-    vnc, ser = d / "vnc.sock", d / "serial.sock"
-    argv = qemuargs.qemu_argv("standin", disk=str(overlay), image_dir=str(IMAGE_DIR), accel=accel,
-                              vnc=f"unix:{vnc}", serial=f"unix:{ser},server=on,wait=off",
-                              qemu_name="loco-standin-test")
-    log = open(d / "qemu.log", "wb")
-    t0 = time.monotonic()
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                            process_group=0)
-    console = None
+    sv = StandinVM("loco-standin-test")
     try:
-        deadline = time.monotonic() + 10
-        while not ser.exists():
-            assert proc.poll() is None, f"QEMU exited: {(d / 'qemu.log').read_text()}"
-            assert time.monotonic() < deadline, "QEMU made no serial socket"
-            time.sleep(0.02)
-        console = SerialConsole(str(ser))
-        m = console.wait_for(re.escape(PROFILE["ready_marker"]) + r" (\d+)x(\d+)", BOOT_TIMEOUT,
-                             alive=lambda: proc.poll() is None)
-        boot_s = time.monotonic() - t0
-        print(f"\nstand-in desktop up after {boot_s:.1f}s ({accel.upper()})")
+        sv.start()
+        m = sv.console.wait_for(re.escape(PROFILE["ready_marker"]) + r" (\d+)x(\d+)", BOOT_TIMEOUT, alive=sv.alive)
+        boot_s = time.monotonic() - sv.t_start
+        print(f"\nstand-in desktop up after {boot_s:.1f}s ({sv.accel.upper()})")
         assert (int(m.group(1)), int(m.group(2))) == (W, H), f"X runs at {m.group(0)}"
-        yield {"dir": d, "vnc": str(vnc), "console": console, "proc": proc, "accel": accel, "boot_s": boot_s}
+        yield {"dir": sv.work, "vnc": str(sv.vnc_path), "console": sv.console, "proc": sv.proc, "accel": sv.accel,
+               "boot_s": boot_s}
     finally:
-        if console:
-            console.close()
-        _stop(proc)
-        log.close()
-        shutil.rmtree(d, ignore_errors=True)
+        sv.stop()
 
 
 def healthz(port: int):
@@ -249,7 +115,7 @@ def agent(vm):
             raise AssertionError(f"the agent's /healthz never showed a {W}x{H} screen: {h}")
         yield {"port": port, "url": f"http://127.0.0.1:{port}"}
     finally:
-        _stop(proc)
+        kill_group(proc, grace=10.0)
         log.close()
 
 
@@ -293,19 +159,6 @@ def test_streamed_frame_is_the_icewm_desktop(viewer):
                                  f"(saved to {path})") from None
         raise
     save_png(f.rgb, "standin-streamed.png")
-
-
-def guest_pointer(console: SerialConsole) -> tuple[int, int]:
-    out = console.run("xdotool getmouselocation")
-    m = re.search(r"x:(\d+) y:(\d+)", out)
-    assert m, f"xdotool said: {out!r}"
-    return int(m.group(1)), int(m.group(2))
-
-
-def close(a, b, tol=1) -> bool:
-    """Within a pixel: QEMU scales VNC x to the tablet's 0..32767 with x*32767/1024 (rounding down)
-    and the guest scales back rounding down too, so e.g. 600 arrives as 599."""
-    return abs(a[0] - b[0]) <= tol and abs(a[1] - b[1]) <= tol
 
 
 def test_pointer_message_moves_the_guest_pointer(vm, viewer):

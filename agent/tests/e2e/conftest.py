@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
 GUEST_DIR = HERE.parent / "guest"
 
 from e2e_util import (HttpResponse, ProcessExited, free_port, http_request, kill_all_groups,  # noqa: E402
@@ -247,8 +246,7 @@ def guest_build():
     if not (GUEST_DIR / "testguest.py").is_file():
         pytest.fail(f"{GUEST_DIR}/testguest.py is missing: the QEMU test guest is needed "
                     f"for the pattern tests", pytrace=False)
-    sys.path.insert(0, str(GUEST_DIR))
-    tg = importlib.import_module("testguest")
+    tg = importlib.import_module("testguest")  # agent/tests/guest is on pytest.ini's pythonpath
     t0 = time.monotonic()
     paths = tg.build()
     print(f"[guest] built in {time.monotonic() - t0:.1f}s: {paths}")

@@ -38,7 +38,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
 
 from e2e_util import free_port, http_request, kill_group, spawn, tail, wait_until  # noqa: E402
 from xhelpers import Xvnc  # noqa: E402
