@@ -2,13 +2,21 @@
 //!
 //! - [`scene`]: what a frame shows (panels, captions, lasers, floor) as quads; pure.
 //! - [`render`]: the wgpu renderer that draws those quads into any texture view.
-//! - `web` (wasm32 only): the page — config, WHEP sessions, video upload, WebXR and flat view,
-//!   controller and keyboard input, the `window.__loco` test hook.
+//! - The sans-I/O core (time and randomness passed in, unit-tested on a virtual clock):
+//!   [`link`] (each panel's connect/backoff/probe/live/down state machine), [`pointer`] (mouse
+//!   and XR-hand routing with capture), [`captions`] (caption and HUD text), [`hook`] (the
+//!   `window.__loco` snapshot type).
+//! - `web` (wasm32 only): the thin shell — config, WHEP sessions, video upload, WebXR and flat
+//!   view, DOM input, the `window.__loco` getter — that carries out the core's decisions.
 //!
 //! The layout, ray picking and button/key mapping live in `loco-shared`, tested natively.
 
 pub mod budget;
 pub mod camera;
+pub mod captions;
+pub mod hook;
+pub mod link;
+pub mod pointer;
 pub mod render;
 pub mod scene;
 

@@ -72,7 +72,7 @@ pub struct PanelView {
 }
 
 /// One controller's (or the mouse's) ray this frame.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Pointer {
     pub origin: Vec3,
     /// Where the laser ends: the hit point, or a point along the ray when nothing is hit.

@@ -239,13 +239,6 @@ pub async fn stats(pc: &RtcPeerConnection) -> Option<VideoStats> {
     Some(out)
 }
 
-/// The agent's `/healthz` beside its WHEP endpoint (`…/whep` → `…/healthz`), if the URL has
-/// that shape.
-pub fn health_url(whep_url: &str) -> Option<String> {
-    let base = whep_url.split(['?', '#']).next().unwrap_or(whep_url);
-    base.strip_suffix("/whep").map(|b| format!("{b}/healthz"))
-}
-
 /// Whether the agent answers at all: `false` when the request fails at the network level or a
 /// gateway says its upstream is gone (502/504, or a 503 that is not the agent's own JSON).
 /// The agent's own 503 (its VNC server is down) still means the agent is there.

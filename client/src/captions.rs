@@ -1,0 +1,89 @@
+//! The text of each panel's caption (name, state, size or error, retry countdown, keyboard
+//! focus) and of its HUD line (fps, bitrate, round-trip time, frames). Pure: the shell draws
+//! the strings into textures, and only when they change.
+
+use crate::scene::StreamState;
+
+/// What a caption says about one panel.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CaptionInput<'a> {
+    pub name: &'a str,
+    pub state: StreamState,
+    /// The video's size (shown while live).
+    pub video_size: (u32, u32),
+    /// Why the panel is down.
+    pub error: Option<&'a str>,
+    /// How long until the next attempt (shown while down, rounded up to whole seconds).
+    pub retry_in_ms: f64,
+    /// The keyboard types into this panel.
+    pub focused: bool,
+}
+
+/// `vm1  ·  live  ·  1024×768  ·  keyboard`, `vm2  ·  down  ·  connection lost  ·  retry in 4 s`.
+pub fn caption(c: &CaptionInput) -> String {
+    let mut label = format!("{}  ·  {}", c.name, c.state.as_str());
+    match c.state {
+        StreamState::Live => {
+            let (w, h) = c.video_size;
+            label.push_str(&format!("  ·  {w}×{h}"));
+        }
+        StreamState::Down => {
+            let wait = (c.retry_in_ms / 1000.0).ceil().max(0.0);
+            if let Some(e) = c.error {
+                label.push_str(&format!("  ·  {e}"));
+            }
+            if wait > 0.0 {
+                label.push_str(&format!("  ·  retry in {wait:.0} s"));
+            }
+        }
+        StreamState::Connecting => {}
+    }
+    if c.focused {
+        label.push_str("  ·  keyboard");
+    }
+    label
+}
+
+/// The statistics line: `30 fps  ·  1200 kbit/s  ·  rtt 3 ms  ·  450 frames`.
+pub fn hud_line(fps: f64, kbps: f64, rtt_ms: Option<f64>, frames_decoded: u32) -> String {
+    let rtt = rtt_ms.map(|r| format!("{r:.0} ms")).unwrap_or_else(|| "–".into());
+    format!("{fps:.0} fps  ·  {kbps:.0} kbit/s  ·  rtt {rtt}  ·  {frames_decoded} frames")
+}
+
+/// The caption's status dot.
+pub fn state_colour(state: StreamState) -> &'static str {
+    match state {
+        StreamState::Live => "#3ddc84",
+        StreamState::Connecting => "#f5c542",
+        StreamState::Down => "#ff5c5c",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input(state: StreamState) -> CaptionInput<'static> {
+        CaptionInput { name: "vm1", state, video_size: (1280, 800), error: None, retry_in_ms: 0.0, focused: false }
+    }
+
+    #[test]
+    fn captions() {
+        assert_eq!(caption(&input(StreamState::Connecting)), "vm1  ·  connecting");
+        assert_eq!(caption(&input(StreamState::Live)), "vm1  ·  live  ·  1280×800");
+        let focused = CaptionInput { focused: true, ..input(StreamState::Live) };
+        assert_eq!(caption(&focused), "vm1  ·  live  ·  1280×800  ·  keyboard");
+        let down = CaptionInput { error: Some("connection lost"), retry_in_ms: 3001.0, ..input(StreamState::Down) };
+        assert_eq!(caption(&down), "vm1  ·  down  ·  connection lost  ·  retry in 4 s");
+        let due = CaptionInput { retry_in_ms: 0.0, ..down };
+        assert_eq!(caption(&due), "vm1  ·  down  ·  connection lost");
+        let negative = CaptionInput { retry_in_ms: -500.0, error: None, ..down };
+        assert_eq!(caption(&negative), "vm1  ·  down");
+    }
+
+    #[test]
+    fn hud_lines() {
+        assert_eq!(hud_line(29.6, 1234.4, Some(2.5), 450), "30 fps  ·  1234 kbit/s  ·  rtt 2 ms  ·  450 frames");
+        assert_eq!(hud_line(0.0, 0.0, None, 0), "0 fps  ·  0 kbit/s  ·  rtt –  ·  0 frames");
+    }
+}

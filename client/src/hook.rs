@@ -1,0 +1,201 @@
+//! The `window.__loco` test hook's snapshot, as a plain serialisable value (the shell adds
+//! the `screenPoint` and `capture` functions and freezes it). `playwright/` and
+//! `scripts/test_up.py` read these fields: keep their names.
+
+use std::collections::VecDeque;
+
+use glam::Vec3;
+use serde::Serialize;
+
+/// A point in `local-floor` metres.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Point {
+    pub x: f64,
+    pub y: f64,
+    pub z: f64,
+}
+
+impl From<Vec3> for Point {
+    fn from(v: Vec3) -> Self {
+        Self { x: v.x as f64, y: v.y as f64, z: v.z as f64 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PanelSnapshot {
+    pub name: String,
+    pub whep: String,
+    /// `connecting`, `live` or `down`.
+    pub state: &'static str,
+    pub frames_decoded: u32,
+    pub frames_presented: u32,
+    pub frames_uploaded: u64,
+    pub video_width: u32,
+    pub video_height: u32,
+    pub fps: f64,
+    pub kbps: f64,
+    pub rtt_ms: Option<f64>,
+    pub attempts: u32,
+    pub error: Option<String>,
+    pub input_open: bool,
+    /// The desktop image's corners, TL/TR/BR/BL.
+    pub corners: Vec<Point>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct XrSnapshot {
+    pub supported: bool,
+    pub active: bool,
+    /// The XR device's backend while a session runs (`null` otherwise).
+    pub backend: Option<&'static str>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Snapshot {
+    pub panels: Vec<PanelSnapshot>,
+    pub xr: XrSnapshot,
+    pub focus: Option<usize>,
+    pub error: Option<String>,
+    pub hud: bool,
+    pub backend: Option<&'static str>,
+    pub frame_ms: f64,
+    pub frame_ms_p50: Option<f64>,
+    pub frame_ms_p95: Option<f64>,
+    pub upload_ms: f64,
+    pub uploads_per_frame: usize,
+    pub all_live_at_ms: Option<f64>,
+    pub frames: u64,
+    pub all_live_ms: Option<f64>,
+}
+
+impl Snapshot {
+    pub fn to_json(&self) -> String {
+        serde_json::to_value(self).map(|v| v.to_string()).unwrap_or_else(|_| "null".into())
+    }
+}
+
+/// The `q` quantile (nearest rank) of `values`.
+pub fn percentile(values: &VecDeque<f64>, q: f64) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    let mut v: Vec<f64> = values.iter().copied().collect();
+    v.sort_by(f64::total_cmp);
+    Some(v[((v.len() - 1) as f64 * q).round() as usize])
+}
+
+/// The render loop's CPU time per frame: a moving average over ~60 frames and the last
+/// `capacity` frames for percentiles.
+#[derive(Debug, Clone)]
+pub struct FrameTimes {
+    pub frames: u64,
+    pub average_ms: f64,
+    history: VecDeque<f64>,
+    capacity: usize,
+}
+
+impl FrameTimes {
+    pub fn new(capacity: usize) -> Self {
+        Self { frames: 0, average_ms: 0.0, history: VecDeque::with_capacity(capacity), capacity }
+    }
+
+    pub fn record(&mut self, ms: f64) {
+        self.frames += 1;
+        // Exponential moving average over ~60 frames.
+        self.average_ms = if self.frames == 1 { ms } else { self.average_ms + (ms - self.average_ms) / 60.0 };
+        if self.history.len() == self.capacity {
+            self.history.pop_front();
+        }
+        self.history.push_back(ms);
+    }
+
+    pub fn percentile(&self, q: f64) -> Option<f64> {
+        percentile(&self.history, q)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles() {
+        assert_eq!(percentile(&VecDeque::new(), 0.5), None);
+        let v: VecDeque<f64> = (1..=100).rev().map(f64::from).collect();
+        assert_eq!(percentile(&v, 0.5), Some(51.0));
+        assert_eq!(percentile(&v, 0.95), Some(95.0));
+        assert_eq!(percentile(&v, 0.0), Some(1.0));
+        assert_eq!(percentile(&v, 1.0), Some(100.0));
+    }
+
+    #[test]
+    fn frame_times() {
+        let mut t = FrameTimes::new(3);
+        t.record(10.0);
+        assert_eq!(t.average_ms, 10.0);
+        t.record(70.0);
+        assert_eq!(t.average_ms, 11.0);
+        t.record(1.0);
+        t.record(2.0);
+        assert_eq!(t.frames, 4);
+        assert_eq!(t.percentile(1.0), Some(70.0), "the first frame fell out of the history");
+        assert_eq!(t.percentile(0.0), Some(1.0));
+    }
+
+    #[test]
+    fn snapshot_field_names() {
+        let s = Snapshot {
+            panels: vec![PanelSnapshot {
+                name: "vm1".into(),
+                whep: "http://h/whep".into(),
+                state: "live",
+                frames_decoded: 3,
+                frames_presented: 2,
+                frames_uploaded: 1,
+                video_width: 1024,
+                video_height: 768,
+                fps: 30.0,
+                kbps: 1.5,
+                rtt_ms: None,
+                attempts: 1,
+                error: None,
+                input_open: true,
+                corners: vec![Vec3::new(0.5, 1.0, -2.0).into()],
+            }],
+            xr: XrSnapshot { supported: true, active: false, backend: None },
+            focus: Some(0),
+            error: None,
+            hud: false,
+            backend: Some("webgl2"),
+            frame_ms: 1.0,
+            frame_ms_p50: Some(1.0),
+            frame_ms_p95: None,
+            upload_ms: 0.5,
+            uploads_per_frame: 9,
+            all_live_at_ms: Some(1200.0),
+            frames: 7,
+            all_live_ms: Some(1000.0),
+        };
+        let v: serde_json::Value = serde_json::from_str(&s.to_json()).unwrap();
+        let keys = |v: &serde_json::Value| {
+            let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+            k.sort();
+            k.join(",")
+        };
+        assert_eq!(
+            keys(&v),
+            "allLiveAtMs,allLiveMs,backend,error,focus,frameMs,frameMsP50,frameMsP95,frames,hud,panels,\
+             uploadMs,uploadsPerFrame,xr"
+        );
+        assert_eq!(
+            keys(&v["panels"][0]),
+            "attempts,corners,error,fps,framesDecoded,framesPresented,framesUploaded,inputOpen,kbps,name,\
+             rttMs,state,videoHeight,videoWidth,whep"
+        );
+        assert_eq!(keys(&v["xr"]), "active,backend,supported");
+        assert_eq!(v["panels"][0]["corners"][0], serde_json::json!({"x": 0.5, "y": 1.0, "z": -2.0}));
+        assert_eq!(v["panels"][0]["rttMs"], serde_json::Value::Null);
+    }
+}

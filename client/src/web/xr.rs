@@ -1,0 +1,294 @@
+//! The WebXR session: entering and leaving it, its frame loop, and the controllers (through
+//! [`crate::pointer::Hand`]).
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::Duration;
+
+use glam::{Mat4, Quat, Vec3};
+use loco_shared::controller::GamepadState;
+use loco_shared::layout::WallOrigin;
+use loco_shared::protocol::InputMessage;
+use wasm_bindgen::prelude::*;
+use wasm_bindgen::JsCast;
+use wasm_bindgen_futures::{spawn_local, JsFuture};
+use web_sys::{HtmlCanvasElement, HtmlElement, XrFrame, XrReferenceSpace, XrSession, XrWebGlLayer};
+
+use super::flat::start_flat_loop;
+use super::gfx::{Backend, Gfx};
+use super::util::{document, js_error, now_ms, window};
+use super::{App, Looping, Shared, Xr};
+use crate::pointer::Pad;
+use crate::render::{flip_y, gl_to_wgpu_depth, View};
+use crate::scene;
+
+impl App {
+    pub(super) fn frame_xr(&mut self, frame: &XrFrame) {
+        let t0 = now_ms();
+        let Some(xr) = self.xr.as_ref() else { return };
+        let (space, layer) = (xr.space.clone(), xr.layer.clone());
+        let Some(pose) = frame.get_viewer_pose(&space) else { return };
+        let head = pose.transform();
+        let head_pos = point3(&head.position());
+        let head_rot = quat(&head.orientation());
+        if !self.xr.as_ref().is_some_and(|x| x.recentred) {
+            self.origin = WallOrigin::facing(head_pos, head_rot);
+            self.relayout();
+            if let Some(x) = self.xr.as_mut() {
+                x.recentred = true;
+            }
+        }
+        self.xr_input(frame, &space, head_pos, head_rot);
+        self.upload_videos(true);
+        let quads = scene::build(&self.scene());
+
+        let fb = layer.framebuffer();
+        let (fw, fh) = (layer.framebuffer_width(), layer.framebuffer_height());
+        let flip = if fb.is_some() { flip_y() } else { Mat4::IDENTITY };
+        let mut views = Vec::new();
+        for v in pose.views().iter() {
+            let v: web_sys::XrView = v.unchecked_into();
+            let Some(vp) = layer.get_viewport(&v) else { continue };
+            let proj = Mat4::from_cols_slice(&v.projection_matrix());
+            let view = Mat4::from_cols_slice(&v.transform().inverse().matrix());
+            // XR viewports count y from the bottom; wgpu's from the top of the target.
+            let y = if fb.is_some() { vp.y() } else { fh as i32 - vp.y() - vp.height() };
+            views.push(View {
+                view_proj: flip * gl_to_wgpu_depth() * proj * view,
+                viewport: [vp.x() as f32, y as f32, vp.width() as f32, vp.height() as f32],
+            });
+        }
+        let Some(g) = self.xr_gfx.as_mut().or(self.gfx.as_mut()) else { return };
+        match fb {
+            Some(fb) => {
+                let texture = g.wrap_xr_framebuffer(fb, fw, fh);
+                let target = texture.create_view(&Default::default());
+                let t1 = now_ms();
+                g.draw(&target, &views, &quads);
+                self.budget.record(self.uploads_this_frame, now_ms() - t1);
+            }
+            None => {
+                // No opaque framebuffer (an emulator): the layer is the canvas itself.
+                g.resize(fw, fh);
+                let t1 = now_ms();
+                if let Err(e) = g.draw_to_canvas(&views, &quads) {
+                    web_sys::console::warn_1(&e.into());
+                }
+                self.budget.record(self.uploads_this_frame, now_ms() - t1);
+            }
+        }
+        self.account(now_ms() - t0);
+    }
+
+    pub(super) fn xr_input(&mut self, frame: &XrFrame, space: &XrReferenceSpace, head_pos: Vec3, head_rot: Quat) {
+        let sizes = self.desktop_sizes();
+        let Some(xr) = self.xr.as_mut() else { return };
+        let sources = xr.session.input_sources();
+        let now = Duration::from_secs_f64(now_ms() / 1000.0);
+        let mut pointers = Vec::new();
+        let mut sends: Vec<(usize, InputMessage)> = Vec::new();
+        let mut focus = None;
+        let (mut toggle_hud, mut recentre) = (false, false);
+        let mut seen = [false; 2];
+        for k in 0..sources.length() {
+            let Some(src) = sources.get(k) else { continue };
+            let slot = match src.handedness() {
+                web_sys::XrHandedness::Left => 0,
+                _ => 1,
+            };
+            if src.target_ray_mode() != web_sys::XrTargetRayMode::TrackedPointer {
+                continue;
+            }
+            let Some(pose) = frame.get_pose(&src.target_ray_space(), space) else { continue };
+            seen[slot] = true;
+            let t = pose.transform();
+            let origin = point3(&t.position());
+            let dir = quat(&t.orientation()) * Vec3::NEG_Z;
+            let pad = src.gamepad().map(|g| gamepad_state(&g)).unwrap_or_default();
+            let out = xr.hands[slot].frame(now, &self.layout, &sizes, origin, dir, pad);
+            sends.extend(out.sends);
+            focus = out.focus.or(focus);
+            toggle_hud |= out.toggle_hud;
+            recentre |= out.recentre;
+            pointers.extend(out.pointer);
+        }
+        // A controller that went away releases what it held.
+        for (slot, hand) in xr.hands.iter_mut().enumerate() {
+            if !seen[slot] {
+                sends.extend(hand.gone(|i| self.panels[i].last_pointer.map(|(x, y, _)| (x, y))));
+            }
+        }
+        self.send_all(sends);
+        if focus.is_some() {
+            self.set_focus(focus);
+        }
+        self.pointers = pointers;
+        if toggle_hud {
+            self.hud = !self.hud;
+            self.update_labels();
+        }
+        if recentre {
+            self.origin = WallOrigin::facing(head_pos, head_rot);
+            self.relayout();
+        }
+    }
+}
+
+pub(super) fn point3(p: &web_sys::DomPointReadOnly) -> Vec3 {
+    Vec3::new(p.x() as f32, p.y() as f32, p.z() as f32)
+}
+
+pub(super) fn quat(p: &web_sys::DomPointReadOnly) -> Quat {
+    Quat::from_xyzw(p.x() as f32, p.y() as f32, p.z() as f32, p.w() as f32).normalize()
+}
+
+/// Trigger, squeeze and thumbstick (xr-standard mapping), plus the A/X (HUD) and B/Y
+/// (recentre) buttons.
+pub(super) fn gamepad_state(g: &web_sys::Gamepad) -> Pad {
+    let buttons = g.buttons();
+    let value = |k: u32| -> f32 {
+        let b = buttons.get(k);
+        if b.is_undefined() {
+            return 0.0;
+        }
+        b.unchecked_into::<web_sys::GamepadButton>().value() as f32
+    };
+    let axes = g.axes();
+    let thumb_y = axes.get(3).as_f64().unwrap_or(0.0) as f32;
+    Pad {
+        pad: GamepadState { trigger: value(0), squeeze: value(1), thumbstick_y: thumb_y },
+        hud: value(4) > 0.5,
+        recentre: value(5) > 0.5,
+    }
+}
+
+// ---------------------------------------------------------------------- WebXR session
+
+pub(super) fn setup_xr_button(shared: &Shared) {
+    let Some(button) = document().get_element_by_id("enter-vr") else { return };
+    let button: HtmlElement = button.unchecked_into();
+    let s = shared.clone();
+    let b = button.clone();
+    spawn_local(async move {
+        let xr = window().navigator().xr();
+        let supported = match JsFuture::from(xr.is_session_supported(web_sys::XrSessionMode::ImmersiveVr)).await {
+            Ok(v) => v.as_bool().unwrap_or(false),
+            Err(_) => false,
+        };
+        s.borrow_mut().xr_supported = supported;
+        if supported {
+            let _ = b.remove_attribute("disabled");
+            b.set_title("Enter the immersive view");
+        } else {
+            b.set_title("This browser or device has no immersive VR (WebXR)");
+        }
+    });
+    let s = shared.clone();
+    let click = Closure::<dyn FnMut()>::new(move || {
+        let s = s.clone();
+        spawn_local(async move {
+            let active = s.borrow().xr.as_ref().map(|x| x.session.clone());
+            if let Some(session) = active {
+                let _ = session.end();
+                return;
+            }
+            if let Err(e) = enter_xr(&s).await {
+                s.borrow_mut().set_error(format!("Could not enter VR: {e}"));
+            }
+        });
+    });
+    button.set_onclick(Some(click.as_ref().unchecked_ref()));
+    click.forget();
+}
+
+pub(super) async fn enter_xr(shared: &Shared) -> Result<(), String> {
+    let xr = window().navigator().xr();
+    let init = web_sys::XrSessionInit::new();
+    init.set_required_features(&[JsValue::from_str("local-floor")]);
+    let session: XrSession =
+        JsFuture::from(xr.request_session_with_options(web_sys::XrSessionMode::ImmersiveVr, &init))
+            .await
+            .map_err(|e| js_error(&e))?
+            .unchecked_into();
+    // WebXR needs a WebGL2 device; the flat view may be on WebGPU.
+    let needs_gl = shared.borrow().gfx.as_ref().is_none_or(|g| g.backend != Backend::WebGl2);
+    if needs_gl && shared.borrow().xr_gfx.is_none() {
+        let canvas: HtmlCanvasElement = document().create_element("canvas").map_err(|e| js_error(&e))?.unchecked_into();
+        canvas.set_id("loco-xr-canvas");
+        canvas.set_attribute("hidden", "").ok();
+        document().body().ok_or("no body")?.append_child(&canvas).map_err(|e| js_error(&e))?;
+        let g = Gfx::new(canvas, Backend::WebGl2).await.inspect_err(|_| {
+            let _ = session.end();
+        })?;
+        let mut app = shared.borrow_mut();
+        app.xr_gfx = Some(g);
+        app.redraw_labels();
+    }
+    let gl = {
+        let app = shared.borrow();
+        let g = app.xr_gfx.as_ref().or(app.gfx.as_ref()).ok_or("no WebGL2 device")?;
+        g.gl.clone().ok_or("no WebGL2 context")?
+    };
+    let layer = XrWebGlLayer::new_with_web_gl2_rendering_context(&session, &gl).map_err(|e| js_error(&e))?;
+    let state = web_sys::XrRenderStateInit::new();
+    state.set_base_layer(Some(&layer));
+    session.update_render_state_with_state(&state);
+    let space: XrReferenceSpace =
+        JsFuture::from(session.request_reference_space(web_sys::XrReferenceSpaceType::LocalFloor))
+            .await
+            .map_err(|e| js_error(&e))?
+            .unchecked_into();
+    {
+        let mut app = shared.borrow_mut();
+        app.xr = Some(Xr { session: session.clone(), space, layer, recentred: false, hands: Default::default() });
+        app.pointers.clear();
+        app.flat.pointer.captured = None;
+        for p in &app.panels {
+            p.new_frame.set(p.has_video);
+        }
+    }
+    if let Some(b) = document().get_element_by_id("enter-vr") {
+        b.set_text_content(Some("Exit VR"));
+        b.set_attribute("aria-pressed", "true").ok();
+    }
+    // End of the session: back to the flat view.
+    let s = shared.clone();
+    let on_end = Closure::<dyn FnMut()>::new(move || {
+        if let Ok(mut app) = s.try_borrow_mut() {
+            app.xr = None;
+            app.redraw = true;
+            app.pointers.clear();
+            for p in &app.panels {
+                p.new_frame.set(p.has_video);
+            }
+        }
+        if let Some(b) = document().get_element_by_id("enter-vr") {
+            b.set_text_content(Some("Enter VR"));
+            b.set_attribute("aria-pressed", "false").ok();
+        }
+        start_flat_loop(&s);
+    });
+    session.set_onend(Some(on_end.as_ref().unchecked_ref()));
+    on_end.forget();
+
+    let slot: Looping<dyn FnMut(f64, XrFrame)> = Rc::new(RefCell::new(None));
+    let again = slot.clone();
+    let s = shared.clone();
+    *slot.borrow_mut() = Some(Closure::new(move |_t: f64, frame: XrFrame| {
+        let session = frame.session();
+        if let Ok(mut app) = s.try_borrow_mut() {
+            if app.xr.as_ref().is_none_or(|x| x.session != session) {
+                again.borrow_mut().take();
+                return;
+            }
+            app.frame_xr(&frame);
+        }
+        if let Some(cb) = again.borrow().as_ref() {
+            session.request_animation_frame(cb.as_ref().unchecked_ref());
+        }
+    }));
+    if let Some(cb) = slot.borrow().as_ref() {
+        session.request_animation_frame(cb.as_ref().unchecked_ref());
+    };
+    Ok(())
+}
