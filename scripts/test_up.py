@@ -1,4 +1,4 @@
-"""Tests for `./loco up` (scripts/up.py) and its page (scripts/wall/), for real: QEMU running
+"""Tests for `./loco up` (scripts/up.py) and its pages, for real: QEMU running
 the test-pattern guest, loco-agent, and headless Chromium playing every panel over WHEP.
 
     "$VENV/bin/python" -m pytest scripts/test_up.py

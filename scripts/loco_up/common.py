@@ -6,7 +6,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent.parent
-WALL_DIR = ROOT / "scripts" / "wall"
+# The one plain-JS flat page (no WebAssembly, no VR), the same the Helm chart serves.
+WALL_DIR = ROOT / "charts" / "loco-vm" / "files" / "www"
 WEB_DIR = Path(os.environ.get("LOCO_WEB_DIR") or ROOT / "www" / "dist")
 GUEST_DIR = ROOT / "agent" / "tests" / "guest"
 PACKER_DIR = ROOT / "packer"
