@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import functools
 import http.server
+import json
 import shutil
 import tempfile
 import threading
@@ -142,3 +143,77 @@ class ChromiumViewer:
 
     def stop(self) -> int | None:
         return self.page.evaluate("() => window.__t.stop()")
+
+
+# ---- the real page ----------------------------------------------------------------------------
+# The WebXR client (client/ built into www/dist by scripts/build-web.sh), in its flat view, as a
+# viewer: what a person opens. The tests above that need a browser's WebRTC stack under finer
+# control (raw input strings, decoded frames as pixels, relay-only ICE, frame timing) keep the
+# instrument page web/viewer.html; the ones that only need "a browser watching and clicking" use
+# this.
+
+ROOT = Path(__file__).resolve().parents[3]
+DIST = ROOT / "www" / "dist"
+
+
+class LocoPageServer:
+    """Serves a temp copy of www/dist on 127.0.0.1:<free port> (another origin than the agents',
+    so CORS is exercised), with a desktops.json naming the given agents."""
+
+    def __init__(self, desktops: list[dict]):
+        if not (DIST / "index.html").is_file():
+            raise FileNotFoundError(f"the WebXR page is not built ({DIST}): bash scripts/build-web.sh")
+        self.dir = Path(tempfile.mkdtemp(prefix="loco-e2e-page-"))
+        shutil.copytree(DIST, self.dir, dirs_exist_ok=True)
+        (self.dir / "desktops.json").write_text(json.dumps({"desktops": desktops}))
+        self.port = free_port()
+        handler = functools.partial(_QuietHandler, directory=str(self.dir))
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), handler)
+        self.httpd.daemon_threads = True
+        threading.Thread(target=self.httpd.serve_forever, daemon=True, name="page-http").start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class LocoPage:
+    """The real page in one browser tab, read through its test hook `window.__loco`."""
+
+    def __init__(self, page, url: str, name: str = "loco-page"):
+        self.page, self.name = page, name
+        self.page_errors: list[str] = []
+        self.console: list[str] = []
+        page.on("pageerror", lambda e: self.page_errors.append(str(e)))
+        page.on("console", lambda m: self.console.append(f"[{m.type}] {m.text}"))
+        page.set_viewport_size({"width": 1280, "height": 720})
+        page.goto(url)
+
+    def panels(self) -> list[dict]:
+        return self.page.evaluate("() => window.__loco ? window.__loco.panels : []")
+
+    def wait(self, js_pred: str, timeout: float = 30.0, what: str | None = None) -> None:
+        """Poll a JS expression over `p` (window.__loco.panels) until truthy."""
+        try:
+            self.page.wait_for_function(
+                f"(() => {{ const p = window.__loco && window.__loco.panels; return !!p && ({js_pred}); }})()",
+                timeout=timeout * 1000, polling=100)
+        except Exception as e:  # playwright TimeoutError
+            raise AssertionError(f"{self.name}: timed out after {timeout}s waiting for {what or js_pred}; "
+                                 f"panels={self.panels()} console={self.console[-10:]} "
+                                 f"page_errors={self.page_errors}") from e
+
+    def wait_live(self, i: int = 0, w: int = 1024, h: int = 768, timeout: float = 30.0) -> None:
+        self.wait(f"p[{i}] && p[{i}].state === 'live' && p[{i}].inputOpen && p[{i}].framesDecoded > 0 && "
+                  f"p[{i}].videoWidth === {w} && p[{i}].videoHeight === {h}", timeout, f"panel {i} live")
+
+    def screen_point(self, i: int, u: float, v: float) -> dict:
+        """Where (u, v) of panel i's desktop is on the screen (CSS pixels)."""
+        pt = self.page.evaluate("([i, u, v]) => window.__loco.screenPoint(i, u, v)", [i, u, v])
+        assert pt, f"panel {i} is not on the screen"
+        return pt

@@ -7,7 +7,6 @@ import importlib
 import os
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -349,6 +348,33 @@ def browser():
         b.close()
     finally:
         pw.stop()
+
+
+@pytest.fixture
+def loco_page(browser, tmp_path, request):
+    """Factory: loco_page([{"name":..., "whep":..., "token":...}, ...]) -> LocoPage, the real WebXR
+    page (www/dist, flat view) serving those desktops. Fails the test on uncaught page errors."""
+    from chromium_viewer import LocoPage, LocoPageServer
+    made = []
+
+    def open_page(desktops: list[dict], name: str = "loco-page") -> LocoPage:
+        srv = LocoPageServer(desktops)
+        ctx = browser.new_context()
+        p = LocoPage(ctx.new_page(), srv.url, name=name)
+        made.append((srv, ctx, p))
+        return p
+    yield open_page
+    errors = []
+    for srv, ctx, p in made:
+        logp = tmp_path / f"{p.name}-console.log"
+        logp.write_text("\n".join(p.console + [f"[pageerror] {e}" for e in p.page_errors]))
+        _attach(request, f"{p.name} console", logp)
+        if p.page_errors:
+            errors.append(f"{p.name}: uncaught page errors: {p.page_errors}")
+        ctx.close()  # the page's sessions end (DELETE on pagehide, or the agent's session timeout)
+        srv.close()
+    if errors:
+        pytest.fail("; ".join(errors))
 
 
 @pytest.fixture

@@ -101,23 +101,6 @@ def test_token_required(xvnc, agent, aio_loop, aiortc_viewer):
     wait_metric(a, "loco_viewers", lambda n: n == 0)
 
 
-@pytest.mark.chromium
-@pytest.mark.timeout(90)
-def test_token_from_chromium(xvnc, agent, chromium):
-    """Cross-origin fetch with an Authorization header (CORS preflight must allow it)."""
-    token = "br0wser-token"
-    a = agent(xvnc.port, token=token)
-    a.wait_vnc(True, 30)
-    c = chromium()
-    c.page.evaluate("([u, o]) => window.__t.start(u, o)", [a.url, {"token": "wrong"}])
-    assert c.get("answerStatus") == 401, c.state()
-    c2 = chromium()
-    c2.start(a.url, token=token)
-    c2.wait_playing()
-    assert c2.stop() == 200
-    wait_metric(a, "loco_viewers", lambda n: n == 0)
-
-
 GARBAGE = [
     "not json",
     "{",
@@ -220,3 +203,21 @@ def test_big_message_on_input_channel(size, xvnc, agent, aiortc_viewer):
         xvnc.move_pointer(10, 10)
         bad.send({"type": "pointer", "x": 99, "y": 111, "buttons": 0})
         xvnc.wait_pointer(99, 111)
+
+
+@pytest.mark.chromium
+@pytest.mark.timeout(90)
+def test_token_from_the_real_page(xvnc, agent, loco_page):
+    """The WebXR page sends desktops.json's token as a bearer token, cross-origin (the CORS
+    preflight must allow the header): a wrong token gets 401 and the panel stays down with the
+    reason; the right one goes live."""
+    token = "p4ge-t0ken"
+    a = agent(xvnc.port, token=token)
+    a.wait_vnc(True, 30)
+    wrong = loco_page([{"name": "vm", "whep": a.url + "/whep", "token": "wrong"}], name="page-wrong-token")
+    wait_metric(a, "loco_whep_requests_total", lambda n: n >= 1, timeout=20, status="401")
+    wrong.wait("p[0].state === 'down' && /401/.test(p[0].error || '')", 20, "panel down with a 401")
+    right = loco_page([{"name": "vm", "whep": a.url + "/whep", "token": token}], name="page-token")
+    right.wait_live(0)
+    assert wrong.panels()[0]["state"] != "live"
+    wait_metric(a, "loco_whep_requests_total", lambda n: n >= 1, status="201")

@@ -74,19 +74,6 @@ def test_pointer_from_aiortc(xvnc, agent, aiortc_viewer, tmp_path):
     assert v.connection_state == "connected"
 
 
-@pytest.mark.chromium
-@pytest.mark.timeout(120)
-def test_pointer_from_chromium(xvnc, agent, chromium, tmp_path):
-    a = agent(xvnc.port)
-    a.wait_vnc(True, 30)
-    c = chromium()
-    c.start(a.url)
-    c.wait("t.dcState === 'open'", 20, "input channel open")
-    c.wait_playing()
-    exercise_pointer(c.send, xvnc, tmp_path, a)
-    assert c.get("connectionState") == "connected"
-
-
 @pytest.mark.timeout(90)
 def test_keys_type_into_xterm(xvnc, agent, aiortc_viewer, tmp_path):
     out = tmp_path / "typed.txt"
@@ -105,5 +92,44 @@ def test_keys_type_into_xterm(xvnc, agent, aiortc_viewer, tmp_path):
             got = out.read_text() if out.exists() else None
             raise AssertionError(f"xterm `cat > FILE` got {got!r}, want 'hi\\n'") from e
         wait_metric(a, "loco_input_events_total", lambda n: n >= 6, result="accepted")
+    finally:
+        xt.close()
+
+
+@pytest.mark.chromium
+@pytest.mark.timeout(120)
+def test_click_and_type_from_the_real_page(xvnc, agent, loco_page, tmp_path):
+    """The WebXR page itself (flat view) as the viewer: a mouse move over its panel puts the X
+    pointer on the matching desktop pixel, a click focuses the panel, and typed keys reach the
+    xterm holding X's input focus."""
+    out = tmp_path / "typed.txt"
+    a = agent(xvnc.port)
+    a.wait_vnc(True, 30)
+    xt = xvnc.xterm_cat(out, tmp_path)
+    try:
+        page = loco_page([{"name": "xvnc", "whep": a.url + "/whep", "token": None}])
+        page.wait_live(0)
+        for u, v in ((0.25, 0.5), (0.75, 0.25), (0.1, 0.1)):
+            pt = page.screen_point(0, u, v)
+            page.page.mouse.move(pt["x"], pt["y"])
+            want = (int(u * 1024), int(v * 768))
+            # One CSS pixel of the 1280x720 view spans ~2.5 desktop pixels of a panel: within 4.
+            try:
+                wait_until(lambda: all(abs(g - w) <= 4 for g, w in zip(xvnc.pointer(), want)), 10, 0.05,
+                           f"X pointer near {want}")
+            except TimeoutError as e:
+                raise AssertionError(f"X pointer at {xvnc.pointer()}, want {want} (screen point {pt}); "
+                                     f"accepted input: {a.metric('loco_input_events_total', 0.0, result='accepted')}"
+                                     ) from e
+        page.page.mouse.click(pt["x"], pt["y"])  # inside the xterm (at 0,0): focuses the panel
+        assert page.page.evaluate("window.__loco.focus") == 0
+        page.page.keyboard.type("hi")
+        page.page.keyboard.press("Enter")
+        try:
+            wait_until(lambda: out.exists() and out.read_text() == "hi\n", 10, 0.05, "FILE == 'hi\\n'")
+        except TimeoutError as e:
+            got = out.read_text() if out.exists() else None
+            raise AssertionError(f"xterm `cat > FILE` got {got!r} from the page, want 'hi\\n'") from e
+        wait_metric(a, "loco_input_events_total", lambda n: n >= 8, result="accepted")
     finally:
         xt.close()
