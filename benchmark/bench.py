@@ -617,7 +617,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args.out.mkdir(parents=True, exist_ok=True)
     import live  # noqa: E402
-    from testguest import kvm_usable  # noqa: E402 (agent/tests/guest, on the path through live)
+    from testguest import kvm_usable  # noqa: E402 (packer/testpattern, on the path through live)
     accel = "KVM" if kvm_usable() else "TCG"
     del live
     meta = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **machine(), "agent_commit": agent_commit(),

@@ -23,7 +23,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-# On PYTHONPATH (./loco bench and ./loco test set it): tools/ (the harness), packer/, agent/tests/guest/,
+# On PYTHONPATH (./loco bench and ./loco test set it): tools/ (the harness), packer/, packer/testpattern/,
 # agent/tests/e2e/.
 import numpy as np  # noqa: E402
 

@@ -37,7 +37,7 @@ import pytest
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 SCRIPT = HERE / "sunshine.sh"
-# On PYTHONPATH (./loco test sets it): tools/ (the harness), packer/, agent/tests/guest/.
+# On PYTHONPATH (./loco test sets it): tools/ (the harness), packer/, packer/testpattern/.
 import rfbgrab  # noqa: E402
 from loco_testkit import desktop as standin  # noqa: E402 (the stand-in's screen and pointer)
 from loco_testkit.procs import group_alive  # noqa: E402

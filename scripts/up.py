@@ -18,7 +18,7 @@ none is left). Bad arguments exit 2.
 
 By default (or with --standin) the VMs run the free IceWM stand-in desktop (packer/standin/,
 built on first use and cached); with --image, that disk (e.g. the Windows 98 SoftGPU image from
-packer/win98/); with --test-pattern, the tiny test-pattern guest (agent/tests/guest). The
+packer/win98/); with --test-pattern, the tiny test-pattern guest (packer/testpattern). The
 stand-in and --image VMs each run on their own copy-on-write overlay (the image itself is never
 written; the overlays are deleted at exit), with the QEMU options of the image's profile in
 packer/qemu-args.json (shared with the VM runner).

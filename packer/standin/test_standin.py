@@ -36,7 +36,7 @@ import pytest
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 
-# On PYTHONPATH (./loco test sets it): tools/ (the harness), packer/, agent/tests/guest/, agent/tests/e2e/.
+# On PYTHONPATH (./loco test sets it): tools/ (the harness), packer/, packer/testpattern/, agent/tests/e2e/.
 import rfbgrab  # noqa: E402
 from loco_testkit.procs import kill_group  # noqa: E402
 from loco_testkit.desktop import (START_BUTTON, close, desktop_stats, guest_pointer, looks_like_icewm,  # noqa: E402

@@ -1,5 +1,5 @@
 /**
- * The QEMU test-pattern guest of agent/tests/guest (1024x768, full-screen patterns changing
+ * The QEMU test-pattern guest of packer/testpattern (1024x768, full-screen patterns changing
  * every 0.5 s). The QEMU command line comes from testguest.py itself (one description of how
  * the guest boots: PVH kernel, KVM only when usable, TCG otherwise).
  */
@@ -7,7 +7,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { LOCO_CACHE, Proc, ProcessExited, REPO, freePort, isExecutable, killGroup, portAccepts, requireTools, run, spawnGroup, tail, waitUntil } from './procs';
 
-const GUEST_DIR = path.join(REPO, 'agent', 'tests', 'guest');
+const GUEST_DIR = path.join(REPO, 'packer', 'testpattern');
 const READY_MARKER = 'LOCO-TESTGUEST: READY';
 
 function python(): string {

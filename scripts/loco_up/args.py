@@ -56,7 +56,7 @@ def parse_args(argv):
                        help="boot this disk image (qcow2) in every VM, each through its own overlay, "
                             "instead of the stand-in desktop")
     guest.add_argument("--test-pattern", action="store_true",
-                       help="boot the tiny test-pattern guest (agent/tests/guest) instead of the stand-in")
+                       help="boot the tiny test-pattern guest (packer/testpattern) instead of the stand-in")
     ap.add_argument("--profile", metavar="NAME",
                     help="with --image: its QEMU options from packer/qemu-args.json (default win98)")
     ap.add_argument("--runtime-dir", metavar="DIR",

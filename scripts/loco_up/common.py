@@ -9,7 +9,7 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 # The one plain-JS flat page (no WebAssembly, no VR), the same the Helm chart serves.
 WALL_DIR = ROOT / "charts" / "loco-vm" / "files" / "www"
 WEB_DIR = Path(os.environ.get("LOCO_WEB_DIR") or ROOT / "www" / "dist")
-GUEST_DIR = ROOT / "agent" / "tests" / "guest"
+GUEST_DIR = ROOT / "packer" / "testpattern"
 PACKER_DIR = ROOT / "packer"
 STANDIN_BUILD = PACKER_DIR / "standin" / "build.sh"
 MAX_VMS = 9

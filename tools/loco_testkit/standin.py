@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import qemuargs  # packer/ (on PYTHONPATH with tools/)
-import testguest  # agent/tests/guest/: kvm_usable()
+import testguest  # packer/testpattern/: kvm_usable()
 
 from .procs import kill_group, spawn
 from .serial import SerialConsole

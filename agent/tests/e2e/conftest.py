@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 HERE = Path(__file__).resolve().parent
-GUEST_DIR = HERE.parent / "guest"
+GUEST_DIR = HERE.parents[2] / "packer" / "testpattern"
 
 from e2e_util import (HttpResponse, ProcessExited, free_port, http_request, kill_all_groups,  # noqa: E402
                       kill_group, parse_metrics, spawn, tail, wait_port, wait_until)
@@ -240,12 +240,12 @@ def vnc_proxy():
 
 @pytest.fixture(scope="session")
 def guest_build():
-    """Builds (once per run) the test-pattern guest of agent/tests/guest and returns
+    """Builds (once per run) the test-pattern guest of packer/testpattern and returns
     (testguest module, build paths)."""
     if not (GUEST_DIR / "testguest.py").is_file():
         pytest.fail(f"{GUEST_DIR}/testguest.py is missing: the QEMU test guest is needed "
                     f"for the pattern tests", pytrace=False)
-    tg = importlib.import_module("testguest")  # agent/tests/guest is on pytest.ini's pythonpath
+    tg = importlib.import_module("testguest")  # packer/testpattern is on pytest.ini's pythonpath
     t0 = time.monotonic()
     paths = tg.build()
     print(f"[guest] built in {time.monotonic() - t0:.1f}s: {paths}")

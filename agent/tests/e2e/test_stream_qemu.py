@@ -1,4 +1,4 @@
-"""The QEMU test-pattern guest (agent/tests/guest) streamed to aiortc and to Chromium: frames
+"""The QEMU test-pattern guest (packer/testpattern) streamed to aiortc and to Chromium: frames
 decode at 1024x768 and match the guest's known patterns; the guest alternates patterns, so at
 least two different ones must arrive."""
 from __future__ import annotations

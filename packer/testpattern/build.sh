@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the loco test-pattern guest (kernel + initramfs + reference patterns).
 #
-#   agent/tests/guest/build.sh [OUTDIR]
+#   packer/testpattern/build.sh [OUTDIR]
 #
 # OUTDIR defaults to ${LOCO_CACHE:-$HOME/.cache/loco}/testguest. Outputs:
 #   vmlinuz (bzImage)  vmlinux (PVH-bootable ELF, when extractable)  initrd.img
