@@ -35,11 +35,15 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 
 
 class StaticServer:
-    """Serves a temp copy of web/ on 127.0.0.1:<free port> from a daemon thread."""
+    """Serves a temp copy of a folder (default web/), plus `extra` files {name: text}, on
+    127.0.0.1:<free port> from a daemon thread; `url` is `page` on it."""
 
-    def __init__(self):
+    def __init__(self, src: Path = WEB_DIR, extra: dict[str, str] | None = None, page: str = "viewer.html"):
         self.dir = Path(tempfile.mkdtemp(prefix="loco-e2e-web-"))
-        shutil.copytree(WEB_DIR, self.dir, dirs_exist_ok=True)
+        shutil.copytree(src, self.dir, dirs_exist_ok=True)
+        for name, text in (extra or {}).items():
+            (self.dir / name).write_text(text)
+        self.page = page
         self.port = free_port()
         handler = functools.partial(_QuietHandler, directory=str(self.dir))
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), handler)
@@ -49,7 +53,7 @@ class StaticServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/viewer.html"
+        return f"http://127.0.0.1:{self.port}/{self.page}"
 
     def close(self) -> None:
         self.httpd.shutdown()
@@ -156,30 +160,14 @@ ROOT = Path(__file__).resolve().parents[3]
 DIST = ROOT / "www" / "dist"
 
 
-class LocoPageServer:
-    """Serves a temp copy of www/dist on 127.0.0.1:<free port> (another origin than the agents',
-    so CORS is exercised), with a desktops.json naming the given agents."""
+class LocoPageServer(StaticServer):
+    """www/dist with a desktops.json naming the given agents, on another origin than theirs (so
+    CORS is exercised)."""
 
     def __init__(self, desktops: list[dict]):
         if not (DIST / "index.html").is_file():
             raise FileNotFoundError(f"the WebXR page is not built ({DIST}): bash scripts/build-web.sh")
-        self.dir = Path(tempfile.mkdtemp(prefix="loco-e2e-page-"))
-        shutil.copytree(DIST, self.dir, dirs_exist_ok=True)
-        (self.dir / "desktops.json").write_text(json.dumps({"desktops": desktops}))
-        self.port = free_port()
-        handler = functools.partial(_QuietHandler, directory=str(self.dir))
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), handler)
-        self.httpd.daemon_threads = True
-        threading.Thread(target=self.httpd.serve_forever, daemon=True, name="page-http").start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/"
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        super().__init__(DIST, {"desktops.json": json.dumps({"desktops": desktops})}, page="")
 
 
 class LocoPage:

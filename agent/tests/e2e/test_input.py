@@ -74,6 +74,15 @@ def test_pointer_from_aiortc(xvnc, agent, aiortc_viewer, tmp_path):
     assert v.connection_state == "connected"
 
 
+def wait_typed(out, want: str) -> None:
+    """Waits for the xterm running `cat > FILE` to have written `want`."""
+    try:
+        wait_until(lambda: out.exists() and out.read_text() == want, 10, 0.05, f"FILE == {want!r}")
+    except TimeoutError as e:
+        got = out.read_text() if out.exists() else None
+        raise AssertionError(f"xterm `cat > FILE` got {got!r}, want {want!r}") from e
+
+
 @pytest.mark.timeout(90)
 def test_keys_type_into_xterm(xvnc, agent, aiortc_viewer, tmp_path):
     out = tmp_path / "typed.txt"
@@ -86,11 +95,7 @@ def test_keys_type_into_xterm(xvnc, agent, aiortc_viewer, tmp_path):
         for ks in (XK_h, XK_i, XK_Return):
             v.send({"type": "key", "keysym": ks, "down": True})
             v.send({"type": "key", "keysym": ks, "down": False})
-        try:
-            wait_until(lambda: out.exists() and out.read_text() == "hi\n", 10, 0.05, "FILE == 'hi\\n'")
-        except TimeoutError as e:
-            got = out.read_text() if out.exists() else None
-            raise AssertionError(f"xterm `cat > FILE` got {got!r}, want 'hi\\n'") from e
+        wait_typed(out, "hi\n")
         wait_metric(a, "loco_input_events_total", lambda n: n >= 6, result="accepted")
     finally:
         xt.close()
@@ -125,11 +130,7 @@ def test_click_and_type_from_the_real_page(xvnc, agent, loco_page, tmp_path):
         assert page.page.evaluate("window.__loco.focus") == 0
         page.page.keyboard.type("hi")
         page.page.keyboard.press("Enter")
-        try:
-            wait_until(lambda: out.exists() and out.read_text() == "hi\n", 10, 0.05, "FILE == 'hi\\n'")
-        except TimeoutError as e:
-            got = out.read_text() if out.exists() else None
-            raise AssertionError(f"xterm `cat > FILE` got {got!r} from the page, want 'hi\\n'") from e
+        wait_typed(out, "hi\n")
         wait_metric(a, "loco_input_events_total", lambda n: n >= 8, result="accepted")
     finally:
         xt.close()
