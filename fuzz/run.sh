@@ -25,7 +25,7 @@ CACHE=${LOCO_CACHE:-$HOME/.cache/loco}
 export CARGO_TARGET_DIR=$CACHE/fuzz-target
 export RUSTC_BOOTSTRAP=${RUSTC_BOOTSTRAP:-1}
 SECONDS_PER_TARGET=${FUZZ_SECONDS:-20}
-ALL_TARGETS=(input_message desktops_config layout_ray bitrate_pacer retransmit_twcc whep_http rfb_server framebuffer_ops)
+ALL_TARGETS=(input_message desktops_config layout_ray bitrate_pacer retransmit_twcc feedback_loop whep_http rfb_server framebuffer_ops)
 TARGETS=("$@")
 [ ${#TARGETS[@]} -gt 0 ] || TARGETS=("${ALL_TARGETS[@]}")
 
@@ -48,8 +48,10 @@ for t in "${TARGETS[@]}"; do
   mkdir -p "$work" "$HERE/artifacts/$t"
   log=$LOGS/$t.log
   echo "==> fuzzing $t for ${SECONDS_PER_TARGET}s (log: $log)" >&2
-  # The first corpus dir receives new inputs; the committed seeds are only read.
-  cargo fuzz run "${FLAGS[@]}" "$t" "$work" "$HERE/corpus/$t" -- \
+  # The first corpus dir receives new inputs; the committed seeds (if any) are only read.
+  seeds=()
+  [ -d "$HERE/corpus/$t" ] && seeds=("$HERE/corpus/$t")
+  cargo fuzz run "${FLAGS[@]}" "$t" "$work" ${seeds[@]+"${seeds[@]}"} -- \
       -max_total_time="$SECONDS_PER_TARGET" -print_final_stats=1 -timeout=10 -rss_limit_mb=2048 \
       >"$log" 2>&1
   rc=$?

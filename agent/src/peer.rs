@@ -11,11 +11,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use loco_shared::bitrate::BitrateController;
+use loco_shared::feedback::{Decision, KeyframeReason, LossSource, RateCause, ViewerFeedback, POLL_INTERVAL};
 use loco_shared::protocol::{INPUT_CHANNEL_LABEL, MAX_MESSAGE_BYTES};
 use loco_shared::ratelimit::TokenBucket;
-use loco_shared::retransmit::{ntp_middle32, rtt_from_report, Outcome, RetransmitConfig, Retransmitter};
-use loco_shared::twcc::TwccLoss;
+use loco_shared::retransmit::{ntp_middle32, rtt_from_report, Outcome, RetransmitConfig};
 use loco_shared::InputMessage;
 use tokio::sync::mpsc;
 use webrtc::api::interceptor_registry::configure_twcc_sender_only;
@@ -114,10 +113,11 @@ fn capability(codec: Codec, profile: &str) -> RTCRtpCodecCapability {
 
 /// RTCP reports, as `webrtc`'s defaults but with sender reports every 2 s instead of every
 /// second (on an idle desktop they are most of what is sent); transport-wide sequence numbers
-/// on every packet sent, for viewers' TWCC feedback (see [`TwccLoss`]); and without `webrtc`'s NACK
-/// responder: that one resends every NACKed packet from an 8192-packet buffer as often as it is
-/// asked, which on a lossy, reordering path multiplied the traffic 3.5 times. Each session
-/// answers NACKs itself ([`Retransmitter`]: once per round trip, within a byte budget).
+/// on every packet sent, for viewers' TWCC feedback (see [`loco_shared::twcc::TwccLoss`]); and
+/// without `webrtc`'s NACK responder: that one resends every NACKed packet from an 8192-packet
+/// buffer as often as it is asked, which on a lossy, reordering path multiplied the traffic 3.5
+/// times. Each session answers NACKs itself ([`ViewerFeedback`]: once per round trip, within a
+/// byte budget).
 /// The codecs still advertise `nack` and `nack pli` (see [`feedback`]).
 fn interceptors(media: &mut MediaEngine) -> webrtc::error::Result<Registry> {
     use webrtc::interceptor::report::receiver::ReceiverReport;
@@ -213,9 +213,9 @@ pub struct ViewerSession {
     pc: Arc<RTCPeerConnection>,
     closed: AtomicBool,
     streaming: AtomicBool,
-    /// Packets sent to this viewer, kept a moment for NACKed resends; shared by the frame
-    /// writer and the RTCP reader. Times are from `origin`.
-    resend: Arc<Mutex<Retransmitter<RtpPacket>>>,
+    /// The viewer's feedback loop, holding the packets sent to it a moment for NACKed resends;
+    /// shared by the frame writer and the RTCP reader. Times are from `origin`.
+    feedback: Arc<Mutex<ViewerFeedback<RtpPacket>>>,
     origin: Instant,
 }
 
@@ -295,7 +295,11 @@ impl Viewers {
                     pc: pc.clone(),
                     closed: AtomicBool::new(false),
                     streaming: AtomicBool::new(false),
-                    resend: Arc::new(Mutex::new(Retransmitter::new(RetransmitConfig::default()))),
+                    feedback: Arc::new(Mutex::new(ViewerFeedback::new(
+                        RetransmitConfig::default(),
+                        self.limits.min_bitrate_kbps,
+                        self.limits.max_bitrate_kbps,
+                    ))),
                     origin: Instant::now(),
                 });
                 self.attach(&session, track, sender, role);
@@ -347,42 +351,65 @@ impl Viewers {
         role: Role,
     ) {
         let codec = session.codec;
-        // RTCP from the viewer: keyframe requests; NACKs, answered from the session's resend
-        // buffer (a NACK for a packet that can no longer be resent asks for a keyframe, at
-        // most once a second); TWCC feedback, the loss before retransmission that drives this
-        // viewer's loss-based bitrate controller; receiver reports, which give the round-trip
-        // time (a standing queue, RTT well above the path's base, cuts the rate too) and, for
-        // a viewer that sends no TWCC, pace the fallback loss measure: the share of packets it
-        // NACKed, or its reports' loss after retransmission if larger.
+        // RTCP from the viewer, turned into plain events for its feedback loop
+        // (`ViewerFeedback`: keyframe requests, NACKs answered from the resend buffer, TWCC and
+        // receiver reports driving the bitrate), whose decisions are carried out here.
         // Reading also drives the interceptors (reports).
         let pipelines = self.pipelines.clone();
         let metrics = self.metrics.clone();
         let nacked = metrics.nack_packets.with_label_values(&[codec.label()]);
+        let dequeued = metrics.retransmits_dequeued.with_label_values(&[codec.label()]);
         let viewer = session.number;
-        let mut rate = BitrateController::new(self.limits.min_bitrate_kbps, self.limits.max_bitrate_kbps);
-        let resend = session.resend.clone();
+        let feedback = session.feedback.clone();
         let origin = session.origin;
         let resend_track = track.clone();
         tokio::spawn(async move {
             let outcomes = Outcome::ALL.map(|o| metrics.retransmits.with_label_values(&[codec.label(), o.label()]));
-            let mut again: Vec<RtpPacket> = Vec::new();
-            let mut twcc = TwccLoss::default();
-            let mut twcc_seen = false;
-            // What this viewer was sent, for the send rate over each loss sample.
-            let mut sent_mark = (Duration::ZERO, 0u64);
-            let mut sent_kbps = move |now: Duration, bytes: u64| {
-                let (t, b) = std::mem::replace(&mut sent_mark, (now, bytes));
-                let secs = now.saturating_sub(t).as_secs_f64();
-                (secs > 0.2).then(|| bytes.saturating_sub(b) as f64 * 8.0 / 1000.0 / secs)
+            let carry_out = |decisions: Vec<Decision<RtpPacket>>| {
+                let mut resends = Vec::new();
+                for decision in decisions {
+                    match decision {
+                        Decision::Resend { packet, dequeued: was_queued } => {
+                            if was_queued {
+                                dequeued.inc();
+                            }
+                            resends.push(packet);
+                        }
+                        Decision::Keyframe(reason) => pipelines.request_keyframe(codec, keyframe_cause(reason)),
+                        Decision::Bitrate { kbps, cause } => {
+                            match cause {
+                                RateCause::Twcc { loss, sent_kbps } => {
+                                    tracing::debug!(viewer, kbps, loss, sent = ?sent_kbps, "viewer bitrate (TWCC)")
+                                }
+                                RateCause::Nacks { nacked, reported, rtt, .. } => {
+                                    tracing::debug!(viewer, kbps, nacked, reported, ?rtt, "viewer bitrate (NACKs)")
+                                }
+                                RateCause::Queue { rtt } => {
+                                    tracing::debug!(viewer, kbps, ?rtt, "viewer bitrate (queueing delay)")
+                                }
+                            }
+                            pipelines.set_viewer_bitrate(codec, viewer, kbps);
+                        }
+                        Decision::Nacked(outcome) => {
+                            nacked.inc();
+                            outcomes[outcome as usize].inc();
+                        }
+                        Decision::QueueExpired(n) => outcomes[Outcome::Expired as usize].inc_by(n as u64),
+                        Decision::Loss { source, fraction } => {
+                            let source = match source {
+                                LossSource::Twcc => "twcc",
+                                LossSource::Nack => "nack",
+                            };
+                            metrics.loss_ratio.with_label_values(&[codec.label(), source]).set(fraction);
+                        }
+                        Decision::Rtt(rtt) => metrics.viewer_rtt_seconds.observe(rtt.as_secs_f64()),
+                    }
+                }
+                resends
             };
-            let mut repaired_at: Option<Duration> = None;
-            // One keyframe once a lossy spell is over (no NACK for 1.5 s): a frame the viewer
-            // never got whole may still be referenced, and not every receiver asks (aiortc
-            // asks only when a later packet arrives, so a still screen stays broken).
-            let mut nacked_at: Option<Duration> = None;
             // Resends the budget queued go out from this timer too, so they leave even when the
-            // viewer sends nothing more.
-            let mut tick = tokio::time::interval(Duration::from_millis(20));
+            // viewer sends nothing more; it also ends lossy spells.
+            let mut tick = tokio::time::interval(POLL_INTERVAL);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             // One read in flight across ticks: a tick never cancels a read half-way.
             let mut reading = Box::pin(sender.read_rtcp());
@@ -397,112 +424,33 @@ impl Viewers {
                     }
                     _ = tick.tick() => Vec::new(),
                 };
-                if nacked_at.is_some_and(|t| origin.elapsed().saturating_sub(t) >= Duration::from_millis(1500)) {
-                    nacked_at = None;
-                    pipelines.request_keyframe(codec, KeyframeCause::AfterLoss);
-                }
-                let polled = {
-                    let mut held = lock(&resend);
-                    held.has_queued().then(|| held.poll(origin.elapsed()))
-                };
-                if let Some(polled) = polled {
-                    outcomes[Outcome::Expired as usize].inc_by(polled.expired as u64);
-                    let now = origin.elapsed();
-                    if polled.expired > 0 && repaired_at.is_none_or(|t| now.saturating_sub(t) >= Duration::from_secs(1))
-                    {
-                        repaired_at = Some(now);
-                        pipelines.request_keyframe(codec, KeyframeCause::Unrecoverable);
-                    }
-                    for packet in polled.resend {
-                        metrics.retransmits_dequeued.with_label_values(&[codec.label()]).inc();
-                        if let Err(e) = resend_track.write_rtp(&packet).await {
-                            tracing::trace!(error = %e, "resend failed");
-                        }
-                    }
-                }
+                let polled = lock(&feedback).poll(origin.elapsed());
+                send_again(&resend_track, carry_out(polled)).await;
                 for p in packets {
                     let any = p.as_any();
-                    if any.downcast_ref::<PictureLossIndication>().is_some() {
-                        pipelines.request_keyframe(codec, KeyframeCause::Pli);
+                    let decisions = if any.downcast_ref::<PictureLossIndication>().is_some() {
+                        lock(&feedback).on_pli()
                     } else if any.downcast_ref::<FullIntraRequest>().is_some() {
-                        pipelines.request_keyframe(codec, KeyframeCause::Fir);
+                        lock(&feedback).on_fir()
                     } else if let Some(nack) = any.downcast_ref::<TransportLayerNack>() {
-                        let now = origin.elapsed();
-                        nacked_at = Some(now);
-                        let mut unrecoverable = false;
-                        {
-                            let mut held = lock(&resend);
-                            for seq in nack.nacks.iter().flat_map(|pair| pair.into_iter()) {
-                                nacked.inc();
-                                let (outcome, packet) = held.on_nack(seq, now);
-                                outcomes[outcome as usize].inc();
-                                unrecoverable |= outcome.needs_keyframe();
-                                again.extend(packet);
-                            }
-                        }
-                        if unrecoverable && repaired_at.is_none_or(|t| now.saturating_sub(t) >= Duration::from_secs(1))
-                        {
-                            repaired_at = Some(now);
-                            pipelines.request_keyframe(codec, KeyframeCause::Unrecoverable);
-                        }
-                        for packet in again.drain(..) {
-                            if let Err(e) = resend_track.write_rtp(&packet).await {
-                                tracing::trace!(error = %e, "resend failed");
-                            }
-                        }
+                        let seqs = nack.nacks.iter().flat_map(|pair| pair.into_iter());
+                        lock(&feedback).on_nack(seqs, origin.elapsed())
                     } else if let Some(cc) = any.downcast_ref::<TransportLayerCc>() {
-                        let now = origin.elapsed();
-                        twcc_seen = true;
-                        twcc.on_feedback(cc.base_sequence_number, twcc_statuses(cc), now);
-                        if let Some(sample) = twcc.take_sample(now, Duration::from_secs(1)) {
-                            metrics.loss_ratio.with_label_values(&[codec.label(), "twcc"]).set(sample.fraction);
-                            let sent = sent_kbps(now, lock(&resend).bytes_out());
-                            if let Some(kbps) = rate.on_loss(now, sample.fraction, sent) {
-                                tracing::debug!(viewer, kbps, loss = sample.fraction, ?sent, "viewer bitrate (TWCC)");
-                                pipelines.set_viewer_bitrate(codec, viewer, kbps);
-                            }
-                        }
+                        lock(&feedback).on_twcc(cc.base_sequence_number, twcc_statuses(cc), origin.elapsed())
                     } else if let Some(rr) = any.downcast_ref::<ReceiverReport>() {
                         let wall =
                             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+                        let mut decisions = Vec::new();
                         for report in &rr.reports {
-                            let now = origin.elapsed();
                             let rtt = rtt_from_report(ntp_middle32(wall), report.last_sender_report, report.delay);
-                            let (share, bytes_out) = {
-                                let mut held = lock(&resend);
-                                if let Some(rtt) = rtt {
-                                    held.on_rtt(rtt);
-                                }
-                                (held.take_nacked_share(now, Duration::from_millis(900)), held.bytes_out())
-                            };
-                            if let Some(rtt) = rtt {
-                                metrics.viewer_rtt_seconds.observe(rtt.as_secs_f64());
-                                if let Some(kbps) = rate.on_rtt(now, rtt) {
-                                    tracing::debug!(viewer, kbps, ?rtt, "viewer bitrate (queueing delay)");
-                                    pipelines.set_viewer_bitrate(codec, viewer, kbps);
-                                }
-                            }
-                            if twcc_seen {
-                                continue;
-                            }
-                            let reported = f64::from(report.fraction_lost) / 256.0;
-                            let Some(share) = share else { continue };
-                            let loss = share.fraction.max(reported);
-                            metrics.loss_ratio.with_label_values(&[codec.label(), "nack"]).set(loss);
-                            let sent = sent_kbps(now, bytes_out);
-                            if let Some(kbps) = rate.on_loss(now, loss, sent) {
-                                tracing::debug!(
-                                    viewer,
-                                    kbps,
-                                    nacked = share.fraction,
-                                    reported,
-                                    ?rtt,
-                                    "viewer bitrate (NACKs)"
-                                );
-                                pipelines.set_viewer_bitrate(codec, viewer, kbps);
-                            }
+                            let now = origin.elapsed();
+                            decisions.extend(lock(&feedback).on_receiver_report(rtt, report.fraction_lost, now));
                         }
-                    }
+                        decisions
+                    } else {
+                        Vec::new()
+                    };
+                    send_again(&resend_track, carry_out(decisions)).await;
                 }
             }
         });
@@ -617,7 +565,7 @@ impl Viewers {
             return;
         }
         let frames = self.pipelines.subscribe(session.codec, session.number);
-        let held = Held { packets: session.resend.clone(), origin: session.origin };
+        let held = Held { feedback: session.feedback.clone(), origin: session.origin };
         tokio::spawn(write_frames(frames, track, session.codec, self.metrics.clone(), held));
     }
 
@@ -735,8 +683,26 @@ fn twcc_statuses(cc: &TransportLayerCc) -> impl Iterator<Item = bool> + '_ {
 
 /// Where a session keeps what it sent, for resends.
 struct Held {
-    packets: Arc<Mutex<Retransmitter<RtpPacket>>>,
+    feedback: Arc<Mutex<ViewerFeedback<RtpPacket>>>,
     origin: Instant,
+}
+
+/// Writes packets a viewer's feedback loop decided to send again.
+async fn send_again(track: &TrackLocalStaticRTP, packets: Vec<RtpPacket>) {
+    for packet in packets {
+        if let Err(e) = track.write_rtp(&packet).await {
+            tracing::trace!(error = %e, "resend failed");
+        }
+    }
+}
+
+fn keyframe_cause(reason: KeyframeReason) -> KeyframeCause {
+    match reason {
+        KeyframeReason::Pli => KeyframeCause::Pli,
+        KeyframeReason::Fir => KeyframeCause::Fir,
+        KeyframeReason::Unrecoverable => KeyframeCause::Unrecoverable,
+        KeyframeReason::AfterLoss => KeyframeCause::AfterLoss,
+    }
 }
 
 /// Packetises frames for one viewer and writes them to its track.
@@ -784,7 +750,7 @@ async fn write_frames(
             match track.write_rtp(&packet).await {
                 Ok(_) => {
                     let (seq, bytes) = (packet.header.sequence_number, packet.payload.len() + 12);
-                    lock(&held.packets).on_sent(seq, packet, bytes, held.origin.elapsed());
+                    lock(&held.feedback).on_sent(seq, packet, bytes, held.origin.elapsed());
                 }
                 Err(e) => {
                     // Not yet connected, or gone: the frame is lost for this viewer only.

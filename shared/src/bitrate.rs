@@ -1,8 +1,8 @@
 //! Loss-based bitrate control for one viewer (the classic rule of libwebrtc's loss-based
 //! controller), fed once a second or so with the loss the viewer saw. The agent feeds it the
 //! loss before retransmission from the viewer's TWCC feedback ([`crate::twcc`]) when the viewer
-//! sends it (Chromium does), else the `fraction lost` of its RTCP receiver reports (loss after
-//! retransmission: what a receiver without TWCC can tell):
+//! sends it (Chromium does), else the share of its packets the viewer NACKed (or the `fraction
+//! lost` of its receiver reports when that is larger); [`crate::feedback`] decides which:
 //!
 //! - more than 10 % lost: cut the rate by half the loss (`rate × (1 − loss/2)`), and to what
 //!   got through when the send rate is known; several signals within one `min_interval` cut

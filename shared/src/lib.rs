@@ -5,7 +5,10 @@
 //! `wasm32-unknown-unknown` and tests natively without a network.
 //!
 //! - [`protocol`]: the JSON messages a viewer sends on the `input` data channel.
-//! - [`bitrate`]: loss-based bitrate control (from TWCC feedback, else receiver reports).
+//! - [`bitrate`]: loss-based bitrate control (from TWCC feedback, else the NACKed share), and
+//!   cuts on a standing queue (RTT above the path's base).
+//! - [`feedback`]: the agent's feedback loop for one viewer: RTCP (PLI/FIR, NACKs, TWCC,
+//!   receiver reports) in; resends, keyframe requests and bitrate decisions out.
 //! - [`retransmit`]: which NACKed packets to resend (held, not too soon, within a byte
 //!   budget), RTT from receiver reports.
 //! - [`twcc`]: loss before retransmission from transport-wide congestion control feedback.
@@ -22,6 +25,7 @@
 pub mod bitrate;
 pub mod config;
 pub mod controller;
+pub mod feedback;
 pub mod geom;
 pub mod keys;
 pub mod layout;
