@@ -30,10 +30,10 @@ import numpy as np  # noqa: E402
 import latency_pattern  # noqa: E402
 from loco_testkit.serial import SerialConsole  # noqa: E402
 from loco_testkit.standin import image_dir  # noqa: E402
+from loco_testkit.paths import agent_binary  # noqa: E402
 from e2e_util import free_port, http_request, kill_group, parse_metrics, sdp_candidates, spawn, wait_until  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-CACHE = Path(os.environ.get("LOCO_CACHE") or Path.home() / ".cache" / "loco")
 
 
 # ---- /proc ---------------------------------------------------------------------------------
@@ -424,14 +424,6 @@ def pct(values, q: float) -> float:
 
 # ---- instances -----------------------------------------------------------------------------
 
-def agent_binary() -> Path:
-    env = os.environ.get("LOCO_AGENT_BIN")
-    if env:
-        return Path(env)
-    target = os.environ.get("CARGO_TARGET_DIR") or CACHE / "target"
-    return Path(target) / "release" / "loco-agent"
-
-
 @dataclass
 class Instance:
     """One desktop: a VNC server, its workload, one loco-agent."""
@@ -484,7 +476,7 @@ class XvncInstance(Instance):
     """TigerVNC Xvnc 1024x768x24 (a real VNC server and X server), X clients on the host."""
 
     def start(self) -> "XvncInstance":
-        from xhelpers import Xvnc
+        from loco_testkit.xvnc import Xvnc
         self.x = Xvnc(self.work).start()
         self.server, self.display, self.vnc_port = self.x.proc, self.x.display, self.x.port
         self.vnc_arg = f"127.0.0.1:{self.x.port}"

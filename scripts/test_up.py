@@ -26,6 +26,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from loco_testkit.paths import agent_binary as agent_bin
 
 HERE = Path(__file__).resolve().parent
 UP = HERE / "up.py"
@@ -39,14 +40,6 @@ CHROMIUM_ARGS = [
 READY_TIMEOUT = 420
 LIVE_TIMEOUT = 180
 STANDIN = Path(os.environ.get("LOCO_CACHE") or os.path.expanduser("~/.cache/loco")) / "standin"
-
-
-def agent_bin() -> Path:
-    env = os.environ.get("LOCO_AGENT_BIN")
-    if env:
-        return Path(env)
-    base = os.environ.get("LOCO_CACHE") or os.path.expanduser("~/.cache/loco")
-    return Path(os.environ.get("CARGO_TARGET_DIR") or os.path.join(base, "target")) / "release" / "loco-agent"
 
 
 def _require(missing: bool, reason: str):

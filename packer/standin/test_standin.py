@@ -42,18 +42,10 @@ from loco_testkit.procs import kill_group  # noqa: E402
 from loco_testkit.desktop import (START_BUTTON, close, desktop_stats, guest_pointer, looks_like_icewm,  # noqa: E402
                                   start_menu_open)
 from loco_testkit.standin import BOOT_TIMEOUT, PROFILE, StandinVM, image_dir, missing_files  # noqa: E402
+from loco_testkit.paths import agent_binary  # noqa: E402
 
-CACHE = Path(os.environ.get("LOCO_CACHE") or Path.home() / ".cache" / "loco")
 IMAGE_DIR = image_dir()
 W, H = PROFILE["screen"]
-
-
-def agent_binary() -> Path:
-    env = os.environ.get("LOCO_AGENT_BIN")
-    if env:
-        return Path(env)
-    target = os.environ.get("CARGO_TARGET_DIR") or CACHE / "target"
-    return Path(target) / "release" / "loco-agent"
 
 
 @pytest.fixture(scope="module")

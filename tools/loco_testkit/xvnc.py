@@ -11,7 +11,8 @@ import threading
 import time
 from pathlib import Path
 
-from e2e_util import free_port, kill_group, port_accepts, spawn, wait_port, wait_until
+from .procs import kill_group, spawn
+from .waits import free_port, port_accepts, wait_port, wait_until
 
 WIDTH, HEIGHT = 1024, 768
 _used_displays: set[int] = set()

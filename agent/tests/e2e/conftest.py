@@ -18,7 +18,8 @@ GUEST_DIR = HERE.parents[2] / "packer" / "testpattern"
 
 from e2e_util import (HttpResponse, ProcessExited, free_port, http_request, kill_all_groups,  # noqa: E402
                       kill_group, parse_metrics, spawn, tail, wait_port, wait_until)
-from xhelpers import Xvnc  # noqa: E402
+from loco_testkit.paths import agent_binary as agent_binary_path  # noqa: E402
+from loco_testkit.xvnc import Xvnc  # noqa: E402
 
 # ------------------------------------------------------------------ report log sections
 
@@ -70,14 +71,6 @@ def port():
 
 
 # ------------------------------------------------------------------ agent binary
-
-
-def agent_binary_path() -> Path:
-    env = os.environ.get("LOCO_AGENT_BIN")
-    if env:
-        return Path(env)
-    target = os.environ.get("CARGO_TARGET_DIR") or os.path.expanduser("~/.cache/loco/target")
-    return Path(target) / "release" / "loco-agent"
 
 
 @pytest.fixture(scope="session")

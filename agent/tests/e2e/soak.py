@@ -40,15 +40,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 from e2e_util import free_port, http_request, kill_group, spawn, tail, wait_until  # noqa: E402
-from xhelpers import Xvnc  # noqa: E402
-
-
-def agent_binary() -> Path:
-    env = os.environ.get("LOCO_AGENT_BIN")
-    if env:
-        return Path(env)
-    target = os.environ.get("CARGO_TARGET_DIR") or os.path.expanduser("~/.cache/loco/target")
-    return Path(target) / "release" / "loco-agent"
+from loco_testkit.paths import agent_binary  # noqa: E402
+from loco_testkit.xvnc import Xvnc  # noqa: E402
 
 
 def proc_sample(pid: int) -> dict:

@@ -6,7 +6,7 @@ import pytest
 
 from e2e_util import parse_metrics
 from rfb_min import RfbClient
-from xhelpers import write_noise_xbm
+from loco_testkit.xvnc import write_noise_xbm
 
 pytestmark = [pytest.mark.noagent, pytest.mark.timeout(60)]
 

@@ -10,7 +10,7 @@ import pytest
 from checks import make_offer, wait_metric
 from e2e_util import wait_until
 from whep_aiortc import WhepError
-from xhelpers import Animator
+from loco_testkit.xvnc import Animator
 
 SDP = {"Content-Type": "application/sdp"}
 

@@ -8,7 +8,7 @@ import pytest
 
 from checks import W, H, frame_is, wait_metric
 from e2e_util import kill_group
-from xhelpers import Animator
+from loco_testkit.xvnc import Animator
 
 CODECS = ["h264", "vp8"]
 MIME = {"h264": "H264", "vp8": "VP8"}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from checks import wait_metric
-from xhelpers import Animator
+from loco_testkit.xvnc import Animator
 
 
 @pytest.mark.chromium

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from checks import W, H, frame_is, wait_metric
-from xhelpers import Xvnc, write_noise_xbm
+from loco_testkit.xvnc import Xvnc, write_noise_xbm
 
 BAD_STATES = {"failed", "closed"}
 
