@@ -1,7 +1,7 @@
 /**
  * A TigerVNC Xvnc desktop (1024x768x24, no auth, shared, localhost) and the X clients the tests
  * use on it: xdotool (pointer read-back), xev (button log), xterm running `cat > FILE` (typed
- * keys), xsetroot (screen changes). Mirrors agent/tests/e2e/xhelpers.py.
+ * keys), xsetroot (screen changes). Mirrors tools/loco_testkit/xvnc.py (same names).
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
