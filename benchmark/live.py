@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -28,8 +25,7 @@ ROOT = HERE.parent
 import numpy as np  # noqa: E402
 
 import latency_pattern  # noqa: E402
-from loco_testkit.serial import SerialConsole  # noqa: E402
-from loco_testkit.standin import image_dir  # noqa: E402
+from loco_testkit.standin import StandinVM, image_dir  # noqa: E402
 from loco_testkit.paths import agent_binary  # noqa: E402
 from e2e_util import free_port, http_request, kill_group, parse_metrics, sdp_candidates, spawn, wait_until  # noqa: E402
 
@@ -512,40 +508,23 @@ def standin_dir() -> Path:
 
 
 class StandinInstance(Instance):
-    """The IceWM stand-in desktop (packer/standin) in QEMU on a throw-away overlay; its VNC
-    server on a Unix socket, its serial console on another (the workload is started there)."""
+    """The IceWM stand-in desktop (packer/standin) in QEMU on a throw-away overlay
+    (loco_testkit.standin); its VNC server on a Unix socket, its serial console on another (the
+    workload is started there)."""
 
     def start(self, accel: str) -> "StandinInstance":
-        import qemuargs
-        img_dir = standin_dir()
-        prof = qemuargs.profile("standin")
-        image = img_dir / prof["image"]
-        if not image.is_file():
-            raise RuntimeError(f"the stand-in image is not built ({image}): sudo packer/standin/build.sh")
-        self.sockdir = Path(tempfile.mkdtemp(prefix="lb-", dir="/tmp"))  # short: sun_path is 108 bytes
-        overlay = self.work / "overlay.qcow2"
-        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(image), "-F", "qcow2", str(overlay)],
-                       check=True)
-        vnc, ser = self.sockdir / "vnc", self.sockdir / "ser"
-        argv = qemuargs.qemu_argv("standin", disk=str(overlay), image_dir=str(img_dir), accel=accel,
-                                  vnc=f"unix:{vnc}", serial=f"unix:{ser},server=on,wait=off",
-                                  qemu_name=f"loco-bench-{self.name}")
-        self.server = spawn(argv, log_path=self.work / "qemu.log", name=f"{self.name} QEMU")
-        wait_until(lambda: ser.exists() or self.server.poll() is not None, 20, 0.02, "QEMU serial socket")
-        if self.server.poll() is not None:
-            raise RuntimeError(f"QEMU exited: {(self.work / 'qemu.log').read_text()[-2000:]}")
-        self.console = SerialConsole(str(ser))
-        self.vnc_arg = f"unix:{vnc}"
-        self.ready_marker = prof["ready_marker"]
+        try:
+            self.vm = StandinVM(f"loco-bench-{self.name}", work=self.work, accel=accel).start()
+        except FileNotFoundError as e:
+            raise RuntimeError(str(e)) from None
+        self.server = self.vm.proc
+        self.console = self.vm.console
+        self.vnc_arg = self.vm.vnc
         return self
 
     def wait_desktop(self, timeout: float) -> None:
-        self.console.wait_for(re.escape(self.ready_marker), timeout, alive=lambda: self.server.poll() is None)
+        self.vm.wait_ready(timeout)
 
     def stop(self) -> None:
-        try:
-            self.console.close()
-        except Exception:  # noqa: BLE001
-            pass
         super().stop()
-        shutil.rmtree(self.sockdir, ignore_errors=True)
+        self.vm.stop()
