@@ -60,7 +60,7 @@ def test_image_identity(tmp_path):
     assert vmstate.image_identity(str(standin)) == "standin recipe 0123abcd"
 
 
-def _fake_state(d: Path, key: str, what: dict, stream=b"S" * 100):
+def _write_state(d: Path, key: str, what: dict, stream=b"S" * 100):
     d.mkdir(parents=True, exist_ok=True)
     (d / vmstate.STATE_FILE).write_bytes(stream)
     (d / vmstate.DISK_FILE).write_bytes(b"")
@@ -71,7 +71,7 @@ def test_lookup_says_why_a_state_does_not_fit(tmp_path):
     key, what = vmstate.make_key(qemu_version="QEMU 10.0.2", argv_shape=["-m", "512"], image="img 1")
     d = tmp_path / "state"
     assert vmstate.lookup(d, key, what) == (None, "there is no saved state yet")
-    _fake_state(d, key, what)
+    _write_state(d, key, what)
     st, why = vmstate.lookup(d, key, what)
     assert st is not None and why == "fits" and st.incoming() == ["-incoming", f"file:{d / 'state.mig'}"]
     for change, reason in (({"qemu_version": "QEMU 11"}, "QEMU changed (QEMU 10.0.2 → QEMU 11)"),
@@ -93,7 +93,7 @@ def test_an_abandoned_save_leaves_nothing_and_keeps_the_old_state(tmp_path):
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "16M"], check=True)
     d = tmp_path / "state"
     key, what = vmstate.make_key(qemu_version="Q", argv_shape=[], image="i")
-    _fake_state(d, key, what)
+    _write_state(d, key, what)
     s = vmstate.Saving(d, str(image), "qcow2")
     info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", str(s.disk)], capture_output=True,
                                      text=True, check=True).stdout)
