@@ -44,7 +44,9 @@ impl Rect {
         let y = self.y.min(other.y);
         let right = self.right().max(other.right());
         let bottom = self.bottom().max(other.bottom());
-        Rect::new(x, y, (right - u64::from(x)) as u32, (bottom - u64::from(y)) as u32)
+        // A box wider than u32 can say is clamped to the widest one (never wrapped to a narrow one).
+        let span = |far: u64, near: u32| (far - u64::from(near)).min(u64::from(u32::MAX)) as u32;
+        Rect::new(x, y, span(right, x), span(bottom, y))
     }
 
     /// The part of `self` inside a `width` × `height` desktop (empty when none is).
@@ -70,9 +72,14 @@ impl Rect {
         }
         let x = self.x & !1;
         let y = self.y & !1;
-        let right = (self.right() + 1) & !1;
-        let bottom = (self.bottom() + 1) & !1;
-        Rect::new(x, y, (right - u64::from(x)) as u32, (bottom - u64::from(y)) as u32).clipped_to(width, height)
+        // Clipped before narrowing to u32: rounding a rect reaching 2^32 up to even must not
+        // wrap its width to 0 (found by the framebuffer_ops fuzz target).
+        let right = ((self.right() + 1) & !1).min(u64::from(width));
+        let bottom = ((self.bottom() + 1) & !1).min(u64::from(height));
+        if u64::from(x) >= right || u64::from(y) >= bottom {
+            return Rect::default();
+        }
+        Rect::new(x, y, (right - u64::from(x)) as u32, (bottom - u64::from(y)) as u32)
     }
 }
 
@@ -136,5 +143,18 @@ mod tests {
         d.add(Rect::new(9, 9, 1, 1));
         assert_eq!(d.take(), Some(Rect::new(0, 0, 10, 10)));
         assert!(d.is_empty());
+    }
+
+    #[test]
+    fn huge_rects_do_not_wrap() {
+        let huge = Rect::new(0, 255, u32::MAX, 3_149_642_683);
+        let damage = Rect::new(3, 2, 10, 5);
+        let band = damage.union(&huge);
+        assert_eq!(band, Rect::new(0, 2, u32::MAX, 3_149_642_936));
+        // Rounded to even it reaches 2^32: still the whole 33x17 desktop from row 2, not nothing.
+        assert_eq!(band.aligned_to_chroma(33, 17), Rect::new(0, 2, 33, 15));
+        let far = Rect::new(u32::MAX, u32::MAX, u32::MAX, u32::MAX);
+        assert_eq!(Rect::new(0, 0, 1, 1).union(&far), Rect::new(0, 0, u32::MAX, u32::MAX));
+        assert_eq!(far.aligned_to_chroma(1024, 768), Rect::default());
     }
 }
