@@ -35,8 +35,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from e2e_util import free_port, http_request, kill_group, parse_metrics, sdp_candidates, spawn, wait_port  # noqa: E402
-from whep_aiortc import LoopThread, SyncViewer  # noqa: E402
+from loco_testkit.httpio import http_request, parse_metrics  # noqa: E402
+from loco_testkit.procs import kill_group, spawn  # noqa: E402
+from loco_testkit.sdp import sdp_candidates  # noqa: E402
+from loco_testkit.agent import Agent  # noqa: E402
+from loco_testkit.xvnc import Xvnc  # noqa: E402
+from loco_testkit.whep_aiortc import LoopThread, SyncViewer  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -86,13 +90,6 @@ def metrics_of(url: str):
     return parse_metrics(http_request("GET", url + "/metrics").text)
 
 
-def start_xvnc(display: int, port: int, log: Path) -> subprocess.Popen:
-    p = spawn(["Xvnc", f":{display}", "-geometry", "1024x768", "-depth", "24", "-rfbport", str(port),
-               "-SecurityTypes", "None", "-localhost", "-AlwaysShared", "-nolisten", "tcp"], log_path=log)
-    wait_port(port, 15, p)
-    return p
-
-
 def pcap_bytes(path: Path) -> tuple[int, int]:
     """(packets, IP-layer bytes) in a pcap file written by tcpdump -i any (Linux cooked v1)."""
     data = path.read_bytes()
@@ -120,8 +117,6 @@ def main() -> int:
     ap.add_argument("--out", default=str(ROOT / "results" / "agent-figures.json"))
     args = ap.parse_args()
 
-    agent_bin = os.environ.get("LOCO_AGENT_BIN") or str(
-        Path(os.environ.get("CARGO_TARGET_DIR", Path.home() / ".cache/loco/target")) / "release/loco-agent")
     for tool in ("Xvnc", "ffplay", "ffmpeg", "x264", "tcpdump"):
         if not shutil.which(tool):
             print(f"agent_figures: {tool} is missing (./loco deps installs it)", file=sys.stderr)
@@ -139,21 +134,19 @@ def main() -> int:
         "source": "Xvnc 1024x768, ffplay testsrc2 1024x768 @ 30 fps",
     }
     try:
-        display = 60 + os.getpid() % 30
-        vnc_port = free_port()
-        procs.append(start_xvnc(display, vnc_port, work / "xvnc.log"))
-        env = dict(os.environ, DISPLAY=f":{display}", SDL_AUDIODRIVER="dummy")
+        x = Xvnc(work).start()
+        procs.append(x.proc)
+        display, vnc_port = x.display, x.port
+        env = dict(x.env, SDL_AUDIODRIVER="dummy")
         player = spawn(["ffplay", "-loglevel", "error", "-f", "lavfi", "-i", "testsrc2=size=1024x768:rate=30",
                         "-an", "-noborder", "-left", "0", "-top", "0", "-x", "1024", "-y", "768"],
                        env=env, log_path=work / "ffplay.log")
         procs.append(player)
-        listen = free_port()
-        agent = spawn([agent_bin, "--vnc", f"127.0.0.1:{vnc_port}", "--listen", f"127.0.0.1:{listen}",
-                       "--codec", args.codec, "--bitrate-kbps", str(args.bitrate_kbps)],
-                      log_path=work / "agent.log")
-        procs.append(agent)
-        url = f"http://127.0.0.1:{listen}"
-        wait_port(listen, 15, agent)
+        agent = Agent.start(f"127.0.0.1:{vnc_port}", work / "agent.log", codec=args.codec,
+                            extra_args=["--bitrate-kbps", args.bitrate_kbps], rust_log="warn")
+        procs.append(agent.proc)
+        url = agent.url
+        agent.wait_http(15)
         viewer = SyncViewer.connect(lt, url, codec=args.codec)
         viewer.wait_frames(30, timeout=30)
         time.sleep(3)  # warm-up

@@ -433,8 +433,8 @@ def check_tools(parts: list[str], backends: list[str], systems: list[str]) -> No
             if subprocess.run(["gst-inspect-1.0", el], capture_output=True).returncode != 0:
                 problems.append(f"GStreamer element {el} is missing (gstreamer1.0-plugins-bad/-ugly/-base)")
     if parts != ["codec"]:
-        import live
-        a = live.agent_binary()
+        from loco_testkit.paths import agent_binary
+        a = agent_binary()
         if not (a.is_file() and os.access(a, os.X_OK)):
             problems.append(f"loco-agent is not built at {a} (./loco build, or set LOCO_AGENT_BIN)")
         try:

@@ -3,7 +3,7 @@ the IceWM stand-in VM under QEMU), one loco-agent each, and aiortc viewers that 
 frame and read the latency pattern (latency_pattern.py) from it.
 
 Nothing is mocked: the agent is the built release binary, the viewers are aiortc peers on
-loopback (the e2e viewer, agent/tests/e2e/whep_aiortc.py), the VMs are QEMU with the stand-in
+loopback (the e2e viewer, tools/loco_testkit/whep_aiortc.py), the VMs are QEMU with the stand-in
 image. Every process runs in its own process group and is killed with it.
 """
 from __future__ import annotations
@@ -20,14 +20,16 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-# On PYTHONPATH (./loco bench and ./loco test set it): tools/ (the harness), packer/, packer/testpattern/,
-# agent/tests/e2e/.
+# On PYTHONPATH (./loco bench and ./loco test set it): tools/ (the harness), packer/, packer/testpattern/.
 import numpy as np  # noqa: E402
 
 import latency_pattern  # noqa: E402
 from loco_testkit.standin import StandinVM, image_dir  # noqa: E402
-from loco_testkit.paths import agent_binary  # noqa: E402
-from e2e_util import free_port, http_request, kill_group, parse_metrics, sdp_candidates, spawn, wait_until  # noqa: E402
+from loco_testkit.agent import Agent  # noqa: E402
+from loco_testkit.httpio import http_request, parse_metrics  # noqa: E402
+from loco_testkit.procs import kill_group, spawn  # noqa: E402
+from loco_testkit.sdp import sdp_candidates  # noqa: E402
+from loco_testkit.waits import wait_until  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -168,7 +170,7 @@ def udp_rcvbuf_errors() -> int:
 
 
 def make_viewer_class():
-    import whep_aiortc
+    from loco_testkit import whep_aiortc
     from aiortc.mediastreams import MediaStreamError
 
     class BenchViewer(whep_aiortc.WhepViewer):
@@ -427,35 +429,26 @@ class Instance:
     work: Path
     vnc_arg: str = ""             # what the agent's --vnc gets
     vnc_port: int | None = None   # TCP port of the VNC server (Xvnc), for the peers
-    agent: subprocess.Popen | None = None
-    agent_port: int = 0
+    agent: Agent | None = None
     server: subprocess.Popen | None = None  # Xvnc or QEMU
     clients: list = field(default_factory=list)  # workload processes on the host
     display: int | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.agent_port}"
+        return self.agent.url
 
     def start_agent(self, codec: str = "h264", extra: list[str] | None = None) -> None:
-        self.agent_port = free_port()
-        env = dict(os.environ)
-        env.setdefault("RUST_LOG", "warn")
-        self.agent = spawn([str(agent_binary()), "--vnc", self.vnc_arg, "--listen", f"127.0.0.1:{self.agent_port}",
-                            "--codec", codec, *(extra or [])], log_path=self.work / "agent.log", env=env,
-                           name=f"{self.name} agent")
+        self.agent = Agent.start(self.vnc_arg, self.work / "agent.log", codec=codec, extra_args=extra or (),
+                                 rust_log="warn", name=f"{self.name} agent")
+
+    def stop_agent(self) -> None:
+        if self.agent is not None:
+            self.agent.stop(grace=3)
+            self.agent = None
 
     def wait_agent(self, timeout: float, size=(1024, 768)) -> None:
-        def ok():
-            if self.agent.poll() is not None:
-                raise RuntimeError(f"{self.name}: loco-agent exited rc={self.agent.returncode}: "
-                                   + (self.work / "agent.log").read_text(errors="replace")[-1500:])
-            r = http_request("GET", self.url + "/healthz", timeout=2)
-            if r.status != 200:
-                return False
-            h = r.json()
-            return h.get("vnc_connected") and (h.get("width"), h.get("height")) == size
-        wait_until(ok, timeout, 0.2, f"{self.name}: agent /healthz with a {size[0]}x{size[1]} screen")
+        self.agent.wait_screen(size, timeout)
 
     def pids(self) -> dict[str, list[int]]:
         return {"agent": [self.agent.pid] if self.agent else [],
@@ -463,7 +456,8 @@ class Instance:
                 "clients": [c.pid for c in self.clients]}
 
     def stop(self) -> None:
-        for p in [self.agent, *reversed(self.clients), self.server]:
+        self.stop_agent()
+        for p in [*reversed(self.clients), self.server]:
             if p is not None:
                 kill_group(p, grace=3)
 

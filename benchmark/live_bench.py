@@ -296,8 +296,7 @@ def _compare_one(system: str, w: str, inst: live.XvncInstance, seconds: float, c
                 out.update(_click_figures(lat))
         finally:
             viewers.close()
-            live.kill_group(inst.agent, grace=3)
-            inst.agent = None
+            inst.stop_agent()
     elif receiver == "chromium":
         extra_pids = {}
         proxy = ws = None
@@ -357,9 +356,7 @@ def _compare_one(system: str, w: str, inst: live.XvncInstance, seconds: float, c
                 proxy.close()
             if ws:
                 live.kill_group(ws, grace=2)
-            if inst.agent is not None:
-                live.kill_group(inst.agent, grace=3)
-                inst.agent = None
+            inst.stop_agent()
     elif system == "gstreamer":
         g = peers.gstreamer_run(inst.vnc_port, seconds, inst.work)
         out = {"duration_s": g["wall_s"], "frames": g["frames"], "fps": g["frames"] / g["wall_s"],

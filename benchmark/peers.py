@@ -26,7 +26,8 @@ from pathlib import Path
 
 import latency_pattern as lp
 from live import ROOT, proc_cpu_seconds
-from e2e_util import free_port, kill_group, spawn, wait_port
+from loco_testkit.procs import kill_group, spawn
+from loco_testkit.waits import free_port, wait_port
 
 HERE = Path(__file__).resolve().parent
 NOVNC_DIR = Path(os.environ.get("LOCO_NOVNC_DIR", "/usr/share/novnc"))

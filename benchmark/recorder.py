@@ -38,7 +38,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from e2e_util import kill_group  # noqa: E402
+from loco_testkit.procs import kill_group  # noqa: E402
 from loco_testkit.xvnc import Xvnc, require_tools  # noqa: E402
 
 WORKLOADS = ["idle", "typing", "scroll", "drag", "video"]

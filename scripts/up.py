@@ -32,12 +32,28 @@ for your own image (it saves when the profile's ready line appears on the serial
 press Enter); later runs of --image DISK start from it (--from-state insists on it). --cold boots
 every VM cold.
 
-The parts live in scripts/loco_up/ (one module a job; run.py ties them together).
+The parts live in scripts/loco_up/ (one module a job; run.py ties them together). It uses
+packer/qemuargs.py and packer/vmstate.py (shared with the VM runner) and the test-pattern guest's
+packer/testpattern/testguest.py: `./loco up` puts both folders on PYTHONPATH; by hand,
+`PYTHONPATH=packer:packer/testpattern python3 scripts/up.py ...`.
 """
+import importlib.util
 import sys
 
-from loco_up.args import parse_args  # noqa: F401 (for callers that check the arguments alone)
-from loco_up.run import main
+_SIBLINGS = {"qemuargs": "packer", "vmstate": "packer", "testguest": "packer/testpattern"}
+
+
+def _siblings_missing() -> list[str]:
+    return sorted({d for m, d in _SIBLINGS.items() if importlib.util.find_spec(m) is None})
+
 
 if __name__ == "__main__":
+    missing = _siblings_missing()
+    if missing:
+        print(f"up.py: {' and '.join(missing)} must be on PYTHONPATH: start it as `./loco up ...`, or "
+              f"PYTHONPATH={':'.join(missing)} python3 scripts/up.py ... from the repository's root",
+              file=sys.stderr)
+        sys.exit(2)
+    from loco_up.run import main
+
     sys.exit(main())

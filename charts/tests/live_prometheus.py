@@ -1,6 +1,6 @@
 """monitoring/ against the real thing: Prometheus (Debian's binary, loopback, 1 s scrapes)
 scraping a real loco-agent that streams a real Xvnc desktop (its root window repainted ten
-times a second) to a real WebRTC viewer (aiortc, agent/tests/e2e/whep_aiortc.py).
+times a second) to a real WebRTC viewer (aiortc, tools/loco_testkit/whep_aiortc.py).
 
 The viewer goes through a local nginx configured the way ingress-nginx configures VM 0's
 Ingress of the rendered chart (regex location, `rewrite ... break` from rewrite-target,
@@ -20,8 +20,6 @@ import json
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -36,11 +34,14 @@ ap.add_argument("--work", required=True)
 ap.add_argument("--input", required=True,
                 help='JSON {"rules": <monitoring/rules/loco.rules.yaml>, "ingress": <VM 0\'s rendered Ingress>}')
 ap.add_argument("--dashboard", required=True)
-ap.add_argument("--e2e", required=True)
 a = ap.parse_args()
 INPUT = json.load(open(a.input))
-sys.path.insert(0, a.e2e)
-import whep_aiortc  # noqa: E402
+# The harness (tools/ on PYTHONPATH: charts/test.sh and ./loco set it).
+from loco_testkit import whep_aiortc  # noqa: E402
+from loco_testkit.agent import Agent  # noqa: E402
+from loco_testkit.procs import kill_all_groups, kill_group, spawn  # noqa: E402
+from loco_testkit.waits import free_port, port_accepts, wait_until  # noqa: E402
+from loco_testkit.xvnc import Xvnc  # noqa: E402
 
 W = Path(a.work)
 W.mkdir(parents=True, exist_ok=True)
@@ -59,40 +60,14 @@ def fail(name, why):
     print(f"FAIL {name}\n{why}", flush=True)
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start(name, cmd, **kw):
-    log = open(W / f"{name}.log", "w")
-    p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, **kw)
+    p = spawn(cmd, log_path=W / f"{name}.log", name=name, **kw)
     procs.append(p)
     return p
 
 
-def stop(p):
-    if p.poll() is None:
-        p.terminate()
-        try:
-            p.wait(5)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-
-
 def wait_for(what, fn, timeout=20.0, interval=0.2):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        try:
-            v = fn()
-            if v:
-                return v
-        except Exception:  # noqa: BLE001 - not up yet
-            pass
-        time.sleep(interval)
-    raise TimeoutError(f"{what} not ready after {timeout:.0f}s")
+    return wait_until(fn, timeout, interval, what)
 
 
 def http_get(url, timeout=5):
@@ -110,19 +85,13 @@ def query(expr):
     return body["data"]["result"]
 
 
-def tcp_open(port):
-    with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-        return True
-
-
 def main():
     global PROM
     # --- Xvnc with a changing screen
-    disp = next(n for n in range(40, 100) if not Path(f"/tmp/.X{n}-lock").exists() and not Path(f"/tmp/.X11-unix/X{n}").exists())
-    vnc_port, agent_port, nginx_port, prom_port = free_port(), free_port(), free_port(), free_port()
-    xvnc = start("xvnc", ["Xvnc", f":{disp}", "-geometry", "1024x768", "-rfbport", str(vnc_port),
-                          "-SecurityTypes", "None", "-localhost", "-nolisten", "tcp"])
-    wait_for("Xvnc", lambda: tcp_open(vnc_port))
+    xvnc = Xvnc(W).start()
+    procs.append(xvnc.proc)
+    disp, vnc_port = xvnc.display, xvnc.port
+    nginx_port, prom_port = free_port(), free_port()
     stop_anim = threading.Event()
 
     def animate():
@@ -136,8 +105,10 @@ def main():
     threading.Thread(target=animate, daemon=True).start()
 
     # --- the agent
-    agent = start("agent", [a.agent, "--vnc", f"127.0.0.1:{vnc_port}", "--listen", f"127.0.0.1:{agent_port}"])
-    wait_for("agent /healthz", lambda: '"vnc_connected":true' in http_get(f"http://127.0.0.1:{agent_port}/healthz"))
+    agent = Agent.start(f"127.0.0.1:{vnc_port}", W / "agent.log", binary=a.agent)
+    procs.append(agent.proc)
+    agent_port = agent.port
+    agent.wait_vnc(True, timeout=20)
 
     # --- nginx doing what ingress-nginx does for VM 0's Ingress
     ing = INPUT["ingress"]
@@ -168,7 +139,7 @@ http {{
 }}
 """)
     start("nginx", ["nginx", "-c", str(conf), "-p", str(W)])
-    wait_for("nginx", lambda: tcp_open(nginx_port))
+    wait_for("nginx", lambda: port_accepts(nginx_port))
 
     # --- Prometheus with the shipped rules (group intervals shortened to 1 s)
     rules = INPUT["rules"]
@@ -246,14 +217,14 @@ http {{
 
     # --- failures make the alert expressions return the VM
     stop_anim.set()
-    stop(xvnc)
+    xvnc.kill()
     vnc_alert = next(r["expr"] for g in rules["groups"] for r in g["rules"] if r.get("alert") == "LocoVNCDisconnected")
     try:
         res = wait_for("VNC alert", lambda: query(vnc_alert), timeout=15)
         ok(f"LocoVNCDisconnected expression returns {res[0]['metric'].get('vm')} once Xvnc is gone")
     except Exception as e:  # noqa: BLE001
         fail("LocoVNCDisconnected expression after stopping Xvnc", str(e))
-    stop(agent)
+    agent.stop(grace=5)
     down_alert = next(r["expr"] for g in rules["groups"] for r in g["rules"] if r.get("alert") == "LocoAgentDown")
     try:
         res = wait_for("agent-down alert", lambda: query(down_alert), timeout=15)
@@ -266,20 +237,11 @@ try:
     main()
 except Exception as e:  # noqa: BLE001
     fail("live test", f"{type(e).__name__}: {e}")
-    for f in ("agent", "prometheus", "nginx-error", "xvnc"):
-        p = W / f"{f}.log"
-        if p.exists():
-            print(f"--- {f}.log\n" + "\n".join(p.read_text().splitlines()[-10:]))
+    for p in sorted(W.glob("*.log")):
+        print(f"--- {p.name}\n" + "\n".join(p.read_text(errors="replace").splitlines()[-10:]))
 finally:
     for p in reversed(procs):
-        try:
-            os.killpg(p.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    for p in procs:
-        try:
-            p.wait(5)
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
+        kill_group(p, grace=5)
+    kill_all_groups()
     shutil.rmtree(W / "data", ignore_errors=True)
 sys.exit(1 if failed else 0)

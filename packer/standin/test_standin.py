@@ -5,7 +5,7 @@ through loco-agent, and drive its pointer.
 
 Needs the built image (packer/standin/build.sh; the tests FAIL, with that command, when it is
 missing), the loco-agent binary (./loco build), QEMU, and the venv's aiortc/numpy (the e2e
-viewer agent/tests/e2e/whep_aiortc.py). The VM runs on a throw-away overlay in a temp dir.
+viewer tools/loco_testkit/whep_aiortc.py). The VM runs on a throw-away overlay in a temp dir.
 
 What is checked:
 - the guest says its desktop is up (serial marker) within the boot timeout, at 1024x768;
@@ -19,15 +19,11 @@ What is checked:
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
-import socket
-import subprocess
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -36,12 +32,12 @@ import pytest
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 
-# On PYTHONPATH (./loco test sets it): tools/ (the harness), packer/, packer/testpattern/, agent/tests/e2e/.
+# On PYTHONPATH (./loco test sets it): tools/ (the harness), packer/, packer/testpattern/.
 import rfbgrab  # noqa: E402
-from loco_testkit.procs import kill_group  # noqa: E402
 from loco_testkit.desktop import (START_BUTTON, close, desktop_stats, guest_pointer, looks_like_icewm,  # noqa: E402
                                   start_menu_open)
 from loco_testkit.standin import BOOT_TIMEOUT, PROFILE, StandinVM, image_dir, missing_files  # noqa: E402
+from loco_testkit.agent import Agent  # noqa: E402
 from loco_testkit.paths import agent_binary  # noqa: E402
 
 IMAGE_DIR = image_dir()
@@ -75,45 +71,22 @@ def vm(image):
         sv.stop()
 
 
-def healthz(port: int):
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
-            return json.loads(r.read())
-    except (OSError, ValueError):
-        return None
-
-
 @pytest.fixture(scope="module")
 def agent(vm):
     binary = agent_binary()
     if not (binary.is_file() and os.access(binary, os.X_OK)):
         pytest.fail(f"loco-agent is not built at {binary} (run ./loco build)", pytrace=False)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    log = open(vm["dir"] / "agent.log", "wb")
-    proc = subprocess.Popen([str(binary), "--vnc", f"unix:{vm['vnc']}", "--listen", f"127.0.0.1:{port}"],
-                            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, process_group=0)
+    a = Agent.start(f"unix:{vm['vnc']}", vm["dir"] / "agent.log")
     try:
-        deadline = time.monotonic() + 30
-        h = None
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, f"loco-agent exited: {(vm['dir'] / 'agent.log').read_text()[-2000:]}"
-            h = healthz(port)
-            if h and (h.get("width"), h.get("height")) == (W, H):
-                break
-            time.sleep(0.2)
-        else:
-            raise AssertionError(f"the agent's /healthz never showed a {W}x{H} screen: {h}")
-        yield {"port": port, "url": f"http://127.0.0.1:{port}"}
+        a.wait_screen((W, H), 30)
+        yield {"port": a.port, "url": a.url}
     finally:
-        kill_group(proc, grace=10.0)
-        log.close()
+        a.stop()
 
 
 @pytest.fixture(scope="module")
 def viewer(agent):
-    from whep_aiortc import LoopThread, SyncViewer
+    from loco_testkit.whep_aiortc import LoopThread, SyncViewer
 
     lt = LoopThread()
     v = SyncViewer.connect(lt, agent["url"], name="standin-viewer", codec="h264")

@@ -25,8 +25,6 @@ import time
 from dataclasses import dataclass, field
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-if HERE not in sys.path:
-    sys.path.insert(0, HERE)
 
 READY_MARKER = "LOCO-TESTGUEST: READY"
 

@@ -36,17 +36,15 @@ def warn(msg: str) -> None:
 
 
 def qemu_profiles():
-    """packer/qemuargs.py, the reader of packer/qemu-args.json (shared with the VM runner)."""
-    if str(PACKER_DIR) not in sys.path:
-        sys.path.insert(0, str(PACKER_DIR))
-    import qemuargs  # noqa: E402
+    """packer/qemuargs.py, the reader of packer/qemu-args.json (shared with the VM runner; packer/
+    is on PYTHONPATH, see up.py)."""
+    import qemuargs
 
     return qemuargs
 
 
 def vmstate():
     """packer/vmstate.py (saved VM states), beside qemuargs.py."""
-    qemu_profiles()
-    import vmstate as mod  # noqa: E402
+    import vmstate as mod
 
     return mod

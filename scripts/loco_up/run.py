@@ -16,7 +16,7 @@ from pathlib import Path
 from .announce import Announce
 from .args import parse_args
 from .children import Child
-from .common import (GRACE_S, GUEST_DIR, QEMU, RESTORE_S, SUN_PATH_MAX, WALL_DIR, WEB_DIR, Failure, UsageError,
+from .common import (GRACE_S, QEMU, RESTORE_S, SUN_PATH_MAX, WALL_DIR, WEB_DIR, Failure, UsageError,
                      qemu_profiles, say, warn)
 from .host import (agent_binary, bind_family, build_standin, check_image, healthz, is_wildcard, lan_addresses,
                    port_problem, url_host)
@@ -111,8 +111,7 @@ class Up(SavedStates, Announce):
         os.chmod(self.runtime_dir, 0o700)
         self.http_log = self.runtime_dir / "http.log"
         # Guest.
-        sys.path.insert(0, str(GUEST_DIR))
-        import testguest  # noqa: E402 (needs numpy: the venv has it)
+        import testguest  # packer/testpattern/, on PYTHONPATH (see up.py)
 
         self.testguest = testguest
         self.accel = "kvm" if testguest.kvm_usable() else "tcg"

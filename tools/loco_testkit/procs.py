@@ -85,3 +85,16 @@ def group_alive(pgid: int) -> bool:
         return True
     except ProcessLookupError:
         return False
+
+
+def tail(path: str | os.PathLike, limit: int = 20000) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - limit))
+            data = f.read()
+    except OSError as e:
+        return f"<cannot read {path}: {e}>"
+    prefix = f"... ({size - limit} bytes cut)\n" if size > limit else ""
+    return prefix + data.decode("utf-8", "replace")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from e2e_util import free_port
+from loco_testkit.waits import free_port
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [

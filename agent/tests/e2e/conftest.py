@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import signal
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -16,8 +15,9 @@ import pytest
 HERE = Path(__file__).resolve().parent
 GUEST_DIR = HERE.parents[2] / "packer" / "testpattern"
 
-from e2e_util import (HttpResponse, ProcessExited, free_port, http_request, kill_all_groups,  # noqa: E402
-                      kill_group, parse_metrics, spawn, tail, wait_port, wait_until)
+from loco_testkit.agent import Agent  # noqa: E402
+from loco_testkit.procs import kill_all_groups, kill_group, spawn, tail  # noqa: E402
+from loco_testkit.waits import ProcessExited, free_port, wait_port, wait_until  # noqa: E402
 from loco_testkit.paths import agent_binary as agent_binary_path  # noqa: E402
 from loco_testkit.xvnc import Xvnc  # noqa: E402
 
@@ -84,117 +84,33 @@ def agent_bin() -> Path:
     return p
 
 
-@dataclass
-class Agent:
-    bin: Path
-    argv: list[str]
-    port: int
-    log_path: Path
-    proc: subprocess.Popen | None = None
-    stopped: bool = False
-    stop_rc: int | None = None
-    token: str | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def request(self, method: str, path: str, body: bytes | None = None,
-                headers: dict | None = None, timeout: float = 10.0) -> HttpResponse:
-        url = path if path.startswith(("http://", "https://")) else self.url + path
-        return http_request(method, url, body, headers, timeout)
-
-    def healthz(self) -> tuple[int, dict]:
-        r = self.request("GET", "/healthz")
-        try:
-            body = r.json()
-        except ValueError as e:
-            raise AssertionError(f"/healthz answered {r.status} with non-JSON {r.text[:300]!r}") from e
-        return r.status, body
-
-    def metrics(self):
-        r = self.request("GET", "/metrics")
-        assert r.status == 200, f"/metrics answered {r.status}: {r.text[:300]}"
-        return parse_metrics(r.text)
-
-    def metric(self, name: str, default: float | None = 0.0, **labels) -> float | None:
-        return self.metrics().get(name, default, **labels)
-
-    def wait_vnc(self, connected: bool = True, timeout: float = 20.0) -> dict:
-        want = 200 if connected else 503
-
-        def ok():
-            st, body = self.healthz()
-            return body if (st == want and body.get("vnc_connected") is connected) else None
-        try:
-            return wait_until(ok, timeout, 0.1, f"/healthz {want} vnc_connected={connected}")
-        except TimeoutError as e:
-            try:
-                last = self.healthz()
-            except Exception as e2:  # noqa: BLE001
-                last = repr(e2)
-            raise AssertionError(f"{e}; last /healthz: {last}; agent alive={self.alive()}") from e
-
-    def stop(self, sig: int = signal.SIGTERM) -> int | None:
-        self.stopped = True
-        if self.proc is not None:
-            self.stop_rc = kill_group(self.proc, sig, grace=10)
-        return self.stop_rc
-
-    def log(self) -> str:
-        return tail(self.log_path)
-
-
 @pytest.fixture
 def agent(agent_bin, tmp_path, request):
     """Factory: agent(vnc_port, codec=None, token=None, extra_args=(), listen_port=None,
-    wait=True) starts loco-agent on a free port and waits until its HTTP answers."""
+    wait=True, vnc_host="127.0.0.1") starts loco-agent (loco_testkit.agent.Agent) on a free port
+    and waits until its HTTP answers. Teardown fails the test if an agent died on its own."""
     started: list[Agent] = []
 
     def start(vnc_port: int, codec: str | None = None, token: str | None = None,
               extra_args: tuple | list = (), listen_port: int | None = None,
               wait: bool = True, vnc_host: str = "127.0.0.1") -> Agent:
         lp = listen_port or free_port()
-        argv = [str(agent_bin), "--vnc", f"{vnc_host}:{vnc_port}", "--listen", f"127.0.0.1:{lp}"]
-        if codec:
-            argv += ["--codec", codec]
-        if token:
-            argv += ["--token", token]
-        argv += [str(a) for a in extra_args]
         log = tmp_path / f"agent-{len(started)}-{lp}.log"
-        log.write_text("$ " + " ".join(argv) + "\n")
+        a = Agent.start(f"{vnc_host}:{vnc_port}", log, codec=codec, token=token, extra_args=extra_args,
+                        listen_port=lp, binary=agent_bin)
         _attach(request, f"agent #{len(started)} log", log)
-        env = dict(os.environ)
-        env.setdefault("RUST_LOG", "info")
-        env.setdefault("RUST_BACKTRACE", "1")
-        a = Agent(agent_bin, argv, lp, log, token=token)
-        a.proc = spawn(argv, log_path=log, env=env, name="loco-agent")
         started.append(a)
         if wait:
-            def answers():
-                if a.proc.poll() is not None:
-                    raise ProcessExited(f"loco-agent exited rc={a.proc.returncode} during startup")
-                try:
-                    a.request("GET", "/healthz", timeout=2)
-                    return True
-                except OSError:
-                    return False
             try:
-                wait_until(answers, 30, 0.1, f"loco-agent HTTP on port {lp}")
+                a.wait_http(30)
             except (ProcessExited, TimeoutError) as e:
                 pytest.fail(f"{e}\n--- agent log ---\n{a.log()}", pytrace=False)
         return a
 
     yield start
 
-    died = []
+    died = [why for a in started if (why := a.died_unexpectedly())]
     for a in started:
-        if not a.stopped and a.proc is not None and a.proc.poll() is not None:
-            died.append(f"loco-agent {a.argv} exited unexpectedly during the test with "
-                        f"rc={a.proc.returncode}\n--- log ---\n{a.log()}")
         a.stop()
     if died:
         pytest.fail("\n".join(died), pytrace=False)
@@ -293,7 +209,7 @@ def qemu_guest(guest_build, tmp_path, request):
 
 @pytest.fixture(scope="session")
 def aio_loop():
-    from whep_aiortc import LoopThread
+    from loco_testkit.whep_aiortc import LoopThread
     lt = LoopThread()
     yield lt
     lt.stop()
@@ -303,7 +219,7 @@ def aio_loop():
 def aiortc_viewer(aio_loop):
     """Factory: aiortc_viewer(agent, codec=None, token=None, name=..., restrict_codecs=True)
     -> SyncViewer (WHEP-connected aiortc peer decoding frames). Closed (DELETE) at teardown."""
-    from whep_aiortc import SyncViewer
+    from loco_testkit.whep_aiortc import SyncViewer
     made = []
 
     def connect(agent: Agent, codec: str | None = None, token: str | None = None,

@@ -39,7 +39,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
-from e2e_util import free_port, http_request, kill_group, spawn, tail, wait_until  # noqa: E402
+from loco_testkit.httpio import http_request  # noqa: E402
+from loco_testkit.procs import kill_group, spawn, tail  # noqa: E402
+from loco_testkit.waits import free_port, wait_until  # noqa: E402
 from loco_testkit.paths import agent_binary  # noqa: E402
 from loco_testkit.xvnc import Xvnc  # noqa: E402
 
@@ -78,7 +80,7 @@ async def _viewer_main(url: str, codec: str, status_s: float) -> None:
     """--viewer mode: one WHEP viewer; a JSON status line every status_s; SIGTERM or stdin EOF
     ends it with a DELETE."""
     import asyncio
-    from whep_aiortc import connect
+    from loco_testkit.whep_aiortc import connect
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)

@@ -8,8 +8,8 @@ import time
 import pytest
 
 from checks import make_offer, wait_metric
-from e2e_util import host_addresses, sdp_candidates
-from whep_aiortc import WhepError
+from loco_testkit.sdp import host_addresses, sdp_candidates
+from loco_testkit.whep_aiortc import WhepError
 from loco_testkit.xvnc import Animator
 
 SDP = {"Content-Type": "application/sdp"}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from e2e_util import parse_metrics
+from loco_testkit.httpio import parse_metrics
 from rfb_min import RfbClient
 from loco_testkit.xvnc import write_noise_xbm
 

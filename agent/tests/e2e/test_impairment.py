@@ -31,9 +31,10 @@ import time
 import pytest
 
 from checks import W, H, frame_is, wait_metric
-from e2e_util import kill_group, sdp_candidates
+from loco_testkit.procs import kill_group
+from loco_testkit.sdp import sdp_candidates
 from udp_impair import ImpairedPath
-from whep_aiortc import SyncViewer, WhepViewer
+from loco_testkit.whep_aiortc import SyncViewer, WhepViewer
 from whep_proxy import WhepProxy
 
 SCROLL = ("i=0; while :; do i=$((i+1)); echo \"line $i: $(date +%T.%N) the quick brown fox\"; "

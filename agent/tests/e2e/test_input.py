@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from checks import XK_Return, XK_h, XK_i, wait_metric
-from e2e_util import wait_until
+from loco_testkit.waits import wait_until
 
 POINTS = [(0, 0), (1023, 767), (512, 384), (1023, 0), (0, 767), (1, 766), (300, 200)]
 CLAMPED = [((5000, 4000), (1023, 767)), ((5000, 10), (1023, 10)), ((10, 100000), (10, 767))]

@@ -8,8 +8,8 @@ import time
 import pytest
 
 from checks import make_offer, wait_metric
-from e2e_util import wait_until
-from whep_aiortc import WhepError
+from loco_testkit.waits import wait_until
+from loco_testkit.whep_aiortc import WhepError
 from loco_testkit.xvnc import Animator
 
 SDP = {"Content-Type": "application/sdp"}
@@ -118,7 +118,7 @@ def test_session_churn_does_not_pile_up_memory(agent, aio_loop):
     with a valid token): each ended session's peer connection is freed at once, so the agent's
     memory stays flat instead of holding every connection of the last half second (about a
     megabyte each: once ~300 MiB at this rate)."""
-    from e2e_util import free_port
+    from loco_testkit.waits import free_port
     a = agent(free_port())        # no VNC server needed for signalling
     offer = make_offer(aio_loop).encode()
 

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from e2e_util import free_port
+from loco_testkit.waits import free_port
 
 
 def run_agent(agent_bin, *args, timeout: float = 20.0) -> subprocess.CompletedProcess:

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from checks import W, H, frame_is, wait_metric
-from e2e_util import kill_group
+from loco_testkit.procs import kill_group
 from loco_testkit.xvnc import Animator
 
 CODECS = ["h264", "vp8"]

@@ -15,7 +15,6 @@ import re
 import shutil
 import socket
 import subprocess
-import time
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,9 @@ from pathlib import Path
 import pytest
 
 from checks import W, H, frame_is, make_offer, wait_metric
-from e2e_util import free_port, kill_group, sdp_candidates, spawn, tail, wait_until
+from loco_testkit.procs import kill_group, spawn, tail
+from loco_testkit.sdp import sdp_candidates
+from loco_testkit.waits import free_port, wait_until
 
 TURN_USER, TURN_PASSWORD, TURN_REALM = "loco", "secret", "loco"
 
@@ -212,7 +213,7 @@ def test_turn_relay_only_chromium(xvnc, agent, coturn, chromium):
 def test_turn_relay_only_aiortc(xvnc, agent, coturn, aio_loop):
     from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
     from aiortc.rtcconfiguration import RTCIceTransportPolicy
-    from whep_aiortc import SyncViewer, WhepViewer
+    from loco_testkit.whep_aiortc import SyncViewer, WhepViewer
 
     class RelayViewer(WhepViewer):
         def __init__(self, base_url):

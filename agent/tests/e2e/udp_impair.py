@@ -242,7 +242,7 @@ class ImpairedPath:
     """Runs udp_impair.py as a child process and talks to it (JSON lines)."""
 
     def __init__(self, loss: float, jitter_ms: float, seed: int = 1, log_path: Path | None = None):
-        from e2e_util import spawn
+        from loco_testkit.procs import spawn
         self.proc = spawn([sys.executable, str(Path(__file__).resolve()), "--loss", str(loss),
                            "--jitter-ms", str(jitter_ms), "--seed", str(seed)],
                           log_path=None, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -278,7 +278,7 @@ class ImpairedPath:
         return self._ask({"stats": True})
 
     def close(self) -> None:
-        from e2e_util import kill_group
+        from loco_testkit.procs import kill_group
         try:
             self.proc.stdin.close()
         except OSError:

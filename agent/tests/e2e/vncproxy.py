@@ -14,7 +14,7 @@ import socket
 import threading
 import time
 
-from e2e_util import free_port
+from loco_testkit.waits import free_port
 
 
 class VncProxy:

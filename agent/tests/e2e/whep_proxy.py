@@ -14,7 +14,7 @@ import threading
 import urllib.parse
 from typing import Callable
 
-from e2e_util import free_port
+from loco_testkit.waits import free_port
 
 _HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host", "proxy-connection"}
 

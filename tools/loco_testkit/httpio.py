@@ -1,17 +1,12 @@
-"""Small shared helpers for the loco-agent end-to-end tests (no pytest imports here)."""
+"""Talking to an agent over HTTP: one request with http.client, and its /metrics text parsed
+(the Prometheus exposition format)."""
 from __future__ import annotations
 
 import http.client
 import json
-import os
 import re
 import urllib.parse
 from dataclasses import dataclass
-
-# ---------------------------------------------------------------- ports, waits, process groups
-# One implementation for the tests, the benchmark and the harness: tools/loco_testkit.
-from loco_testkit.procs import kill_all_groups, kill_group, live_groups, spawn  # noqa: E402,F401
-from loco_testkit.waits import ProcessExited, free_port, port_accepts, wait_port, wait_until  # noqa: E402,F401
 
 
 # --------------------------------------------------------------------------- HTTP
@@ -129,64 +124,3 @@ class Metrics:
 
 def parse_metrics(text: str) -> Metrics:
     return Metrics(text)
-
-
-# --------------------------------------------------------------------------- misc
-
-def tail(path: str | os.PathLike, limit: int = 20000) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - limit))
-            data = f.read()
-    except OSError as e:
-        return f"<cannot read {path}: {e}>"
-    prefix = f"... ({size - limit} bytes cut)\n" if size > limit else ""
-    return prefix + data.decode("utf-8", "replace")
-
-
-def host_addresses() -> set[str]:
-    """IP addresses configured on this machine (loopback included)."""
-    import ifaddr
-    out = {"127.0.0.1", "::1"}
-    for ad in ifaddr.get_adapters():
-        for ip in ad.ips:
-            out.add(ip.ip if isinstance(ip.ip, str) else ip.ip[0])
-    return out
-
-
-def sdp_candidates(sdp: str) -> list[dict]:
-    """a=candidate lines of an SDP as dicts (foundation, component, proto, prio, ip, port, typ)."""
-    out = []
-    for line in sdp.splitlines():
-        line = line.strip()
-        if line.startswith("a=candidate:"):
-            f = line[len("a=candidate:"):].split()
-            if len(f) >= 8:
-                out.append({"line": line, "proto": f[2].lower(), "ip": f[4],
-                            "port": int(f[5]), "typ": f[7]})
-    return out
-
-
-def sdp_video_codecs(sdp: str) -> list[str]:
-    """Codec names of the first m=video section, in the payload order the SDP lists them."""
-    lines = [l.strip() for l in sdp.splitlines()]
-    out: list[str] = []
-    in_video = False
-    pts: list[str] = []
-    rtpmap: dict[str, str] = {}
-    for l in lines:
-        if l.startswith("m="):
-            if in_video:
-                break
-            in_video = l.startswith("m=video")
-            if in_video:
-                pts = l.split()[3:]
-        elif in_video and l.startswith("a=rtpmap:"):
-            pt, rest = l[len("a=rtpmap:"):].split(None, 1)
-            rtpmap[pt] = rest.split("/")[0]
-    for pt in pts:
-        if pt in rtpmap:
-            out.append(rtpmap[pt])
-    return out

@@ -30,7 +30,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 from aiortc.rtcrtpreceiver import RTCRtpReceiver
 
-from e2e_util import host_addresses, sdp_candidates, sdp_video_codecs
+from loco_testkit.sdp import host_addresses, sdp_candidates, sdp_video_codecs
 
 log = logging.getLogger("whep_aiortc")
 
