@@ -11,14 +11,17 @@
 //! constant time); anything else is 401. CORS is open so a page from another origin can
 //! connect; the token, not the origin, is the access control.
 
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use loco_shared::keyguard::{KeyGuard, Verdict};
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
 use tower_http::cors::{Any, CorsLayer};
@@ -26,7 +29,7 @@ use tower_http::cors::{Any, CorsLayer};
 use crate::encode::Codec;
 use crate::metrics::Metrics;
 use crate::peer::{Role, SessionError, Viewers};
-use crate::pipeline::{Pipelines, Screen};
+use crate::pipeline::{lock, Pipelines, Screen};
 
 /// The largest SDP offer accepted. Browser offers are 2–8 KiB.
 pub const MAX_OFFER_BYTES: usize = 64 * 1024;
@@ -65,6 +68,11 @@ impl Tokens {
     }
 }
 
+/// Wrong keys per source address: 10 at once, then 12 a minute; 4096 addresses remembered.
+pub fn key_guard() -> Mutex<KeyGuard<IpAddr>> {
+    Mutex::new(KeyGuard::new(10, 12, 4096))
+}
+
 pub struct AppState {
     pub viewers: Arc<Viewers>,
     pub pipelines: Arc<Pipelines>,
@@ -72,6 +80,69 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub default_codec: Codec,
     pub tokens: Tokens,
+    /// Wrong keys, by the address the request came from (behind a proxy: the proxy's).
+    pub guard: Mutex<KeyGuard<IpAddr>>,
+    /// The guard's clock.
+    pub started: Instant,
+}
+
+impl AppState {
+    /// The role a request's key grants, or why not: a wrong or missing key (counted against its
+    /// source), or too many wrong keys from its source lately. The key itself is never logged.
+    fn authorize(&self, from: SocketAddr, headers: &HeaderMap) -> Result<Role, Refused> {
+        if !self.tokens.required() {
+            return Ok(Role::Control);
+        }
+        let now = self.started.elapsed();
+        let ip = canonical(from.ip());
+        if let Verdict::Wait(wait) = lock(&self.guard).verdict(&ip, now) {
+            self.metrics.auth_refused.with_label_values(&["throttled"]).inc();
+            return Err(Refused::Throttled { ip, wait });
+        }
+        if let Some(role) = self.tokens.role(headers) {
+            return Ok(role);
+        }
+        lock(&self.guard).failed(&ip, now);
+        let reason = if headers.contains_key(header::AUTHORIZATION) { "wrong_key" } else { "no_key" };
+        self.metrics.auth_refused.with_label_values(&[reason]).inc();
+        tracing::info!(from = %ip, reason, "request refused: key needed");
+        Err(Refused::Key)
+    }
+}
+
+/// Why a request was refused before it was looked at.
+#[derive(Debug, Clone, Copy)]
+enum Refused {
+    /// 401: a wrong or missing key.
+    Key,
+    /// 429: too many wrong keys from `ip` lately; it may try again after `wait`.
+    Throttled { ip: IpAddr, wait: std::time::Duration },
+}
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        match self {
+            Refused::Key => unauthorized(),
+            Refused::Throttled { ip, wait } => {
+                let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+                let secs = secs.max(1);
+                let mut r = text(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    format!("too many wrong keys from {ip} lately; try again in {secs} s"),
+                );
+                r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+                r
+            }
+        }
+    }
+}
+
+/// IPv4-mapped IPv6 addresses count as the IPv4 address they map.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -114,19 +185,20 @@ struct WhepQuery {
 
 async fn whep_post(
     State(state): State<Arc<AppState>>,
+    ConnectInfo(from): ConnectInfo<SocketAddr>,
     Query(query): Query<WhepQuery>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let response = whep_offer(&state, query, &headers, body).await;
+    let response = match state.authorize(from, &headers) {
+        Ok(role) => whep_offer(&state, role, query, &headers, body).await,
+        Err(refused) => refused.into_response(),
+    };
     state.metrics.whep_requests.with_label_values(&[response.status().as_str()]).inc();
     response
 }
 
-async fn whep_offer(state: &AppState, query: WhepQuery, headers: &HeaderMap, body: Bytes) -> Response {
-    let Some(role) = state.tokens.role(headers) else {
-        return unauthorized();
-    };
+async fn whep_offer(state: &AppState, role: Role, query: WhepQuery, headers: &HeaderMap, body: Bytes) -> Response {
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let mime = content_type.split(';').next().unwrap_or("").trim();
     if !mime.eq_ignore_ascii_case("application/sdp") {
@@ -194,9 +266,14 @@ fn ice_links(servers: &[webrtc::ice_transport::ice_server::RTCIceServer]) -> Vec
     links
 }
 
-async fn whep_delete(State(state): State<Arc<AppState>>, Path(id): Path<String>, headers: HeaderMap) -> Response {
-    if state.tokens.role(&headers).is_none() {
-        return unauthorized();
+async fn whep_delete(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(from): ConnectInfo<SocketAddr>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(refused) = state.authorize(from, &headers) {
+        return refused.into_response();
     }
     if state.viewers.remove(&id, "deleted").await {
         text(StatusCode::OK, "session ended")
@@ -205,9 +282,13 @@ async fn whep_delete(State(state): State<Arc<AppState>>, Path(id): Path<String>,
     }
 }
 
-async fn whep_patch(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if state.tokens.role(&headers).is_none() {
-        return unauthorized();
+async fn whep_patch(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(from): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(refused) = state.authorize(from, &headers) {
+        return refused.into_response();
     }
     let mut r = text(
         StatusCode::METHOD_NOT_ALLOWED,

@@ -201,10 +201,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         metrics,
         default_codec: args.codec,
         tokens: http::Tokens { control: token.into_iter().collect(), view: view_token.into_iter().collect() },
+        guard: http::key_guard(),
+        started: std::time::Instant::now(),
     });
     tracing::info!(listen = %args.listen, vnc = %args.vnc, codec = %args.codec, "loco-agent ready");
     let mut shutdown_http = shutdown_rx.clone();
-    let server = axum::serve(listener, http::router(state)).with_graceful_shutdown(async move {
+    let app = http::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         let _ = shutdown_http.changed().await;
     });
     let server = tokio::spawn(async move { server.await });

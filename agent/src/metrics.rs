@@ -26,6 +26,7 @@ pub struct Metrics {
     pub vnc_connected: IntGauge,
     pub vnc_updates: IntCounter,
     pub whep_requests: IntCounterVec,
+    pub auth_refused: IntCounterVec,
     pub sessions_ended: IntCounterVec,
     pub bitrate_target_kbps: prometheus::IntGaugeVec,
     pub retransmits: IntCounterVec,
@@ -142,6 +143,14 @@ impl Metrics {
             whep_requests: register(
                 reg,
                 counter_vec("loco_whep_requests_total", "WHEP requests by HTTP status", &["status"]),
+            ),
+            auth_refused: register(
+                reg,
+                counter_vec(
+                    "loco_auth_refused_total",
+                    "WHEP requests refused for their key: no_key, wrong_key, throttled (too many wrong keys from that address)",
+                    &["reason"],
+                ),
             ),
             bitrate_target_kbps: register(
                 reg,

@@ -13,6 +13,10 @@
 //!   only raises it, by at most 8 %, never within a second of the interval's start; an RTT
 //!   sample only lowers it, to no less than 85 % of that rate; in between it holds.
 //! - token bucket: never more than `burst + per_second × t` events in any window of length t.
+//! - key guard: a source gets its key checked (and, being wrong, counted) at most
+//!   `burst + per_minute/60 × t` times in any window of length t, however many other sources
+//!   spray failures; the table never holds more than `max_sources`; a `Wait` is never longer
+//!   than one refill interval.
 #![no_main]
 
 use std::collections::VecDeque;
@@ -21,6 +25,7 @@ use std::time::Duration;
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
 use loco_shared::bitrate::BitrateController;
+use loco_shared::keyguard::{KeyGuard, Verdict};
 use loco_shared::pacer::{FramePacer, PacerConfig, PacerDecision, BURST_FRAMES};
 use loco_shared::ratelimit::TokenBucket;
 
@@ -44,6 +49,8 @@ enum Event {
     Input(u16),
     /// Time passes (milliseconds), then a round-trip time sample (milliseconds).
     Rtt(u16, u16),
+    /// Time passes (milliseconds), then a request with a wrong key from source `u8`.
+    WrongKey(u16, u8),
 }
 
 #[derive(Debug, Arbitrary)]
@@ -56,6 +63,9 @@ struct Input {
     max_kbps: u32,
     input_per_sec: u16,
     input_burst: u16,
+    guard_burst: u8,
+    guard_per_minute: u8,
+    guard_sources: u8,
     events: Vec<Event>,
 }
 
@@ -162,6 +172,13 @@ fuzz_target!(|inp: Input| {
     let mut bucket = TokenBucket::new(per_sec, burst);
     let mut allowed: VecDeque<Duration> = VecDeque::new();
 
+    let guard_burst = u32::from(inp.guard_burst).max(1);
+    let guard_per_minute = u32::from(inp.guard_per_minute).max(1);
+    let guard_sources = usize::from(inp.guard_sources).max(1);
+    let mut guard = KeyGuard::new(guard_burst, guard_per_minute, guard_sources);
+    // Source 0's checks are counted. With room for all 16 sources nothing is evicted and the
+    // limit holds exactly; a smaller table may forget a source (bounded memory comes first).
+    let mut checked: VecDeque<Duration> = VecDeque::new();
     let mut now = Duration::ZERO;
     let us = |v: u16| Duration::from_micros(u64::from(v));
     let ms = |v: u16| Duration::from_millis(u64::from(v));
@@ -242,6 +259,40 @@ fuzz_target!(|inp: Input| {
                         }
                     }
                 }
+            }
+            Event::WrongKey(dt, source) => {
+                now += ms(dt);
+                let source = source % 16;
+                match guard.verdict(&source, now) {
+                    Verdict::Check => {
+                        guard.failed(&source, now);
+                        if source == 0 {
+                            checked.push_back(now);
+                            for (k, &t) in checked.iter().rev().enumerate() {
+                                let limit = f64::from(guard_burst)
+                                    + f64::from(guard_per_minute) / 60.0 * (now - t).as_secs_f64()
+                                    + 1.0;
+                                assert!(
+                                    (k + 1) as f64 <= limit || guard_sources < 16,
+                                    "{} wrong keys checked in {:?}",
+                                    k + 1,
+                                    now - t
+                                );
+                                if k > 64 {
+                                    break;
+                                }
+                            }
+                            if checked.len() > 256 {
+                                checked.pop_front();
+                            }
+                        }
+                    }
+                    Verdict::Wait(w) => {
+                        assert!(w.as_secs_f64() <= 60.0 / f64::from(guard_per_minute) + 1e-6, "wait {w:?}");
+                        assert!(w > Duration::ZERO);
+                    }
+                }
+                assert!(guard.tracked() <= guard_sources, "{} sources tracked", guard.tracked());
             }
             Event::Input(dt) => {
                 now += us(dt);

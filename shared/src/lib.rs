@@ -20,6 +20,7 @@
 //! - [`pacer`]: decides when the agent encodes a frame (damage-driven, capped frame rate,
 //!   keyframes on demand).
 //! - [`ratelimit`]: a token bucket (input events per viewer).
+//! - [`keyguard`]: wrong keys rate-limited per source address (the agent's HTTP).
 #![forbid(unsafe_code)]
 
 pub mod bitrate;
@@ -27,6 +28,7 @@ pub mod config;
 pub mod controller;
 pub mod feedback;
 pub mod geom;
+pub mod keyguard;
 pub mod keys;
 pub mod layout;
 pub mod pacer;

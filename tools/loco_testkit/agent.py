@@ -44,10 +44,14 @@ class Agent:
         argv = [str(binary or agent_binary()), "--vnc", vnc, "--listen", f"127.0.0.1:{port}"]
         if codec:
             argv += ["--codec", codec]
-        if token:
-            argv += ["--token", token]
-        argv += [str(a) for a in extra_args]
         log_path = Path(log_path)
+        if token:  # from a file, as deployments do: a key never goes into argv (or the log's first line)
+            token_file = log_path.with_suffix(".token")
+            fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(token + "\n")
+            argv += ["--token-file", str(token_file)]
+        argv += [str(a) for a in extra_args]
         log_path.write_text("$ " + " ".join(argv) + "\n")
         env = dict(os.environ)
         env.setdefault("RUST_LOG", rust_log)

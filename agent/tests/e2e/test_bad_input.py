@@ -101,6 +101,34 @@ def test_token_required(xvnc, agent, aio_loop, aiortc_viewer):
     wait_metric(a, "loco_viewers", lambda n: n == 0)
 
 
+@pytest.mark.timeout(90)
+def test_wrong_keys_are_throttled_per_address(xvnc, agent, aio_loop):
+    """Ten wrong keys from one address at once, then 429 (with Retry-After) without the key even
+    being looked at, the right one included, until the address's bucket refills (12 a minute)."""
+    token = "r1ght-key"
+    a = agent(xvnc.port, token=token)
+    a.wait_vnc(True, 30)
+    offer = make_offer(aio_loop).encode()
+    for i in range(10):
+        r = a.request("POST", "/whep", offer, {**SDP, "Authorization": f"Bearer guess{i}"})
+        assert r.status == 401, f"wrong key #{i + 1}: {r.status} {r.text[:200]!r}"
+    r = a.request("POST", "/whep", offer, {**SDP, "Authorization": "Bearer guess10"})
+    assert r.status == 429, f"the eleventh wrong key at once: {r.status} {r.text[:200]!r}"
+    wait_s = int(r.headers.get("retry-after", "0"))
+    assert 1 <= wait_s <= 5, r.headers
+    assert "too many wrong keys from 127.0.0.1" in r.text
+    r = a.request("POST", "/whep", offer, {**SDP, "Authorization": f"Bearer {token}"})
+    assert r.status == 429, f"the right key from a locked-out address is not looked at: {r.status}"
+    m = a.metrics()
+    assert m.get("loco_auth_refused_total", reason="wrong_key") == 10
+    assert m.get("loco_auth_refused_total", reason="throttled") == 2
+    assert token not in a.log() and "guess" not in a.log(), "a key reached the agent's log"
+    time.sleep(wait_s + 0.2)
+    r = a.request("POST", "/whep", offer, {**SDP, "Authorization": f"Bearer {token}"})
+    assert r.status == 201, f"after Retry-After, the right key: {r.status} {r.text[:200]!r}"
+    assert a.request("DELETE", r.headers["location"], headers={"Authorization": f"Bearer {token}"}).status == 200
+
+
 GARBAGE = [
     "not json",
     "{",
