@@ -36,6 +36,11 @@ pub fn caption(c: &CaptionInput) -> String {
                 label.push_str(&format!("  ·  retry in {wait:.0} s"));
             }
         }
+        StreamState::Locked => {
+            if let Some(e) = c.error {
+                label.push_str(&format!("  ·  {e}"));
+            }
+        }
         StreamState::Connecting => {}
     }
     if c.focused {
@@ -56,6 +61,7 @@ pub fn state_colour(state: StreamState) -> &'static str {
         StreamState::Live => "#3ddc84",
         StreamState::Connecting => "#f5c542",
         StreamState::Down => "#ff5c5c",
+        StreamState::Locked => "#b48cff",
     }
 }
 
@@ -73,6 +79,12 @@ mod tests {
         assert_eq!(caption(&input(StreamState::Live)), "vm1  ·  live  ·  1280×800");
         let focused = CaptionInput { focused: true, ..input(StreamState::Live) };
         assert_eq!(caption(&focused), "vm1  ·  live  ·  1280×800  ·  keyboard");
+        let locked = CaptionInput {
+            error: Some("the agent refused the key"),
+            retry_in_ms: f64::INFINITY,
+            ..input(StreamState::Locked)
+        };
+        assert_eq!(caption(&locked), "vm1  ·  locked  ·  the agent refused the key");
         let down = CaptionInput { error: Some("connection lost"), retry_in_ms: 3001.0, ..input(StreamState::Down) };
         assert_eq!(caption(&down), "vm1  ·  down  ·  connection lost  ·  retry in 4 s");
         let due = CaptionInput { retry_in_ms: 0.0, ..down };

@@ -12,7 +12,11 @@
 //!     │                                                                   │
 //!     └──(error, failed/closed, 1.5 s disconnected, 15 s timeout, silent agent)──▶ down
 //! down ──(backoff: 1 s doubling to 15 s, ±20 %; reset after 10 s live)──▶ connecting
+//! connecting ──(the agent refused the key: 401)──▶ locked ──(a new key: unlock)──▶ connecting
 //! ```
+//!
+//! A locked link does not retry: the same key would be refused again, and every refusal costs
+//! the page's address one of the agent's few tries a minute (`loco_shared::keyguard`).
 
 use crate::scene::StreamState;
 
@@ -154,7 +158,7 @@ impl Link {
         random: &mut dyn FnMut() -> f64,
     ) -> Option<LinkCommand> {
         let Some(o) = observed else {
-            if self.connecting || now < self.retry_at {
+            if self.connecting || now < self.retry_at || self.state == StreamState::Locked {
                 return None;
             }
             self.connecting = true;
@@ -221,6 +225,33 @@ impl Link {
                 Negotiated::Keep
             }
             Err(e) => Negotiated::TearDown { reason: self.down(now, e, random) },
+        }
+    }
+
+    /// A negotiation started under `generation` ended with the agent refusing the key (401):
+    /// the link is locked until [`Link::unlock`].
+    pub fn refused(&mut self, now: f64, generation: u32, reason: String) -> Negotiated {
+        if generation != self.generation {
+            return Negotiated::Stale;
+        }
+        self.generation += 1;
+        self.connecting = false;
+        self.state = StreamState::Locked;
+        self.since = now;
+        self.disconnected_since = None;
+        self.probing = false;
+        self.backoff_ms = 0.0;
+        self.retry_at = f64::INFINITY;
+        self.error = Some(reason.clone());
+        Negotiated::TearDown { reason }
+    }
+
+    /// A new key was given: a locked link connects at its next tick (other links carry on).
+    pub fn unlock(&mut self, now: f64) {
+        if self.state == StreamState::Locked {
+            self.state = StreamState::Down;
+            self.retry_at = now;
+            self.since = now;
         }
     }
 
@@ -524,5 +555,49 @@ mod tests {
         assert_eq!(health_url("http://h:8001/whep").as_deref(), Some("http://h:8001/healthz"));
         assert_eq!(health_url("https://h/a/whep?x=1").as_deref(), Some("https://h/a/healthz"));
         assert_eq!(health_url("http://h/other"), None);
+    }
+
+    #[test]
+    fn a_refused_key_locks_the_link_until_a_new_key() {
+        let mut link = Link::new(0.0, true);
+        let (now, g) = wait_connect(&mut link, 0.0);
+        assert_eq!(
+            link.refused(now + 100.0, g, "the agent wants a key".into()),
+            Negotiated::TearDown { reason: "the agent wants a key".into() }
+        );
+        assert_eq!(link.state(), StreamState::Locked);
+        assert_eq!(link.error(), Some("the agent wants a key"));
+        // No retries at all: each would cost the page's address one of the agent's tries.
+        let attempts = link.attempts();
+        let mut t = now;
+        for _ in 0..(600_000 / 250) {
+            t += 250.0;
+            assert_eq!(link.tick(t, None, &mut mid), None);
+        }
+        assert_eq!(link.attempts(), attempts);
+        assert_eq!(link.state(), StreamState::Locked);
+        // A new key: it connects at the next tick, under a new generation.
+        link.unlock(t);
+        let (t2, g2) = wait_connect(&mut link, t);
+        assert_eq!(t2, t, "connects at once");
+        assert_ne!(g2, g);
+        assert_eq!(link.state(), StreamState::Connecting);
+        assert_eq!(link.connected(t2 + 50.0, g2, Ok(()), &mut mid), Negotiated::Keep);
+        assert_eq!(link.tick(t2 + 300.0, Some(UP), &mut mid), None);
+        assert_eq!(link.state(), StreamState::Live);
+        assert_eq!(link.error(), None);
+    }
+
+    #[test]
+    fn a_refusal_from_an_old_session_is_stale_and_unlock_leaves_other_states_alone() {
+        let mut link = Link::new(0.0, true);
+        let (now, g) = wait_connect(&mut link, 0.0);
+        assert!(matches!(link.connected(now, g, Err("boom".into()), &mut mid), Negotiated::TearDown { .. }));
+        assert_eq!(link.refused(now + 10.0, g, "late 401".into()), Negotiated::Stale);
+        assert_eq!(link.state(), StreamState::Down);
+        let retry_at = link.retry_at();
+        link.unlock(now + 20.0);
+        assert_eq!(link.state(), StreamState::Down);
+        assert_eq!(link.retry_at(), retry_at, "a down link keeps its backoff");
     }
 }

@@ -45,6 +45,8 @@ pub enum StreamState {
     Connecting,
     Live,
     Down,
+    /// The agent refused the page's key (or it had none): no retries until a key is given.
+    Locked,
 }
 
 impl StreamState {
@@ -53,6 +55,7 @@ impl StreamState {
             StreamState::Connecting => "connecting",
             StreamState::Live => "live",
             StreamState::Down => "down",
+            StreamState::Locked => "locked",
         }
     }
 }

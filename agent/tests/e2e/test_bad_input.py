@@ -237,15 +237,16 @@ def test_big_message_on_input_channel(size, xvnc, agent, aiortc_viewer):
 @pytest.mark.timeout(90)
 def test_token_from_the_real_page(xvnc, agent, loco_page):
     """The WebXR page sends desktops.json's token as a bearer token, cross-origin (the CORS
-    preflight must allow the header): a wrong token gets 401 and the panel stays down with the
-    reason; the right one goes live."""
+    preflight must allow the header): a wrong token gets 401 and the panel is locked (no
+    retries) with the reason; the right one goes live."""
     token = "p4ge-t0ken"
     a = agent(xvnc.port, token=token)
     a.wait_vnc(True, 30)
     wrong = loco_page([{"name": "vm", "whep": a.url + "/whep", "token": "wrong"}], name="page-wrong-token")
     wait_metric(a, "loco_whep_requests_total", lambda n: n >= 1, timeout=20, status="401")
-    wrong.wait("p[0].state === 'down' && /401/.test(p[0].error || '')", 20, "panel down with a 401")
+    wrong.wait("p[0].state === 'locked' && /401/.test(p[0].error || '')", 20, "panel locked by a 401")
     right = loco_page([{"name": "vm", "whep": a.url + "/whep", "token": token}], name="page-token")
     right.wait_live(0)
-    assert wrong.panels()[0]["state"] != "live"
+    assert wrong.panels()[0]["state"] == "locked"
+    assert wrong.panels()[0]["attempts"] == 1, "a locked panel retried with the refused token"
     wait_metric(a, "loco_whep_requests_total", lambda n: n >= 1, status="201")

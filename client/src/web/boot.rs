@@ -14,10 +14,12 @@ use super::dom::install_input;
 use super::flat::start_flat_loop;
 use super::gfx::{Backend, Gfx};
 use super::hook::install_hook;
+use super::key::{install_key_form, page_key};
 use super::util::{self, document, js_error, now_ms, set, window};
 use super::video::{watch_frames, Grabbed, UPLOAD_FROM_VIDEO};
 use super::xr::setup_xr_button;
 use super::{App, Flat, PanelRt, Shared, FRAME_BUDGET_MS, FRAME_HISTORY, LABEL_H, LABEL_W};
+use crate::access::bearer;
 use crate::camera::FlatCamera;
 use crate::hook::FrameTimes;
 use crate::link::{health_url, Link};
@@ -119,6 +121,8 @@ pub(super) async fn run() -> Result<(), String> {
 
     let shared: Shared = Rc::new(RefCell::new(App {
         config: None,
+        key: page_key(),
+        key_prompt: None,
         base_url: String::new(),
         error: None,
         panels: Vec::new(),
@@ -170,6 +174,7 @@ pub(super) async fn run() -> Result<(), String> {
     };
     shared.borrow_mut().gfx = Some(gfx);
     install_input(&shared);
+    install_key_form(&shared);
     start_flat_loop(&shared);
     setup_xr_button(&shared);
 
@@ -198,8 +203,12 @@ pub(super) async fn run() -> Result<(), String> {
             let whep_url =
                 web_sys::Url::new_with_base(&desktop.whep, &app.base_url).map(|u| u.href()).unwrap_or_default();
             let can_probe = health_url(&whep_url).is_some();
+            let own_token = desktop.token.is_some();
+            let mut desktop = desktop.clone();
+            desktop.token = bearer(desktop.token.as_deref(), app.key.as_deref());
             app.panels.push(PanelRt {
-                desktop: desktop.clone(),
+                desktop,
+                own_token,
                 whep_url,
                 video,
                 link: Link::new(now_ms(), can_probe),

@@ -99,15 +99,18 @@ impl App {
             );
         }
         self.update_labels();
+        self.update_key_prompt();
     }
 
-    pub(super) fn connected(&mut self, i: usize, generation: u32, result: Result<whep::Session, String>) {
+    pub(super) fn connected(&mut self, i: usize, generation: u32, result: Result<whep::Session, whep::Failed>) {
         let Some(p) = self.panels.get_mut(i) else { return };
-        let (session, outcome) = match result {
-            Ok(s) => (Some(s), Ok(())),
-            Err(e) => (None, Err(e)),
+        let now = now_ms();
+        let (session, negotiated) = match result {
+            Ok(s) => (Some(s), p.link.connected(now, generation, Ok(()), &mut random)),
+            Err(f) if f.key_refused => (None, p.link.refused(now, generation, f.message)),
+            Err(f) => (None, p.link.connected(now, generation, Err(f.message), &mut random)),
         };
-        match p.link.connected(now_ms(), generation, outcome, &mut random) {
+        match negotiated {
             Negotiated::Keep => {
                 p.session = session;
                 p.last_pointer = None;

@@ -10,6 +10,7 @@ mod dom;
 mod flat;
 mod gfx;
 mod hook;
+mod key;
 mod labels;
 mod links;
 mod util;
@@ -52,7 +53,10 @@ type Looping<F> = Rc<RefCell<Option<Closure<F>>>>;
 
 /// A panel's connection and what the scene shows of it.
 struct PanelRt {
+    /// Its `token` is the page's key unless `own_token`.
     desktop: loco_shared::config::Desktop,
+    /// `desktops.json` gave this desktop a token of its own.
+    own_token: bool,
     /// `desktop.whep` resolved against the page's URL.
     whep_url: String,
     video: HtmlVideoElement,
@@ -121,6 +125,10 @@ struct Flat {
 
 struct App {
     config: Option<Config>,
+    /// The page's access key (`#key=…`, remembered, or typed into the key form).
+    key: Option<String>,
+    /// What the key form says while it shows.
+    key_prompt: Option<String>,
     base_url: String,
     error: Option<String>,
     panels: Vec<PanelRt>,

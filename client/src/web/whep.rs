@@ -23,6 +23,26 @@ use super::util::{fetch, js_error, now_ms, set, sleep};
 const GATHER_TIMEOUT_MS: f64 = 2000.0;
 const POST_TIMEOUT_MS: i32 = 10_000;
 
+/// Why a session could not be negotiated.
+#[derive(Debug, Clone)]
+pub struct Failed {
+    pub message: String,
+    /// The agent refused the key (401): retrying with the same one is pointless.
+    pub key_refused: bool,
+}
+
+impl From<String> for Failed {
+    fn from(message: String) -> Self {
+        Self { message, key_refused: false }
+    }
+}
+
+impl From<&str> for Failed {
+    fn from(message: &str) -> Self {
+        Self { message: message.into(), key_refused: false }
+    }
+}
+
 /// A negotiated session (ICE/DTLS may still be coming up).
 pub struct Session {
     pub pc: RtcPeerConnection,
@@ -95,7 +115,7 @@ pub async fn connect(
     base_url: &str,
     ice_servers: &[IceServer],
     video: &HtmlVideoElement,
-) -> Result<Session, String> {
+) -> Result<Session, Failed> {
     let pc = RtcPeerConnection::new_with_configuration(&rtc_configuration(ice_servers).unchecked_into())
         .map_err(|e| format!("cannot create a peer connection: {}", js_error(&e)))?;
     let result = negotiate(&pc, desktop, base_url, video).await;
@@ -110,7 +130,7 @@ async fn negotiate(
     desktop: &Desktop,
     base_url: &str,
     video: &HtmlVideoElement,
-) -> Result<Session, String> {
+) -> Result<Session, Failed> {
     let init = RtcRtpTransceiverInit::new();
     init.set_direction(RtcRtpTransceiverDirection::Recvonly);
     pc.add_transceiver_with_str_and_init("video", &init);
@@ -177,8 +197,16 @@ async fn negotiate(
     if status != 201 {
         let detail: String = body.trim().chars().take(200).collect();
         return Err(match status {
-            401 => format!("WHEP 401: the agent wants a token ({detail})"),
-            _ => format!("WHEP answered {status}: {detail}"),
+            401 => Failed {
+                message: if desktop.token.is_some() {
+                    "WHEP 401: the agent refused the key".into()
+                } else {
+                    "WHEP 401: the agent wants a key".into()
+                },
+                key_refused: true,
+            },
+            429 => format!("WHEP 429: too many wrong keys from here lately ({detail})").into(),
+            _ => format!("WHEP answered {status}: {detail}").into(),
         });
     }
     let location = res

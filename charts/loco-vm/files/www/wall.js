@@ -5,6 +5,10 @@
 // Each panel plays the agent's video track and sends pointer and key events back on the
 // `input` data channel (docs/protocol.md). Plain JavaScript, no build step.
 // window.__wall exposes each panel's state for tests.
+// The page's access key (`./loco up` off loopback prints the URL with #key=...): taken from the
+// fragment (which never reaches a server), kept in localStorage for the origin, sent by every
+// desktop without a token of its own; a refused key (401) locks the panel (no retries) and shows
+// the key form.
 "use strict";
 
 (() => {
@@ -16,6 +20,24 @@
   const BACKOFF_MIN_MS = 1000, BACKOFF_MAX_MS = 15000;
   const STABLE_MS = 10000;           // live this long -> the backoff starts again from the minimum
   const WHEEL_STEP_PX = 50;
+  const KEY_STORAGE = "loco.key";
+  const KEY_RE = /^[A-Za-z0-9._~-]{1,256}$/;
+
+  // ------------------------------------------------------------------ the page's key
+
+  function pageKey() {
+    const parts = location.hash.replace(/^#/, "").split("&").filter((x) => x);
+    const given = parts.filter((x) => x.startsWith("key=")).map((x) => x.slice(4).trim()).find((k) => KEY_RE.test(k));
+    if (given) {
+      try { localStorage.setItem(KEY_STORAGE, given); } catch (e) { /* storage off: keep it for this visit */ }
+      const rest = parts.filter((x) => !x.startsWith("key="));
+      history.replaceState(null, "", location.pathname + location.search + (rest.length ? "#" + rest.join("&") : ""));
+      return given;
+    }
+    let kept = null;
+    try { kept = localStorage.getItem(KEY_STORAGE); } catch (e) { /* storage off */ }
+    return kept && KEY_RE.test(kept) ? kept : null;
+  }
 
   // ------------------------------------------------------------------ keys -> X11 keysyms
 
@@ -200,7 +222,7 @@
         detail += ` · retry in ${Math.ceil(s.retryInMs / 1000)} s`;
       }
       this.detailEl.textContent = detail;
-      this.overlayEl.textContent = s.state === "down" ? (s.error || "down")
+      this.overlayEl.textContent = (s.state === "down" || s.state === "locked") ? (s.error || s.state)
         : s.state === "connecting" ? `connecting to ${s.whep} …` : "";
     }
 
@@ -218,7 +240,8 @@
 
     headers(extra) {
       const h = Object.assign({}, extra || {});
-      if (this.desk.token) h.Authorization = "Bearer " + this.desk.token;
+      const token = this.desk.token || wall.key;
+      if (token) h.Authorization = "Bearer " + token;
       return h;
     }
 
@@ -250,6 +273,10 @@
         }, POST_TIMEOUT_MS);
         const body = await res.text();
         if (gen !== this.gen) return;
+        if (res.status === 401) {
+          this.lock(gen, (this.desk.token || wall.key) ? "the agent refused the key" : "the agent wants a key");
+          return;
+        }
         if (res.status !== 201) throw new Error(`WHEP answered ${res.status}: ${body.trim().slice(0, 200)}`);
         const loc = res.headers.get("Location");
         this.location = loc ? new URL(loc, this.desk.whep).toString() : null;
@@ -319,6 +346,18 @@
       this.st.connectionState = "closed";
       this.video.srcObject = null;
       this.st.framesPerSecond = 0;
+    }
+
+    // The key was refused: no retries (each would cost this address one of the agent's few
+    // tries a minute) until a new key is given.
+    lock(gen, why) {
+      if (gen !== this.gen) return;
+      this.gen++;
+      this.teardown();
+      this.backoffMs = 0;
+      this.st.retryInMs = 0;
+      this.setState("locked", new Error(why));
+      showKeyForm();
     }
 
     fail(gen, err) {
@@ -462,7 +501,7 @@
   // ------------------------------------------------------------------ the page
 
   const wall = window.__wall = {
-    ready: false, error: null, desktops: [], panels: [], focused: null,
+    ready: false, error: null, desktops: [], panels: [], focused: null, key: null,
     keysymFor, rfbButtons, toDesktop,
     // Test hook: send an input message on panel i's data channel.
     send: (i, obj) => panels[i].send(obj),
@@ -505,7 +544,38 @@
     }
   }
 
+  function showKeyForm() {
+    const locked = panels.filter((p) => p.st.state === "locked" && !p.desk.token);
+    const form = document.getElementById("key");
+    if (!locked.length) { form.hidden = true; return; }
+    const which = locked.length === 1 ? locked[0].desk.name : `${locked.length} desktops`;
+    document.getElementById("key-msg").textContent = wall.key
+      ? `The key was refused by ${which}. Enter the right key.`
+      : `This wall needs its key (${which} asked for one). Paste the key, or open the page's full address with #key=… that ./loco up printed.`;
+    form.hidden = false;
+  }
+
+  function installKeyForm() {
+    const form = document.getElementById("key");
+    form.addEventListener("submit", (ev) => {
+      ev.preventDefault();
+      const input = document.getElementById("key-input");
+      const key = input.value.trim();
+      if (!KEY_RE.test(key)) {
+        document.getElementById("key-msg").textContent = "That is not a key: keys are letters, digits and - . _ ~ only.";
+        return;
+      }
+      input.value = "";
+      wall.key = key;
+      try { localStorage.setItem(KEY_STORAGE, key); } catch (e) { /* storage off */ }
+      form.hidden = true;
+      for (const p of panels) if (p.st.state === "locked" && !p.desk.token) p.connect();
+    });
+  }
+
   async function main() {
+    wall.key = pageKey();
+    installKeyForm();
     let desks = await loadDesktops();
     wall.error = null;
     document.getElementById("msg").textContent = "";
