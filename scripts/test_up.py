@@ -236,6 +236,24 @@ def test_missing_image():
 
 @needs_agent
 @needs_qemu
+def test_bad_key_files(tmp_path):
+    """A key file that is missing, empty, too short or has characters a URL would mangle: one
+    sentence, exit 2, and nothing started."""
+    cases = {"missing": (None, "no such file"), "empty": ("\n", "the first line is empty"),
+             "short": ("abc\n", "the key is too short to be a key"),
+             "spaces": ("a key with spaces in it\n", "the key may use letters, digits")}
+    for name, (content, message) in cases.items():
+        f = tmp_path / name
+        if content is not None:
+            f.write_text(content)
+        r = subprocess.run([sys.executable, str(UP), "--test-pattern", "--vms", "1", "--port", str(free_port_block(2)),
+                            "--key-file", str(f)], capture_output=True, text=True, timeout=60, env=up_env())
+        assert r.returncode == 2, (name, r.stdout + r.stderr)
+        assert f"--key-file {f}: {message}" in r.stderr, (name, r.stderr)
+
+
+@needs_agent
+@needs_qemu
 @pytest.mark.parametrize("busy", [0, 2])  # the page's port, then vm2's agent's port
 def test_port_in_use(busy):
     base = free_port_block(3)
@@ -357,6 +375,141 @@ def test_up_three_vms_page_live_and_clean_stop(runtime_dir, tmp_path):
         assert "no VM or agent is left running" in up.output()
         left = procs_mentioning(runtime_dir)
         assert not left, left
+    finally:
+        up.kill()
+
+
+@needs_agent
+@needs_qemu
+@needs_chromium
+@pytest.mark.timeout(900)
+def test_up_on_the_lan_wants_the_key(runtime_dir, tmp_path):
+    """`loco up --host 0.0.0.0` (reached here over loopback): every agent wants the run's key;
+    the printed URL carries it in its fragment and the real page goes live with it (then takes
+    it out of the address bar); a page without it shows the key form, and the key typed there
+    works; the view-only key watches but its input is refused; desktops.json, the process list
+    and every log of the run are free of both keys."""
+    from playwright.sync_api import sync_playwright
+
+    n = 2
+    base = free_port_block(n + 1)
+    up = UpRun("--vms", str(n), "--port", str(base), "--host", "0.0.0.0", "--view-key", runtime_dir=runtime_dir)
+    try:
+        up.wait_for(rf"^\s+vm{n}\s+http://\S+/whep", READY_TIMEOUT)
+        out = up.output()
+        keys = set(re.findall(r"^\s+page\s+http://\S+/#key=([A-Za-z0-9._~-]+)\s", out, re.M))
+        assert len(keys) == 1, out
+        key = keys.pop()
+        view = re.search(r"^\s+watch\s+http://\S+/#key=([A-Za-z0-9._~-]+)\s", out, re.M).group(1)
+        assert len(key) >= 32 and len(view) >= 32 and key != view
+        assert re.search(rf"^\s+plain\s+http://\S+/wall/#key={key}\s", out, re.M), out
+        page = f"http://127.0.0.1:{base}/"
+        agents = [f"http://127.0.0.1:{base + i}" for i in range(1, n + 1)]
+
+        # No secret where anyone who can load the page can read it, nor in any process's argv.
+        status, body = http_get(page + "desktops.json")
+        assert status == 200 and key.encode() not in body and view.encode() not in body
+        assert all(d["token"] is None for d in json.loads(body)["desktops"])
+        for pid, cmd in procs_mentioning(runtime_dir).items():
+            assert key not in cmd and view not in cmd, cmd
+
+        # Without the key, or with a wrong one: 401 (the key is checked before the offer is read).
+        for url in agents:
+            for hdrs in ({}, {"Authorization": "Bearer wrong-key-0123456789"}):
+                req = urllib.request.Request(url + "/whep", data=b"v=0\r\n", method="POST",
+                                             headers={"Content-Type": "application/sdp", **hdrs})
+                try:
+                    with urllib.request.urlopen(req, timeout=10) as r:
+                        pytest.fail(f"{url}/whep answered {r.status} without the key")
+                except urllib.error.HTTPError as e:
+                    assert e.code == 401, (url, hdrs, e.code)
+
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+            try:
+                def open_page(url: str, name: str):
+                    ctx = browser.new_context(viewport={"width": 1280, "height": 720})  # its own localStorage
+                    pg = ctx.new_page()
+                    console: list[str] = []
+                    pg.on("console", lambda m: console.append(f"[{m.type}] {m.text}"))
+                    pg.goto(url)
+                    pg.console = console
+                    return pg
+
+                def wait_live(pg, what: str):
+                    try:
+                        pg.wait_for_function(
+                            f"window.__loco && window.__loco.panels.length === {n} && "
+                            "window.__loco.panels.every(p => p.state === 'live' && p.framesDecoded > 0)",
+                            timeout=LIVE_TIMEOUT * 1000, polling=250)
+                    except Exception as e:  # playwright TimeoutError
+                        panels = pg.evaluate("JSON.stringify(window.__loco && window.__loco.panels)")
+                        pytest.fail(f"{what}: panels not live: {panels}\nconsole: {pg.console[-20:]}\n{e}")
+
+                # The printed URL: live, and the key leaves the address bar.
+                pg = open_page(f"{page}#key={key}", "with the key")
+                wait_live(pg, "the printed URL")
+                assert pg.evaluate("location.hash") == "" and key not in pg.url
+                # Reloaded without the fragment, the page remembers the key for the origin.
+                pg.reload()
+                wait_live(pg, "reloaded")
+                pg.context.close()
+
+                # No key: every panel locked, the form asks; the key typed into it works.
+                pg = open_page(page, "no key")
+                pg.wait_for_function(
+                    f"window.__loco && window.__loco.panels.length === {n} && "
+                    "window.__loco.panels.every(p => p.state === 'locked')", timeout=60000, polling=250)
+                pg.wait_for_selector("#loco-key", state="visible", timeout=5000)
+                assert "needs its key" in pg.inner_text("#loco-key-msg")
+                attempts = pg.evaluate("window.__loco.panels.map(p => p.attempts)")
+                time.sleep(3)
+                assert pg.evaluate("window.__loco.panels.map(p => p.attempts)") == attempts, "a locked panel retried"
+                pg.fill("#loco-key-input", "wrong-key-0123456789")
+                pg.click("#loco-key button")
+                pg.wait_for_function("window.__loco.panels.every(p => p.state === 'locked')", timeout=30000)
+                pg.wait_for_function("document.getElementById('loco-key-msg').textContent.includes('refused')",
+                                     timeout=30000)
+                pg.fill("#loco-key-input", key)
+                pg.click("#loco-key button")
+                wait_live(pg, "the key typed into the form")
+                pg.wait_for_selector("#loco-key", state="hidden", timeout=5000)
+                pg.context.close()
+
+                # The view-only key: live, but clicks and keys are refused by the agent.
+                pg = open_page(f"{page}#key={view}", "view key")
+                wait_live(pg, "the view-only key")
+                metrics = agents[0] + "/metrics"
+                acc0 = metric(metrics, 'loco_input_events_total{result="accepted"}')
+                rej0 = metric(metrics, 'loco_input_events_total{result="rejected"}')
+                pt = pg.evaluate("window.__loco.screenPoint(0, 0.5, 0.5)")
+                pg.mouse.click(pt["x"], pt["y"])
+                pg.keyboard.press("a")
+                deadline = time.monotonic() + 20
+                while metric(metrics, 'loco_input_events_total{result="rejected"}') < rej0 + 2:
+                    assert time.monotonic() < deadline, "the view key's input was not refused"
+                    time.sleep(0.2)
+                assert metric(metrics, 'loco_input_events_total{result="accepted"}') == acc0
+                pg.context.close()
+
+                # The plain-JS page takes the same key.
+                pg = open_page(f"{page}wall/#key={key}", "wall")
+                pg.wait_for_function(f"window.__wall && window.__wall.ready && window.__wall.panels.length === {n} "
+                                     "&& window.__wall.panels.every(p => p.state === 'live')", timeout=LIVE_TIMEOUT * 1000)
+                assert pg.evaluate("location.hash") == ""
+                pg.context.close()
+            finally:
+                browser.close()
+
+        up.proc.send_signal(signal.SIGINT)
+        assert up.wait(60) == 0, up.output()
+        # Every log the run wrote (the keys' own files aside) is free of both keys.
+        for f in Path(runtime_dir).rglob("*"):
+            if f.is_file() and f.parent.name != "keys" and not f.is_socket():
+                data = f.read_bytes()
+                assert key.encode() not in data and view.encode() not in data, f
+        assert sorted(p.name for p in (Path(runtime_dir) / "keys").iterdir()) == ["key", "view-key"]
+        assert all((p.stat().st_mode & 0o777) == 0o600 for p in (Path(runtime_dir) / "keys").iterdir())
     finally:
         up.kill()
 

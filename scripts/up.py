@@ -2,6 +2,7 @@
 """`./loco up`: start N VMs, one loco-agent beside each, and a page that shows them all.
 
     ./loco up [--vms N] [--codec h264|vp8] [--port P] [--host ADDR] [--image DISK | --test-pattern]
+              [--key-file FILE] [--view-key | --view-key-file FILE]
               [--cold | --save-state | --from-state] [--state-dir DIR] [--boot-timeout S]
 
 N VMs (default 9, the most; --vms 1 for one).
@@ -31,6 +32,10 @@ and made again (and if that fails too, the VMs boot cold). --image DISK --save-s
 for your own image (it saves when the profile's ready line appears on the serial port, or when you
 press Enter); later runs of --image DISK start from it (--from-state insists on it). --cold boots
 every VM cold.
+
+Off loopback (--host 0.0.0.0 or a LAN address) every agent requires an access key: a new random
+one each run, or --key-file's; the page's URL is printed with it after #key= (scripts/loco_up/
+keys.py). --view-key adds a view-only key for spectators.
 
 The parts live in scripts/loco_up/ (one module a job; run.py ties them together). It uses
 packer/qemuargs.py and packer/vmstate.py (shared with the VM runner) and the test-pattern guest's

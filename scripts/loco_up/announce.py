@@ -38,9 +38,12 @@ class Announce:
         ready = [vm for vm in self.vms if vm.t_ready is not None]
         say(f"loco is up: {len(self.vms)} desktop{'s' if len(self.vms) > 1 else ''}, codec {a.codec}"
             + (f", {len(ready)} ready {self.t_announced - self.t0:.1f}s after the start" if ready else ""))
+        key, view = self.keys.fragment(), self.keys.fragment(view=True)
         for h in hosts:
-            say(f"  page   http://{h}:{a.port}/        (WebXR scene; flat view in any desktop browser)")
-        say(f"  plain  http://{h0}:{a.port}/wall/   (the plain-JS flat page, no WebAssembly)")
+            say(f"  page   http://{h}:{a.port}/{key}        (WebXR scene; flat view in any desktop browser)")
+        say(f"  plain  http://{h0}:{a.port}/wall/{key}   (the plain-JS flat page, no WebAssembly)")
+        if view:
+            say(f"  watch  http://{h0}:{a.port}/{view}        (view-only key: spectators watch, their input is refused)")
         for vm in self.vms:
             if vm.failed:
                 note = "   (failed: see above)"
@@ -59,10 +62,13 @@ class Announce:
         if self.image is not None and not self.profile_spec.get("ready_marker"):
             say(f"  (the VMs are booting {os.path.basename(self.image[0])}: watch them on the page)")
         say("")
+        if self.keys.control:
+            say("Every agent wants the key (the part after #key= above): the page keeps it for this address once "
+                "opened with it, or asks for it. Without it, nobody on the network can watch or use a desktop.")
         if is_wildcard(a.host):
             lan = lan_addresses()
-            where = f"http://{lan[0]}:{a.port}/" if lan else f"http://<this machine's LAN address>:{a.port}/"
-            say(f"Quest on the same LAN: open {where} in Quest Browser (anyone on the LAN can use these desktops).")
+            where = f"http://{lan[0]}:{a.port}/{key}" if lan else f"http://<this machine's LAN address>:{a.port}/{key}"
+            say(f"Quest on the same LAN: open {where} in Quest Browser.")
         else:
             say(f"Quest on the same LAN: restart with --host 0.0.0.0 and open http://<this machine's LAN address>:"
                 f"{a.port}/ in Quest Browser.")

@@ -48,6 +48,13 @@ def parse_args(argv):
                     help="the page's port (default 8000); agent i listens on P+i")
     ap.add_argument("--host", default="127.0.0.1", metavar="ADDR",
                     help="address the page and agents listen on (default 127.0.0.1; 0.0.0.0 for the LAN)")
+    ap.add_argument("--key-file", metavar="FILE",
+                    help="the access key: the first line of FILE (default: a new random key whenever --host is "
+                         "not loopback; the page's URL carries it after #key=)")
+    view = ap.add_mutually_exclusive_group()
+    view.add_argument("--view-key", action="store_true",
+                      help="also make a view-only key: spectators with it watch, their input is refused")
+    view.add_argument("--view-key-file", metavar="FILE", help="the view-only key: the first line of FILE")
     guest = ap.add_mutually_exclusive_group()
     guest.add_argument("--standin", action="store_true",
                        help="boot the free IceWM stand-in desktop (the default; packer/standin/, built on "

@@ -22,6 +22,7 @@ from .host import (agent_binary, bind_family, build_standin, check_image, health
                    port_problem, url_host)
 from .saving import SavedStates
 from .vms import COLD, RESTORE, SAVER, WAIT, VM
+from .keys import Keys, plan_keys
 from .web import WallServer
 
 
@@ -110,6 +111,7 @@ class Up(SavedStates, Announce):
             self.own_runtime_dir = True
         os.chmod(self.runtime_dir, 0o700)
         self.http_log = self.runtime_dir / "http.log"
+        self.keys: Keys = plan_keys(a, self.runtime_dir)
         # Guest.
         import testguest  # packer/testpattern/, on PYTHONPATH (see up.py)
 
@@ -135,7 +137,8 @@ class Up(SavedStates, Announce):
             vnc = f"127.0.0.1:{vnc_port}"
         port = a.port + i
         agent = Child(f"vm{i} agent", [str(self.agent), "--vnc", vnc,
-                                       "--listen", f"{url_host(self.bind_addr)}:{port}", "--codec", a.codec],
+                                       "--listen", f"{url_host(self.bind_addr)}:{port}", "--codec", a.codec,
+                                       *self.keys.agent_args()],
                       d / "agent.log")
         if self.image is None:
             marker, stages = self.testguest.READY_MARKER, []
