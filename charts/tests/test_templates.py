@@ -50,7 +50,7 @@ def test(f):
 
 @test
 def statefulset_names_and_replicas():
-    for case, n in (("default", 9), ("replicas-1", 1), ("replicas-9", 9), ("tokens-on", 3)):
+    for case, n in (("default", 9), ("replicas-1", 1), ("replicas-9", 9), ("tokens-on", 3), ("view-key", 9)):
         sts = one(load(case), "StatefulSet")
         assert sts["spec"]["replicas"] == n, (case, sts["spec"]["replicas"])
         assert sts["metadata"]["name"] == "t-loco-vm"
@@ -210,15 +210,14 @@ def desktops_json_content():
     assert all(x["token"] is None for x in d["desktops"])
     ice = [{"urls": ["turn:turn.example.com:3478?transport=udp"], "username": "loco", "credential": "change-me-please"}]
     assert d["iceServers"] == ice
-    for case in ("default", "stunner-off", "tokens-on", "tokens-existing", "replicas-1", "tls-off-no-netpol"):
-        shared_config_rules(desktops(load(case))[0])
+    for case in ("default", "stunner-off", "tokens-on", "keys-existing", "view-key", "auth-off", "replicas-1",
+                 "tls-off-no-netpol"):
+        d = desktops(load(case))[0]
+        shared_config_rules(d)
+        # desktops.json as served carries no access key in any configuration.
+        assert all(x["token"] is None for x in d["desktops"]), case
     d, where = desktops(load("stunner-off"))
     assert where == "ConfigMap" and d["iceServers"] == [] and len(d["desktops"]) == 9
-    d, where = desktops(load("tokens-on"))
-    assert where == "Secret"
-    assert [x["token"] for x in d["desktops"]] == [f"tok-{i}-aaaaaaaaaaaaaaaa" for i in range(3)]
-    d, _ = desktops(load("tokens-existing"))
-    assert all(x["token"] is None for x in d["desktops"])
     d, _ = desktops(load("tls-off-no-netpol"))
     assert d["desktops"][0]["whep"] == "http://loco.example.com/vm/0/whep"
     d, _ = desktops(load("replicas-1"))
@@ -270,25 +269,61 @@ def stunner_resources_and_agent_turn_settings():
     assert not any(e["name"].startswith("LOCO_TURN") for e in agent["env"])
 
 
+def key_secret(docs, name="t-loco-vm-key"):
+    return [x for x in kinds(docs, "Secret") if x["metadata"]["name"] == name]
+
+
 @test
-def tokens_from_secret_per_pod():
-    docs = load("tokens-on")
-    sec = one(docs, "Secret", "t-loco-vm-tokens")["stringData"]
-    assert sec == {f"token-{i}": f"tok-{i}-aaaaaaaaaaaaaaaa" for i in range(3)}
+def auth_is_on_by_default_with_a_generated_release_key():
+    docs = load("default")
+    [sec] = key_secret(docs)
+    data = sec["stringData"]
+    assert set(data) == {"key"}, set(data)
+    assert re.fullmatch(r"[A-Za-z0-9]{32}", data["key"]), "a random 32-character key"
+    assert data["key"] != key_secret(load("replicas-1"))[0]["stringData"]["key"], "the same key in two renders"
     sts = one(docs, "StatefulSet")
     agent = container(sts, "agent")
     i = agent["args"].index("--token-file")
-    assert agent["args"][i + 1] == "/etc/loco/tokens/token-$(POD_INDEX)"
+    assert agent["args"][i + 1] == "/etc/loco/keys/key"
+    assert "--token" not in agent["args"] and "--view-token-file" not in agent["args"]
+    assert "POD_INDEX" not in {e["name"] for e in agent["env"]}
+    vols = {v["name"]: v for v in sts["spec"]["template"]["spec"]["volumes"]}
+    assert vols["keys"]["secret"] == {"secretName": "t-loco-vm-key", "defaultMode": 0o440}
+    mounts = {m["name"]: m for m in agent["volumeMounts"]}
+    assert mounts["keys"] == {"name": "keys", "mountPath": "/etc/loco/keys", "readOnly": True}
+    # No key in any ConfigMap, nor in the Secret the web server serves.
+    key = data["key"]
+    for d in docs:
+        if d["kind"] == "ConfigMap" or d["metadata"]["name"] == "t-loco-vm-desktops":
+            assert key not in json.dumps(d), d["metadata"]["name"]
+
+
+@test
+def view_key_existing_secret_and_per_vm_keys():
+    docs = load("view-key")
+    data = key_secret(docs)[0]["stringData"]
+    assert set(data) == {"key", "view-key"} and data["key"] != data["view-key"]
+    agent = container(one(docs, "StatefulSet"), "agent")
+    i = agent["args"].index("--view-token-file")
+    assert agent["args"][i + 1] == "/etc/loco/keys/view-key"
+
+    docs = load("keys-existing")
+    assert not key_secret(docs), "the chart made a key Secret beside auth.existingSecret"
+    vols = {v["name"]: v for v in one(docs, "StatefulSet")["spec"]["template"]["spec"]["volumes"]}
+    assert vols["keys"]["secret"]["secretName"] == "my-keys"
+
+    docs = load("tokens-on")
+    data = key_secret(docs)[0]["stringData"]
+    assert {k: v for k, v in data.items() if k != "key"} == {f"token-{i}": f"tok-{i}-aaaaaaaaaaaaaaaa" for i in range(3)}
+    agent = container(one(docs, "StatefulSet"), "agent")
+    i = agent["args"].index("--token-file")
+    assert agent["args"][i + 1] == "/etc/loco/keys/token-$(POD_INDEX)"
     env = {e["name"]: e for e in agent["env"]}
     assert env["POD_INDEX"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.labels['apps.kubernetes.io/pod-index']"
-    assert "--token" not in agent["args"], "a token on the command line is visible to other users"
-    vols = {v["name"]: v for v in sts["spec"]["template"]["spec"]["volumes"]}
-    assert vols["tokens"]["secret"]["secretName"] == "t-loco-vm-tokens"
-    docs = load("tokens-existing")
-    assert not [s for s in kinds(docs, "Secret") if s["metadata"]["name"] == "t-loco-vm-tokens"]
-    vols = {v["name"]: v for v in one(docs, "StatefulSet")["spec"]["template"]["spec"]["volumes"]}
-    assert vols["tokens"]["secret"]["secretName"] == "my-tokens"
-    agent = container(one(load("default"), "StatefulSet"), "agent")
+
+    docs = load("auth-off")
+    assert not key_secret(docs)
+    agent = container(one(docs, "StatefulSet"), "agent")
     assert "--token-file" not in agent["args"]
 
 

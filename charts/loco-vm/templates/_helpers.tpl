@@ -52,8 +52,8 @@ app.kubernetes.io/component: web
 {{- define "loco-vm.gatewayName" -}}{{ include "loco-vm.fullname" . }}-turn{{- end -}}
 {{- define "loco-vm.gatewayClassName" -}}{{ default (printf "%s-stunner" (include "loco-vm.fullname" .)) .Values.stunner.gatewayClassName }}{{- end -}}
 
-{{- define "loco-vm.tokenSecret" -}}
-{{- if .Values.auth.existingSecret -}}{{ .Values.auth.existingSecret }}{{- else -}}{{ include "loco-vm.fullname" . }}-tokens{{- end -}}
+{{- define "loco-vm.keySecret" -}}
+{{- if .Values.auth.existingSecret -}}{{ .Values.auth.existingSecret }}{{- else -}}{{ include "loco-vm.fullname" . }}-key{{- end -}}
 {{- end -}}
 
 {{- define "loco-vm.image" -}}
@@ -89,17 +89,14 @@ app.kubernetes.io/component: web
 {{- $ice := include "loco-vm.iceServers" . | fromJsonArray -}}
 {{- $desktops := list -}}
 {{- range $i := until (int .Values.replicas) -}}
-{{- $token := "" -}}
-{{- if and $.Values.auth.enabled (not $.Values.auth.existingSecret) (lt $i (len $.Values.auth.tokens)) -}}
-{{- $token = index $.Values.auth.tokens $i -}}
-{{- end -}}
-{{- $d := dict "name" (printf "vm%d" $i) "whep" (printf "%s://%s/vm/%d/whep" $scheme $.Values.ingress.host $i) "token" (ternary $token nil (ne $token "")) -}}
+{{- /* Never a key here: the page takes the access key from its URL's #key= or asks for it. */ -}}
+{{- $d := dict "name" (printf "vm%d" $i) "whep" (printf "%s://%s/vm/%d/whep" $scheme $.Values.ingress.host $i) "token" nil -}}
 {{- $desktops = append $desktops $d -}}
 {{- end -}}
 {{- dict "desktops" $desktops "iceServers" $ice | toPrettyJson -}}
 {{- end -}}
 
-{{/* True ("true") when desktops.json carries a credential (a token or the TURN password): it then goes in a Secret. */}}
+{{/* True ("true") when desktops.json carries a credential (the static TURN password): it then goes in a Secret. */}}
 {{- define "loco-vm.desktopsHasSecrets" -}}
-{{- if or .Values.stunner.enabled (and .Values.auth.enabled (not .Values.auth.existingSecret)) -}}true{{- end -}}
+{{- if .Values.stunner.enabled -}}true{{- end -}}
 {{- end -}}

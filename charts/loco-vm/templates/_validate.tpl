@@ -3,11 +3,11 @@ Rules values.schema.json cannot express (they relate two values). Each fails ren
 sentence saying what to change.
 */}}
 {{- define "loco-vm.validate" -}}
-{{- if and .Values.auth.enabled (not .Values.auth.existingSecret) (lt (len .Values.auth.tokens) (int .Values.replicas)) -}}
-{{- fail (printf "auth.enabled is true but auth.tokens has %d entries for %d replicas: give one token per VM, or set auth.existingSecret" (len .Values.auth.tokens) (int .Values.replicas)) -}}
-{{- end -}}
 {{- if and .Values.auth.enabled .Values.auth.existingSecret .Values.auth.tokens -}}
 {{- fail "auth.tokens and auth.existingSecret are both set: use one of them" -}}
+{{- end -}}
+{{- if and .Values.auth.enabled .Values.auth.tokens (lt (len .Values.auth.tokens) (int .Values.replicas)) -}}
+{{- fail (printf "auth.tokens has %d entries for %d replicas: give one key per VM, or none for the one release key" (len .Values.auth.tokens) (int .Values.replicas)) -}}
 {{- end -}}
 {{- if and .Values.stunner.operator.enabled (not .Values.stunner.enabled) -}}
 {{- fail "stunner.operator.enabled is true but stunner.enabled is false: the operator is only useful with STUNner enabled" -}}
