@@ -159,6 +159,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/whep", post(whep_post))
         .route("/whep/sessions/{id}", axum::routing::delete(whep_delete).patch(whep_patch))
+        .route("/ice", get(ice))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(MAX_OFFER_BYTES))
@@ -230,7 +231,7 @@ async fn whep_offer(state: &AppState, role: Role, query: WhepQuery, headers: &He
             if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", session.id)) {
                 h.insert(header::ETAG, v);
             }
-            for link in ice_links(state.viewers.ice_servers()) {
+            for link in ice_links(&state.viewers.ice_servers().viewer_now()) {
                 if let Ok(v) = HeaderValue::from_str(&link) {
                     h.append(header::LINK, v);
                 }
@@ -295,6 +296,40 @@ async fn whep_patch(
         "trickle ICE and ICE restarts are not supported: the answer carries every candidate; start a new session",
     );
     r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("DELETE"));
+    r
+}
+
+/// The ICE servers a viewer should use, as an `RTCConfiguration`'s `iceServers` (the shape
+/// STUNner's auth service answers with), with TURN credentials minted now when the agent has a
+/// shared secret. Needs the key: a viewer asks for it before its offer (non-trickle ICE needs
+/// the relay before gathering), and nobody else gets TURN credentials.
+async fn ice(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(from): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(refused) = state.authorize(from, &headers) {
+        return refused.into_response();
+    }
+    let servers: Vec<loco_shared::config::IceServer> = state
+        .viewers
+        .ice_servers()
+        .viewer_now()
+        .into_iter()
+        .map(|s| loco_shared::config::IceServer {
+            urls: s.urls,
+            username: (!s.username.is_empty()).then_some(s.username),
+            credential: (!s.credential.is_empty()).then_some(s.credential),
+        })
+        .collect();
+    let body = loco_shared::config::IceAnswer { ice_servers: servers, ice_transport_policy: "all".into() };
+    let mut r = (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::to_string(&body).unwrap_or_else(|_| "{}".into()),
+    )
+        .into_response();
+    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
 }
 

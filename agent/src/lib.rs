@@ -18,6 +18,7 @@ pub mod http;
 pub mod metrics;
 pub mod peer;
 pub mod pipeline;
+pub mod turn;
 pub mod vnc;
 
 use std::net::SocketAddr;
@@ -28,7 +29,6 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use tokio::sync::{mpsc, watch};
-use webrtc::ice_transport::ice_server::RTCIceServer;
 
 use crate::encode::Codec;
 
@@ -94,8 +94,23 @@ pub struct Args {
     turn_username: Option<String>,
 
     /// Password for the TURN servers given with --ice-server.
-    #[arg(long, env = "LOCO_TURN_PASSWORD", hide_env_values = true)]
+    #[arg(long, env = "LOCO_TURN_PASSWORD", hide_env_values = true, conflicts_with = "turn_secret_file")]
     turn_password: Option<String>,
+
+    /// Mint TURN credentials for each session from the secret in this file (first line), shared
+    /// with the TURN server (coturn `use-auth-secret`, STUNner `ephemeral`), instead of a static
+    /// username and password. Viewers get them in the answer's Link headers and from GET /ice.
+    #[arg(long, env = "LOCO_TURN_SECRET_FILE")]
+    turn_secret_file: Option<PathBuf>,
+
+    /// How long a minted TURN credential is valid, seconds.
+    #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(10..=86_400))]
+    turn_ttl_s: u64,
+
+    /// STUN/TURN server viewers are told to use (default: the --ice-server ones), e.g. the
+    /// public address of a TURN server the agent reaches under an in-cluster name. Repeatable.
+    #[arg(long = "viewer-ice-server")]
+    viewer_ice_servers: Vec<String>,
 
     /// Serve all WebRTC media on this one UDP port (instead of an ephemeral port per viewer).
     /// Experimental: with webrtc-ice's UDP mux some sessions were seen to stay in ICE
@@ -132,15 +147,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     if view_token.is_some() && token.is_none() {
         anyhow::bail!("a view-only token needs a control token too (--token): otherwise anyone could control the VM");
     }
-    let ice_servers: Vec<RTCIceServer> = args
-        .ice_servers
-        .iter()
-        .map(|url| RTCIceServer {
-            urls: vec![url.clone()],
-            username: args.turn_username.clone().unwrap_or_default(),
-            credential: args.turn_password.clone().unwrap_or_default(),
-        })
-        .collect();
+    let turn_secret = read_token("--turn-secret-file", None, args.turn_secret_file.as_deref())?;
+    let ice_servers = turn::IceServers::new(
+        &args.ice_servers,
+        &args.viewer_ice_servers,
+        args.turn_username.as_deref().unwrap_or_default(),
+        args.turn_password.as_deref().unwrap_or_default(),
+        turn_secret.map(|s| turn::TurnRest::new(&s, Duration::from_secs(args.turn_ttl_s))),
+    );
 
     // Bind first: a port in use is a start-up error, not something to retry.
     let listener = tokio::net::TcpListener::bind(args.listen)

@@ -26,7 +26,6 @@ use webrtc::ice::mdns::MulticastDnsMode;
 use webrtc::ice::udp_mux::{UDPMuxDefault, UDPMuxParams};
 use webrtc::ice::udp_network::UDPNetwork;
 use webrtc::ice_transport::ice_candidate_type::RTCIceCandidateType;
-use webrtc::ice_transport::ice_server::RTCIceServer;
 use webrtc::interceptor::registry::Registry;
 use webrtc::peer_connection::configuration::RTCConfiguration;
 use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState;
@@ -71,7 +70,7 @@ pub enum SessionError {
 /// Network settings for ICE.
 #[derive(Debug, Clone, Default)]
 pub struct IceConfig {
-    pub servers: Vec<RTCIceServer>,
+    pub servers: crate::turn::IceServers,
     /// One UDP port for all sessions (a pod exposes one port), or ephemeral ports when `None`.
     pub udp_mux_port: Option<u16>,
     /// Public addresses to advertise instead of the host's own (1:1 NAT, e.g. a node IP).
@@ -179,7 +178,7 @@ impl PeerFactory {
         Ok(Self { apis, ice })
     }
 
-    pub fn ice_servers(&self) -> &[RTCIceServer] {
+    pub fn ice_servers(&self) -> &crate::turn::IceServers {
         &self.ice.servers
     }
 }
@@ -258,7 +257,7 @@ impl Viewers {
         lock(&self.sessions).len()
     }
 
-    pub fn ice_servers(&self) -> &[RTCIceServer] {
+    pub fn ice_servers(&self) -> &crate::turn::IceServers {
         self.factory.ice_servers()
     }
 
@@ -282,7 +281,7 @@ impl Viewers {
         }
 
         let api = self.factory.apis.get(&codec).ok_or_else(|| SessionError::Internal("no API for codec".into()))?;
-        let config = RTCConfiguration { ice_servers: self.factory.ice.servers.clone(), ..Default::default() };
+        let config = RTCConfiguration { ice_servers: self.factory.ice.servers.agent_now(), ..Default::default() };
         let pc = Arc::new(api.new_peer_connection(config).await.map_err(|e| SessionError::Internal(e.to_string()))?);
         match self.negotiate(&pc, offer, codec).await {
             Ok((answer, track, sender)) => {

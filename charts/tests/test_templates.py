@@ -204,14 +204,15 @@ def shared_config_rules(d):
 @test
 def desktops_json_content():
     d, where = desktops(load("default"))
-    assert where == "Secret", "desktops.json holds the TURN password: it must not be in a ConfigMap"
+    # No credential at all: STUNner's address and credentials come from each agent's GET /ice.
+    assert where == "ConfigMap" and d["iceServers"] == [], (where, d.get("iceServers"))
     assert [x["name"] for x in d["desktops"]] == [f"vm{i}" for i in range(9)]
     assert [x["whep"] for x in d["desktops"]] == [f"https://loco.example.com/vm/{i}/whep" for i in range(9)]
     assert all(x["token"] is None for x in d["desktops"])
-    ice = [{"urls": ["turn:turn.example.com:3478?transport=udp"], "username": "loco", "credential": "change-me-please"}]
-    assert d["iceServers"] == ice
-    for case in ("default", "stunner-off", "tokens-on", "keys-existing", "view-key", "auth-off", "replicas-1",
-                 "tls-off-no-netpol"):
+    d, where = desktops(load("stunner-static"))
+    assert where == "ConfigMap" and d["iceServers"] == [], "the static TURN password reached desktops.json"
+    for case in ("default", "stunner-off", "stunner-static", "tokens-on", "keys-existing", "view-key", "auth-off",
+                 "replicas-1", "tls-off-no-netpol"):
         d = desktops(load(case))[0]
         shared_config_rules(d)
         # desktops.json as served carries no access key in any configuration.
@@ -234,7 +235,8 @@ def web_serves_page_and_desktops():
     c = dep["spec"]["template"]["spec"]["containers"][0]
     assert c["image"].startswith("nginxinc/nginx-unprivileged:")
     srcs = dep["spec"]["template"]["spec"]["volumes"][0]["projected"]["sources"]
-    assert any(s.get("secret", {}).get("name") == "t-loco-vm-desktops" for s in srcs)
+    assert not any(s.get("secret", {}).get("name") == "t-loco-vm-desktops" for s in srcs), \
+        "desktops.json carries no credential by default: no Secret for it"
 
 
 @test
@@ -253,11 +255,28 @@ def stunner_resources_and_agent_turn_settings():
     assert route["spec"]["rules"][0]["backendRefs"][0]["name"] == "t-loco-vm-agents"
     cfg = one(docs, "GatewayConfig")
     assert cfg["spec"]["authRef"]["name"] == "t-loco-vm-turn"
+    # Ephemeral by default: a random shared secret, read by the agents as a file.
+    turn = one(docs, "Secret", "t-loco-vm-turn")["stringData"]
+    assert set(turn) == {"type", "secret"} and turn["type"] == "ephemeral", turn
+    assert re.fullmatch(r"[A-Za-z0-9]{40}", turn["secret"]), turn
+    sts = one(docs, "StatefulSet")
+    agent = container(sts, "agent")
+    args = agent["args"]
+    assert args[args.index("--ice-server") + 1] == "turn:t-loco-vm-turn.loco.svc:3478?transport=udp"
+    assert args[args.index("--viewer-ice-server") + 1] == "turn:turn.example.com:3478?transport=udp"
+    assert args[args.index("--turn-secret-file") + 1] == "/etc/loco/turn/secret"
+    assert args[args.index("--turn-ttl-s") + 1] == "3600"
+    assert not any(e["name"].startswith("LOCO_TURN") for e in agent["env"])
+    vols = {v["name"]: v for v in sts["spec"]["template"]["spec"]["volumes"]}
+    assert vols["turn"]["secret"] == {"secretName": "t-loco-vm-turn", "defaultMode": 0o440,
+                                      "items": [{"key": "secret", "path": "secret"}]}
+    assert turn["secret"] not in json.dumps(docs[0:0] + [d for d in docs if d["kind"] == "ConfigMap"])
+    # Static: the username and password from the Secret, as env; still handed out by GET /ice only.
+    docs = load("stunner-static")
     turn = one(docs, "Secret", "t-loco-vm-turn")["stringData"]
     assert turn == {"type": "static", "username": "loco", "password": "change-me-please"}
     agent = container(one(docs, "StatefulSet"), "agent")
-    i = agent["args"].index("--ice-server")
-    assert agent["args"][i + 1] == "turn:t-loco-vm-turn.loco.svc:3478?transport=udp"
+    assert "--turn-secret-file" not in agent["args"] and "--viewer-ice-server" in agent["args"]
     env = {e["name"]: e for e in agent["env"]}
     for k, key in (("LOCO_TURN_USERNAME", "username"), ("LOCO_TURN_PASSWORD", "password")):
         assert env[k]["valueFrom"]["secretKeyRef"] == {"name": "t-loco-vm-turn", "key": key}
@@ -265,7 +284,7 @@ def stunner_resources_and_agent_turn_settings():
     for k in ("Gateway", "GatewayClass", "GatewayConfig", "UDPRoute"):
         assert not kinds(off, k), k
     agent = container(one(off, "StatefulSet"), "agent")
-    assert "--ice-server" not in agent["args"]
+    assert "--ice-server" not in agent["args"] and "--turn-secret-file" not in agent["args"]
     assert not any(e["name"].startswith("LOCO_TURN") for e in agent["env"])
 
 

@@ -300,8 +300,18 @@ impl Link {
 /// The agent's `/healthz` beside its WHEP endpoint (`…/whep` → `…/healthz`), if the URL has
 /// that shape.
 pub fn health_url(whep_url: &str) -> Option<String> {
+    sibling(whep_url, "healthz")
+}
+
+/// The agent's `/ice` (the ICE servers, TURN credentials minted for this viewer) beside its
+/// WHEP endpoint, if the URL has that shape.
+pub fn ice_url(whep_url: &str) -> Option<String> {
+    sibling(whep_url, "ice")
+}
+
+fn sibling(whep_url: &str, name: &str) -> Option<String> {
     let base = whep_url.split(['?', '#']).next().unwrap_or(whep_url);
-    base.strip_suffix("/whep").map(|b| format!("{b}/healthz"))
+    base.strip_suffix("/whep").map(|b| format!("{b}/{name}"))
 }
 
 #[cfg(test)]
@@ -555,6 +565,8 @@ mod tests {
         assert_eq!(health_url("http://h:8001/whep").as_deref(), Some("http://h:8001/healthz"));
         assert_eq!(health_url("https://h/a/whep?x=1").as_deref(), Some("https://h/a/healthz"));
         assert_eq!(health_url("http://h/other"), None);
+        assert_eq!(ice_url("https://h/vm/3/whep").as_deref(), Some("https://h/vm/3/ice"));
+        assert_eq!(ice_url("http://h/other"), None);
     }
 
     #[test]

@@ -36,6 +36,40 @@ pub struct IceServer {
     pub credential: Option<String>,
 }
 
+/// What an agent's `GET /ice` answers: the ICE servers a viewer should use, TURN credentials
+/// minted for it (the shape of an `RTCConfiguration`, and of STUNner's auth service's answer).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IceAnswer {
+    #[serde(rename = "iceServers")]
+    pub ice_servers: Vec<IceServer>,
+    #[serde(rename = "iceTransportPolicy", default = "all")]
+    pub ice_transport_policy: String,
+}
+
+fn all() -> String {
+    "all".into()
+}
+
+fn is_ice_url(url: &str) -> bool {
+    ["stun:", "stuns:", "turn:", "turns:"].iter().any(|p| url.starts_with(p))
+}
+
+impl IceAnswer {
+    /// Parses and checks an answer (unknown fields are tolerated: it is another program's output).
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let a: IceAnswer = serde_json::from_str(text).map_err(|e| ConfigError::Json(e.to_string()))?;
+        for (index, s) in a.ice_servers.iter().enumerate() {
+            if s.urls.is_empty() {
+                return Err(ConfigError::IceServer { index, problem: "\"urls\" is empty".into() });
+            }
+            if let Some(u) = s.urls.iter().find(|u| !is_ice_url(u)) {
+                return Err(ConfigError::IceServer { index, problem: format!("{u:?} is not a stun:/turn: URL") });
+            }
+        }
+        Ok(a)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -98,7 +132,7 @@ impl Config {
                 return Err(problem("\"urls\" is empty".into()));
             }
             for url in &s.urls {
-                if !["stun:", "stuns:", "turn:", "turns:"].iter().any(|p| url.starts_with(p)) {
+                if !is_ice_url(url) {
                     return Err(problem(format!("{url:?} is not a stun:, stuns:, turn: or turns: URL")));
                 }
             }
@@ -165,5 +199,23 @@ mod tests {
         let ten: Vec<String> = (0..10).map(|i| format!(r#"{{"name":"vm{i}","whep":"/vm/{i}/whep"}}"#)).collect();
         let err = Config::parse(&format!(r#"{{"desktops":[{}]}}"#, ten.join(","))).unwrap_err();
         assert_eq!(err, ConfigError::TooMany(10));
+    }
+
+    #[test]
+    fn ice_answers() {
+        let a = IceAnswer::parse(
+            r#"{"iceServers":[{"urls":["turn:t.example:3478?transport=udp"],"username":"1700003600:loco","credential":"c="}],"iceTransportPolicy":"all"}"#,
+        )
+        .unwrap();
+        assert_eq!(a.ice_servers[0].username.as_deref(), Some("1700003600:loco"));
+        assert_eq!(IceAnswer::parse(r#"{"iceServers":[]}"#).unwrap().ice_transport_policy, "all");
+        for (bad, why) in [
+            ("{}", "iceServers"),
+            (r#"{"iceServers":[{"urls":[]}]}"#, "empty"),
+            (r#"{"iceServers":[{"urls":["http://x"]}]}"#, "not a stun:/turn: URL"),
+        ] {
+            let e = IceAnswer::parse(bad).unwrap_err().to_string();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
     }
 }

@@ -243,7 +243,7 @@ def test_token_from_the_real_page(xvnc, agent, loco_page):
     a = agent(xvnc.port, token=token)
     a.wait_vnc(True, 30)
     wrong = loco_page([{"name": "vm", "whep": a.url + "/whep", "token": "wrong"}], name="page-wrong-token")
-    wait_metric(a, "loco_whep_requests_total", lambda n: n >= 1, timeout=20, status="401")
+    wait_metric(a, "loco_auth_refused_total", lambda n: n >= 1, timeout=20, reason="wrong_key")
     wrong.wait("p[0].state === 'locked' && /401/.test(p[0].error || '')", 20, "panel locked by a 401")
     right = loco_page([{"name": "vm", "whep": a.url + "/whep", "token": token}], name="page-token")
     right.wait_live(0)

@@ -7,7 +7,12 @@ agent advertises the server in its WHEP answer's `Link: <turn:...>; rel="ice-ser
 (with the credentials) and gathers a relay candidate itself, the viewer offers only relay
 candidates and ICE selects a relay pair, frames decode at 1024x768, a pointer message over
 the relayed data channel moves the real X pointer, and coturn's log shows the allocation,
-the permission for the agent's address and relayed traffic."""
+the permission for the agent's address and relayed traffic.
+
+With a shared secret instead (coturn `use-auth-secret`, what STUNner's `ephemeral` mode checks
+too), the agent mints credentials per session (`--turn-secret-file`) and hands them out on
+`GET /ice` (key required) and in its Link headers: relay-only aiortc and Chromium get through
+with them; expired or forged ones are refused by coturn; the secret appears nowhere."""
 from __future__ import annotations
 
 import http.client
@@ -27,6 +32,7 @@ from loco_testkit.sdp import sdp_candidates
 from loco_testkit.waits import free_port, wait_until
 
 TURN_USER, TURN_PASSWORD, TURN_REALM = "loco", "secret", "loco"
+TURN_SECRET = "shared-turn-secret-0123456789"
 
 
 # ------------------------------------------------------------------ coturn fixture
@@ -72,6 +78,16 @@ def coturn(tmp_path, request):
     """A real coturn on 127.0.0.1:<free port> (UDP and TCP), long-term credentials loco:secret,
     realm loco, no TLS/DTLS, loopback peers allowed, verbose log in tmp_path. Killed (process
     group) at teardown."""
+    yield from _coturn(tmp_path, request, ["lt-cred-mech", f"user={TURN_USER}:{TURN_PASSWORD}"])
+
+
+@pytest.fixture
+def coturn_secret(tmp_path, request):
+    """The same coturn with the TURN REST API scheme: `use-auth-secret` with TURN_SECRET."""
+    yield from _coturn(tmp_path, request, ["use-auth-secret", f"static-auth-secret={TURN_SECRET}"])
+
+
+def _coturn(tmp_path, request, auth: list[str]):
     exe = shutil.which("turnserver")
     if not exe:
         pytest.fail("turnserver not found: apt-get install -y coturn", pytrace=False)
@@ -85,8 +101,7 @@ def coturn(tmp_path, request):
         "listening-ip=127.0.0.1",
         f"listening-port={port}",
         "relay-ip=127.0.0.1",
-        "lt-cred-mech",
-        f"user={TURN_USER}:{TURN_PASSWORD}",
+        *auth,
         f"realm={TURN_REALM}",
         "no-tls",
         "no-dtls",
@@ -252,3 +267,143 @@ def test_turn_relay_only_aiortc(xvnc, agent, coturn, aio_loop):
         assert v.connection_state == "connected"
     finally:
         v.close()
+
+
+# ------------------------------------------------------------------ TURN REST API (shared secret)
+
+def _rest_agent(agent, xvnc, coturn_secret, tmp_path, token="turn-test-key-0123456789"):
+    secret = tmp_path / "turn-secret"
+    secret.write_text(TURN_SECRET + "\n")
+    a = agent(xvnc.port, token=token, extra_args=["--ice-server", coturn_secret.url, "--turn-secret-file", secret,
+                                                  "--turn-ttl-s", "600"])
+    a.wait_vnc(True, 30)
+    return a
+
+
+def _agent_ice(a, token) -> list[dict]:
+    r = a.request("GET", "/ice", headers={"Authorization": f"Bearer {token}"})
+    assert r.status == 200, (r.status, r.text)
+    assert r.headers.get("cache-control") == "no-store"
+    return r.json()["iceServers"]
+
+
+def _minted(servers, coturn_secret) -> dict:
+    import base64
+    import hashlib
+    import hmac
+    import time
+
+    assert len(servers) == 1 and servers[0]["urls"] == [coturn_secret.url], servers
+    s = servers[0]
+    expiry, user = s["username"].split(":")
+    assert user == "loco" and 590 <= int(expiry) - time.time() <= 610, s["username"]
+    want = base64.b64encode(hmac.new(TURN_SECRET.encode(), s["username"].encode(), hashlib.sha1).digest()).decode()
+    assert s["credential"] == want, "not base64(HMAC-SHA1(secret, username))"
+    return s
+
+
+async def _allocate(port: int, username: str, password: str):
+    """One TURN allocation with aioice's client: the relayed address, or the exception coturn's
+    answer raised."""
+    import asyncio
+
+    import aioice.turn
+    try:
+        transport, _ = await aioice.turn.create_turn_endpoint(
+            asyncio.DatagramProtocol, server_addr=("127.0.0.1", port), username=username, password=password)
+    except Exception as e:  # noqa: BLE001 - the refusal is the result
+        return e
+    relayed = transport.get_extra_info("sockname")
+    transport.close()
+    return relayed
+
+
+@pytest.mark.timeout(60)
+def test_turn_rest_credentials_minted_per_session(xvnc, agent, coturn_secret, aio_loop, tmp_path):
+    """GET /ice needs the key and answers fresh credentials coturn accepts; expired or forged
+    ones are refused; the WHEP answer's Link header carries minted ones too; the secret is in no
+    answer and no log."""
+    import base64
+    import hashlib
+    import hmac
+    import time
+
+    token = "turn-test-key-0123456789"
+    a = _rest_agent(agent, xvnc, coturn_secret, tmp_path, token)
+    assert a.request("GET", "/ice").status == 401
+    assert a.request("GET", "/ice", headers={"Authorization": "Bearer wrong-key-0123"}).status == 401
+    s = _minted(_agent_ice(a, token), coturn_secret)
+    relayed = aio_loop.run(_allocate(coturn_secret.port, s["username"], s["credential"]), 15)
+    assert isinstance(relayed, tuple) and relayed[0] == "127.0.0.1", f"coturn refused fresh credentials: {relayed!r}"
+
+    past = f"{int(time.time()) - 5}:loco"
+    expired = base64.b64encode(hmac.new(TURN_SECRET.encode(), past.encode(), hashlib.sha1).digest()).decode()
+    refused = aio_loop.run(_allocate(coturn_secret.port, past, expired), 15)
+    assert isinstance(refused, Exception) and "401" in str(refused), f"expired credentials: {refused!r}"
+    forged = aio_loop.run(_allocate(coturn_secret.port, s["username"], "AAAA" + s["credential"][4:]), 15)
+    assert isinstance(forged, Exception) and "401" in str(forged), f"forged credentials: {forged!r}"
+
+    r = a.request("POST", "/whep", make_offer(aio_loop).encode(),
+                  {"Content-Type": "application/sdp", "Authorization": f"Bearer {token}"})
+    assert r.status == 201, (r.status, r.text[:300])
+    link = r.headers.get("link", "")
+    m = re.search(r'username="(\d+:loco)"; credential="([^"]+)"', link)
+    assert m, link
+    assert any(c["typ"] == "relay" for c in sdp_candidates(r.text)), "the agent did not allocate with minted credentials"
+    assert TURN_SECRET not in link and TURN_SECRET not in r.text
+    assert a.request("DELETE", r.headers["location"], headers={"Authorization": f"Bearer {token}"}).status == 200
+    assert TURN_SECRET not in a.log()
+
+
+@pytest.mark.timeout(60)
+def test_turn_rest_relay_only_aiortc(xvnc, agent, coturn_secret, aio_loop, tmp_path):
+    from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
+    from aiortc.rtcconfiguration import RTCIceTransportPolicy
+    from loco_testkit.whep_aiortc import SyncViewer, WhepViewer
+
+    token = "turn-test-key-0123456789"
+    a = _rest_agent(agent, xvnc, coturn_secret, tmp_path, token)
+    s = _minted(_agent_ice(a, token), coturn_secret)
+
+    class RelayViewer(WhepViewer):
+        def __init__(self, base_url):
+            super().__init__(base_url, None, token)
+            self.pc = RTCPeerConnection(RTCConfiguration(
+                iceServers=[RTCIceServer(urls=s["urls"][0], username=s["username"], credential=s["credential"])],
+                iceTransportPolicy=RTCIceTransportPolicy.RELAY))
+
+    xvnc.solid("#4020c0")
+
+    async def _connect():
+        v = RelayViewer(a.url)
+        try:
+            await v._start(True, 15)
+        except BaseException:
+            await v.pc.close()
+            raise
+        return v
+    v = SyncViewer(aio_loop, aio_loop.run(_connect(), 30), name="aiortc-rest-relay")
+    try:
+        assert {c["typ"] for c in sdp_candidates(v.v.offer_sdp)} == {"relay"}
+        v.wait_channel_open(15)
+        v.wait_frame(frame_is("#4020c0"), timeout=15, what="a frame of the blue desktop over TURN")
+        _check_pointer(v.send, xvnc, a)
+        assert v.connection_state == "connected"
+        assert len(re.findall(r"user <\d+:loco>: incoming packet ALLOCATE processed, success", coturn_secret.log())) >= 2
+    finally:
+        v.close()
+
+
+@pytest.mark.chromium
+@pytest.mark.timeout(60)
+def test_turn_rest_relay_only_chromium(xvnc, agent, coturn_secret, chromium, tmp_path):
+    token = "turn-test-key-0123456789"
+    a = _rest_agent(agent, xvnc, coturn_secret, tmp_path, token)
+    s = _minted(_agent_ice(a, token), coturn_secret)
+    c = chromium()
+    c.start(a.url, ice_servers=[s], ice_transport_policy="relay", token=token)
+    c.wait("t.dcState === 'open'", 20, "input channel open over TURN")
+    c.wait_playing(W, H)
+    c.wait("t.selectedPair && t.selectedPair.state === 'succeeded' && t.selectedPair.local", 10,
+           "a selected candidate pair in getStats()")
+    assert c.selected_pair()["local"]["candidateType"] == "relay"

@@ -70,12 +70,10 @@ app.kubernetes.io/component: web
 {{- printf "turn:%s:%d?transport=udp" .Values.stunner.publicHost (int .Values.stunner.port) -}}
 {{- end -}}
 
-{{/* ICE servers for browsers (a list). */}}
+{{/* ICE servers for browsers in desktops.json (a list): only web.extraIceServers. STUNner's
+address and credentials come from each agent's GET /ice, to viewers with the key. */}}
 {{- define "loco-vm.iceServers" -}}
 {{- $servers := list -}}
-{{- if .Values.stunner.enabled -}}
-{{- $servers = append $servers (dict "urls" (list (include "loco-vm.turnUriPublic" .)) "username" .Values.stunner.auth.username "credential" .Values.stunner.auth.password) -}}
-{{- end -}}
 {{- range .Values.web.extraIceServers -}}
 {{- $servers = append $servers . -}}
 {{- end -}}
@@ -96,7 +94,7 @@ app.kubernetes.io/component: web
 {{- dict "desktops" $desktops "iceServers" $ice | toPrettyJson -}}
 {{- end -}}
 
-{{/* True ("true") when desktops.json carries a credential (the static TURN password): it then goes in a Secret. */}}
+{{/* True ("true") when desktops.json carries a credential (one of web.extraIceServers has one): it then goes in a Secret. */}}
 {{- define "loco-vm.desktopsHasSecrets" -}}
-{{- if .Values.stunner.enabled -}}true{{- end -}}
+{{- range .Values.web.extraIceServers -}}{{- if .credential -}}true{{- end -}}{{- end -}}
 {{- end -}}

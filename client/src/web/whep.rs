@@ -116,13 +116,55 @@ pub async fn connect(
     ice_servers: &[IceServer],
     video: &HtmlVideoElement,
 ) -> Result<Session, Failed> {
-    let pc = RtcPeerConnection::new_with_configuration(&rtc_configuration(ice_servers).unchecked_into())
+    let whep_url = web_sys::Url::new_with_base(&desktop.whep, base_url)
+        .map(|u| u.href())
+        .map_err(|_| format!("{:?} is not a URL", desktop.whep))?;
+    // The agent's own ICE servers first (TURN credentials minted for this session), then the page's.
+    let mut servers = match crate::link::ice_url(&whep_url) {
+        Some(url) => agent_ice_servers(&url, desktop.token.as_deref()).await?,
+        None => Vec::new(),
+    };
+    servers.extend(ice_servers.iter().cloned());
+    let pc = RtcPeerConnection::new_with_configuration(&rtc_configuration(&servers).unchecked_into())
         .map_err(|e| format!("cannot create a peer connection: {}", js_error(&e)))?;
     let result = negotiate(&pc, desktop, base_url, video).await;
     if result.is_err() {
         pc.close();
     }
     result
+}
+
+/// `GET /ice`: the agent's ICE servers for this viewer. An agent without the endpoint (404/405)
+/// has none to give; a refused key locks the panel like a refused offer.
+async fn agent_ice_servers(url: &str, token: Option<&str>) -> Result<Vec<IceServer>, Failed> {
+    let headers = web_sys::Headers::new().map_err(|e| js_error(&e))?;
+    if let Some(token) = token {
+        let _ = headers.set("Authorization", &format!("Bearer {token}"));
+    }
+    let req = web_sys::RequestInit::new();
+    req.set_method("GET");
+    req.set_headers(&headers);
+    req.set_cache(web_sys::RequestCache::NoStore);
+    let res = fetch(url, &req, POST_TIMEOUT_MS).await?;
+    let body = match res.text() {
+        Ok(p) => JsFuture::from(p).await.ok().and_then(|v| v.as_string()).unwrap_or_default(),
+        Err(_) => String::new(),
+    };
+    match res.status() {
+        200 => loco_shared::config::IceAnswer::parse(&body)
+            .map(|a| a.ice_servers)
+            .map_err(|e| format!("the agent's ICE servers are not usable: {e}").into()),
+        401 => Err(Failed {
+            message: if token.is_some() {
+                "401: the agent refused the key".into()
+            } else {
+                "401: the agent wants a key".into()
+            },
+            key_refused: true,
+        }),
+        404 | 405 => Ok(Vec::new()),
+        s => Err(format!("GET {url} answered {s}: {}", body.trim().chars().take(200).collect::<String>()).into()),
+    }
 }
 
 async fn negotiate(

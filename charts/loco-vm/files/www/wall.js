@@ -245,6 +245,24 @@
       return h;
     }
 
+    // GET /ice beside /whep: [] when the agent has none to give (404/405), null when the key was
+    // refused (the panel is locked then).
+    async agentIceServers(gen) {
+      const url = this.desk.whep.replace(/\/whep(?=$|[?#])/, "/ice");
+      if (url === this.desk.whep) return [];
+      const res = await fetchWithTimeout(url, { headers: this.headers(), cache: "no-store" }, POST_TIMEOUT_MS);
+      if (res.status === 401) {
+        this.lock(gen, (this.desk.token || wall.key) ? "401: the agent refused the key" : "401: the agent wants a key");
+        return null;
+      }
+      if (res.status === 404 || res.status === 405) return [];
+      const body = await res.text();
+      if (!res.ok) throw new Error(`GET ${url} answered ${res.status}: ${body.trim().slice(0, 200)}`);
+      const j = JSON.parse(body);
+      if (!j || !Array.isArray(j.iceServers)) throw new Error(`GET ${url}: no iceServers list`);
+      return j.iceServers;
+    }
+
     async connect() {
       const gen = ++this.gen;
       this.clearTimers();
@@ -253,7 +271,10 @@
       Object.assign(this.st, { framesDecoded: 0, framesPerSecond: 0, videoWidth: 0, videoHeight: 0, codec: null });
       this.setState("connecting");
       try {
-        const pc = this.pc = new RTCPeerConnection({ iceServers: this.desk.iceServers || [] });
+        // The agent's ICE servers first (TURN credentials minted for this session), then the page's.
+        const agentIce = await this.agentIceServers(gen);
+        if (agentIce === null || gen !== this.gen) return;
+        const pc = this.pc = new RTCPeerConnection({ iceServers: agentIce.concat(this.desk.iceServers || []) });
         pc.addTransceiver("video", { direction: "recvonly" });
         const dc = this.dc = pc.createDataChannel("input", { ordered: true });
         this.st.dcState = dc.readyState;
