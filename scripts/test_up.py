@@ -34,8 +34,8 @@ UP = HERE / "up.py"
 
 
 def up_env() -> dict:
-    """The environment `./loco up` gives up.py: packer/ and packer/testpattern/ on PYTHONPATH."""
-    paths = [str(ROOT / "packer"), str(ROOT / "packer" / "testpattern")]
+    """The environment `./loco up` gives up.py: tools/, packer/ and packer/testpattern/ on PYTHONPATH."""
+    paths = [str(ROOT / "tools"), str(ROOT / "packer"), str(ROOT / "packer" / "testpattern")]
     if os.environ.get("PYTHONPATH"):
         paths.append(os.environ["PYTHONPATH"])
     return dict(os.environ, PYTHONPATH=":".join(paths))
@@ -213,7 +213,7 @@ def test_bad_arguments_without_packer_on_the_path():
     r = subprocess.run([sys.executable, str(UP), "--vms", "1"], capture_output=True, text=True, timeout=60,
                        env=env, cwd="/")
     assert r.returncode == 2, r.stdout + r.stderr
-    assert "packer and packer/testpattern must be on PYTHONPATH: start it as `./loco up ...`" in r.stderr
+    assert "packer, packer/testpattern and tools must be on PYTHONPATH: start it as `./loco up ...`" in r.stderr
 
 
 def test_default_is_nine_vms():

@@ -39,13 +39,14 @@ keys.py). --view-key adds a view-only key for spectators.
 
 The parts live in scripts/loco_up/ (one module a job; run.py ties them together). It uses
 packer/qemuargs.py and packer/vmstate.py (shared with the VM runner) and the test-pattern guest's
-packer/testpattern/testguest.py: `./loco up` puts both folders on PYTHONPATH; by hand,
-`PYTHONPATH=packer:packer/testpattern python3 scripts/up.py ...`.
+packer/testpattern/testguest.py, and starts its children with tools/loco_testkit/procs.py (the
+harness's one process-group implementation): `./loco up` puts those folders on PYTHONPATH; by
+hand, `PYTHONPATH=tools:packer:packer/testpattern python3 scripts/up.py ...`.
 """
 import importlib.util
 import sys
 
-_SIBLINGS = {"qemuargs": "packer", "vmstate": "packer", "testguest": "packer/testpattern"}
+_SIBLINGS = {"qemuargs": "packer", "vmstate": "packer", "testguest": "packer/testpattern", "loco_testkit": "tools"}
 
 
 def _siblings_missing() -> list[str]:
@@ -55,7 +56,8 @@ def _siblings_missing() -> list[str]:
 if __name__ == "__main__":
     missing = _siblings_missing()
     if missing:
-        print(f"up.py: {' and '.join(missing)} must be on PYTHONPATH: start it as `./loco up ...`, or "
+        where = missing[0] if len(missing) == 1 else ", ".join(missing[:-1]) + " and " + missing[-1]
+        print(f"up.py: {where} must be on PYTHONPATH: start it as `./loco up ...`, or "
               f"PYTHONPATH={':'.join(missing)} python3 scripts/up.py ... from the repository's root",
               file=sys.stderr)
         sys.exit(2)

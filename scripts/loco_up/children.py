@@ -1,20 +1,16 @@
-"""The processes `./loco up` starts (QEMU, agents): each in its own process group, its output in a
-log file, stopped as a group."""
+"""The processes `./loco up` starts (QEMU, agents): each in its own process group (started by
+loco_testkit.procs, the one implementation the tests use too), its output in a log file, stopped
+as a group; they get SIGTERM when up.py goes away, even by SIGKILL."""
 from __future__ import annotations
 
 import os
 import shlex
-import shutil
 import signal
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-
-# Children get SIGTERM when up.py goes away, even by SIGKILL (util-linux's setpriv sets the parent
-# death signal and execs; no Python runs between fork and exec, so starting children while the
-# page's server threads run is safe).
-_PDEATHSIG = ["setpriv", "--pdeathsig", "TERM", "--"] if shutil.which("setpriv") else []
+from loco_testkit.procs import spawn  # tools/, on PYTHONPATH (see up.py)
 
 
 @dataclass
@@ -26,11 +22,8 @@ class Child:
     expected_exit: bool = False
 
     def start(self):
-        with open(self.log, "ab") as f:
-            f.write(f"# {shlex.join(self.argv)}\n".encode())
-            f.flush()
-            self.proc = subprocess.Popen(_PDEATHSIG + self.argv, stdin=subprocess.DEVNULL, stdout=f,
-                                         stderr=subprocess.STDOUT, process_group=0, close_fds=True)
+        self.proc = spawn(self.argv, log_path=self.log, header=f"# {shlex.join(self.argv)}", name=self.name,
+                          parent_death_signal=True, track=False)
         return self
 
     @property

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import shutil
 import signal
 import subprocess
 import threading
@@ -13,24 +14,41 @@ _live_groups: dict[int, str] = {}
 _groups_lock = threading.Lock()
 
 
+# util-linux's setpriv sets the parent-death signal and execs: no Python runs between fork and
+# exec, so this is safe while other threads run (preexec_fn would not be).
+_SETPRIV = shutil.which("setpriv")
+
+
 def spawn(argv: list[str], *, log_path: str | os.PathLike | None = None,
           env: dict | None = None, stdout=None, stderr=None, name: str | None = None,
-          stdin=subprocess.DEVNULL, **kw) -> subprocess.Popen:
-    """Start argv in its own process group; remember the group so it is killed at exit."""
+          stdin=subprocess.DEVNULL, header: str | None = None, parent_death_signal: bool = False,
+          track: bool = True, **kw) -> subprocess.Popen:
+    """Start argv in its own process group; remember the group so it is killed at exit.
+
+    log_path: stdout and stderr appended there (after `header`, when given, on its own line).
+    parent_death_signal: the child gets SIGTERM when this process dies, even by SIGKILL (needs
+    setpriv; without it, only the exit-time sweep remains).
+    track: remember the group for kill_all_groups() at exit (a supervisor that reaps and stops
+    its children itself, like `./loco up`, passes False: a reaped group's id may be reused)."""
     logf = None
     if log_path is not None:
         logf = open(log_path, "ab", buffering=0)
+        if header is not None:
+            logf.write(header.rstrip("\n").encode() + b"\n")
         stdout = logf if stdout is None else stdout
         stderr = subprocess.STDOUT if stderr is None else stderr
+    if parent_death_signal and _SETPRIV:
+        argv = [_SETPRIV, "--pdeathsig", "TERM", "--", *argv]
     try:
         p = subprocess.Popen(argv, env=env, stdout=stdout if stdout is not None else subprocess.DEVNULL,
                              stderr=stderr if stderr is not None else subprocess.DEVNULL,
-                             stdin=stdin, start_new_session=True, **kw)
+                             stdin=stdin, start_new_session=True, close_fds=True, **kw)
     finally:
         if logf is not None:
             logf.close()
-    with _groups_lock:
-        _live_groups[p.pid] = name or os.path.basename(argv[0])
+    if track:
+        with _groups_lock:
+            _live_groups[p.pid] = name or os.path.basename(argv[0])
     return p
 
 
