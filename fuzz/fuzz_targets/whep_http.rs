@@ -20,8 +20,10 @@
 //! - no panic; never 500 (nor any 5xx but the health check's 503);
 //! - the status belongs to the route: POST /whep is 201/400/401/413/415 (503 only from the
 //!   full agent, which never answers 201), DELETE/PATCH /whep/sessions/{id}
-//!   200/400/401/404/405, /healthz 503 (no VNC here) with JSON, /metrics 200, other paths
-//!   404, wrong methods 405, OPTIONS (CORS preflight) 200;
+//!   200/400/401/404/405, GET /ice 200 (JSON the page's parser accepts) or 401, /healthz 503
+//!   (no VNC here) with JSON, /metrics 200, other paths 404, wrong methods 405, OPTIONS (CORS
+//!   preflight) 200. Requests come from one address whose wrong-key allowance is unlimited
+//!   here, so a 429 is an error too (the limit itself is `keyguard`'s, fuzzed in bitrate_pacer);
 //! - 401 only from the locked agent and only without a valid bearer token, always with
 //!   `WWW-Authenticate: Bearer`;
 //! - 201 only for POST /whep with `Content-Type: application/sdp` and a body that is SDP;
@@ -30,10 +32,12 @@
 //! - no session outlives its input (the viewer count is back to 0).
 #![no_main]
 
-use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
+use axum::extract::connect_info::MockConnectInfo;
 use axum::http::{header, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use axum::Router;
 use http_body_util::BodyExt;
@@ -43,6 +47,7 @@ use loco_agent::http::{router, AppState, Tokens};
 use loco_agent::metrics::Metrics;
 use loco_agent::peer::{IceConfig, Limits, PeerFactory, Viewers};
 use loco_agent::pipeline::{PipelineConfig, Pipelines, Screen};
+use loco_shared::keyguard::KeyGuard;
 use tower::ServiceExt;
 
 const CONTROL_TOKEN: &str = "fuzz-control-token";
@@ -98,12 +103,16 @@ fn agent() -> &'static Agent {
                     metrics: metrics.clone(),
                     default_codec: Codec::H264,
                     tokens,
+                    guard: Mutex::new(KeyGuard::new(u32::MAX, u32::MAX, 16)),
+                    started: Instant::now(),
                 })
             };
-            let open = router(state(Tokens::default(), &viewers));
+            // Every request from one address, as hyper's connect info would give it.
+            let from = MockConnectInfo(SocketAddr::from(([127, 0, 0, 1], 40_000)));
+            let open = router(state(Tokens::default(), &viewers)).layer(from.clone());
             let tokens = Tokens { control: vec![CONTROL_TOKEN.into()], view: vec![VIEW_TOKEN.into()] };
-            let locked = router(state(tokens, &viewers));
-            let full = router(state(Tokens::default(), &no_room));
+            let locked = router(state(tokens, &viewers)).layer(from.clone());
+            let full = router(state(Tokens::default(), &no_room)).layer(from);
             (open, locked, full, viewers, input_rx)
         });
         Agent { rt, open, locked, full, viewers, _input: input }
@@ -240,12 +249,18 @@ fn check(p: &Parsed, status: StatusCode, response: &Response<Body>, body: &[u8])
         // 400: axum's Path extractor refuses an id that is not UTF-8 once percent-decoded.
         (s, m) if is_session_path(s) && (m == Method::DELETE || m == Method::PATCH) => &[200, 400, 401, 404, 405],
         (s, _) if is_session_path(s) => &[405],
+        ("/ice", &Method::GET | &Method::HEAD) => &[200, 401],
+        ("/ice", _) => &[405],
         ("/healthz", &Method::GET | &Method::HEAD) => &[503],
         ("/metrics", &Method::GET | &Method::HEAD) => &[200],
         ("/healthz" | "/metrics", _) => &[405],
         _ => &[404, 405],
     };
     assert!(allowed.contains(&status.as_u16()), "unexpected status: {}", ctx());
+    if path == "/ice" && status == StatusCode::OK && p.method == Method::GET {
+        let text = String::from_utf8_lossy(body);
+        loco_shared::config::IceAnswer::parse(&text).unwrap_or_else(|e| panic!("/ice answer {text:?}: {e}"));
+    }
     if path == "/healthz" && p.method == Method::GET {
         let v: serde_json::Value = serde_json::from_slice(body).expect("/healthz answers JSON");
         assert_eq!(v["vnc_connected"], serde_json::Value::Bool(false));

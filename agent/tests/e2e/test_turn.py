@@ -167,6 +167,32 @@ def _check_coturn_relayed(coturn) -> None:
         raise AssertionError(f"{e}; coturn log:\n{tail(coturn.log_path, 6000)}") from e
 
 
+def _relay_viewer(aio_loop, url: str, ice_server: dict, token: str | None, name: str):
+    """An aiortc WHEP viewer forced to relay through `ice_server` ({"urls", "username",
+    "credential"}), connected (offer answered), as a SyncViewer."""
+    from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
+    from aiortc.rtcconfiguration import RTCIceTransportPolicy
+    from loco_testkit.whep_aiortc import SyncViewer, WhepViewer
+
+    class RelayViewer(WhepViewer):
+        def __init__(self):
+            super().__init__(url, None, token)
+            self.pc = RTCPeerConnection(RTCConfiguration(
+                iceServers=[RTCIceServer(urls=ice_server["urls"][0], username=ice_server["username"],
+                                         credential=ice_server["credential"])],
+                iceTransportPolicy=RTCIceTransportPolicy.RELAY))
+
+    async def _connect():
+        v = RelayViewer()
+        try:
+            await v._start(True, 15)
+        except BaseException:
+            await v.pc.close()
+            raise
+        return v
+    return SyncViewer(aio_loop, aio_loop.run(_connect(), 30), name=name)
+
+
 # ------------------------------------------------------------------ tests
 
 @pytest.mark.timeout(60)
@@ -226,29 +252,9 @@ def test_turn_relay_only_chromium(xvnc, agent, coturn, chromium):
 
 @pytest.mark.timeout(60)
 def test_turn_relay_only_aiortc(xvnc, agent, coturn, aio_loop):
-    from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
-    from aiortc.rtcconfiguration import RTCIceTransportPolicy
-    from loco_testkit.whep_aiortc import SyncViewer, WhepViewer
-
-    class RelayViewer(WhepViewer):
-        def __init__(self, base_url):
-            super().__init__(base_url, None, None)
-            self.pc = RTCPeerConnection(RTCConfiguration(
-                iceServers=[RTCIceServer(urls=coturn.url, username=TURN_USER, credential=TURN_PASSWORD)],
-                iceTransportPolicy=RTCIceTransportPolicy.RELAY))
-
     a = _turn_agent(agent, xvnc, coturn)
     xvnc.solid("#c04020")
-
-    async def _connect():
-        v = RelayViewer(a.url)
-        try:
-            await v._start(True, 15)
-        except BaseException:
-            await v.pc.close()
-            raise
-        return v
-    v = SyncViewer(aio_loop, aio_loop.run(_connect(), 30), name="aiortc-relay")
+    v = _relay_viewer(aio_loop, a.url, coturn.ice_server(), None, "aiortc-relay")
     try:
         offered = {c["typ"] for c in sdp_candidates(v.v.offer_sdp)}
         assert offered == {"relay"}, f"relay-only aiortc offered {offered}"
@@ -357,32 +363,11 @@ def test_turn_rest_credentials_minted_per_session(xvnc, agent, coturn_secret, ai
 
 @pytest.mark.timeout(60)
 def test_turn_rest_relay_only_aiortc(xvnc, agent, coturn_secret, aio_loop, tmp_path):
-    from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
-    from aiortc.rtcconfiguration import RTCIceTransportPolicy
-    from loco_testkit.whep_aiortc import SyncViewer, WhepViewer
-
     token = "turn-test-key-0123456789"
     a = _rest_agent(agent, xvnc, coturn_secret, tmp_path, token)
     s = _minted(_agent_ice(a, token), coturn_secret)
-
-    class RelayViewer(WhepViewer):
-        def __init__(self, base_url):
-            super().__init__(base_url, None, token)
-            self.pc = RTCPeerConnection(RTCConfiguration(
-                iceServers=[RTCIceServer(urls=s["urls"][0], username=s["username"], credential=s["credential"])],
-                iceTransportPolicy=RTCIceTransportPolicy.RELAY))
-
     xvnc.solid("#4020c0")
-
-    async def _connect():
-        v = RelayViewer(a.url)
-        try:
-            await v._start(True, 15)
-        except BaseException:
-            await v.pc.close()
-            raise
-        return v
-    v = SyncViewer(aio_loop, aio_loop.run(_connect(), 30), name="aiortc-rest-relay")
+    v = _relay_viewer(aio_loop, a.url, s, token, "aiortc-rest-relay")
     try:
         assert {c["typ"] for c in sdp_candidates(v.v.offer_sdp)} == {"relay"}
         v.wait_channel_open(15)
