@@ -4,12 +4,15 @@
 //!   64 KiB), `201 Created` with the SDP answer and `Location: /whep/sessions/{id}` out.
 //! - `DELETE /whep/sessions/{id}` — ends the session. `PATCH` there answers 405: the answer
 //!   already carries every candidate (no trickle ICE).
+//! - `GET /ice` — JSON: the ICE servers a viewer should use, TURN credentials minted for it.
 //! - `GET /healthz` — JSON; 200 while the VNC connection is up, 503 otherwise.
 //! - `GET /metrics` — Prometheus text.
 //!
-//! With a token configured, WHEP requests need `Authorization: Bearer <token>` (compared in
-//! constant time); anything else is 401. CORS is open so a page from another origin can
-//! connect; the token, not the origin, is the access control.
+//! With a token configured, WHEP requests and `/ice` need `Authorization: Bearer <token>`
+//! (compared in constant time); anything else is 401, and an address that sent too many wrong
+//! keys lately gets 429 without its key being looked at ([`loco_shared::keyguard`]). CORS is
+//! open so a page from another origin can connect; the token, not the origin, is the access
+//! control.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};

@@ -117,6 +117,8 @@ struct Slot<P> {
     resends: u8,
     queued: bool,
     nacked: bool,
+    /// The NACKed-share window it was sent in (`Retransmitter::window`).
+    window: u32,
 }
 
 /// The share of packets a viewer NACKed over one window.
@@ -140,6 +142,8 @@ pub struct Retransmitter<P> {
     bytes_out: u64,
     queue: std::collections::VecDeque<u16>,
     window_start: Option<Duration>,
+    /// Which window of `take_nacked_share` is open: a NACK counts only for a packet sent in it.
+    window: u32,
     window_sent: u32,
     window_nacked: u32,
 }
@@ -169,6 +173,7 @@ impl<P: Clone> Retransmitter<P> {
             bytes_out: 0,
             queue: std::collections::VecDeque::new(),
             window_start: None,
+            window: 0,
             window_sent: 0,
             window_nacked: 0,
         }
@@ -188,8 +193,17 @@ impl<P: Clone> Retransmitter<P> {
     /// A packet of `bytes` bytes went out with sequence number `seq` at `now`.
     pub fn on_sent(&mut self, seq: u16, packet: P, bytes: usize, now: Duration) {
         let i = self.index(seq);
-        self.slots[i] =
-            Some(Slot { seq, packet, bytes, sent_at: now, last_sent: now, resends: 0, queued: false, nacked: false });
+        self.slots[i] = Some(Slot {
+            seq,
+            packet,
+            bytes,
+            sent_at: now,
+            last_sent: now,
+            resends: 0,
+            queued: false,
+            nacked: false,
+            window: self.window,
+        });
         self.window_start.get_or_insert(now);
         self.window_sent = self.window_sent.saturating_add(1);
         self.refill(now, bytes);
@@ -258,7 +272,9 @@ impl<P: Clone> Retransmitter<P> {
     }
 
     /// The share of packets sent since the last call that the viewer NACKed, once at least
-    /// `min_window` has passed and 20 packets were sent; `None` until then.
+    /// `min_window` has passed and 20 packets were sent; `None` until then. A NACK for a packet
+    /// of an earlier window does not count (that window's share is already taken; counting it
+    /// here could make `nacked` exceed `sent`).
     pub fn take_nacked_share(&mut self, now: Duration, min_window: Duration) -> Option<NackedShare> {
         let start = *self.window_start.get_or_insert(now);
         if now.saturating_sub(start) < min_window || self.window_sent < 20 {
@@ -270,6 +286,7 @@ impl<P: Clone> Retransmitter<P> {
             fraction: (f64::from(self.window_nacked) / f64::from(self.window_sent)).min(1.0),
         };
         self.window_start = Some(now);
+        self.window = self.window.wrapping_add(1);
         self.window_sent = 0;
         self.window_nacked = 0;
         Some(share)
@@ -318,7 +335,9 @@ impl<P: Clone> Retransmitter<P> {
         };
         if !slot.nacked {
             slot.nacked = true;
-            self.window_nacked = self.window_nacked.saturating_add(1);
+            if slot.window == self.window {
+                self.window_nacked = self.window_nacked.saturating_add(1);
+            }
         }
         if now.saturating_sub(slot.sent_at) > max_age {
             return (Outcome::Expired, None);
@@ -542,6 +561,25 @@ mod tests {
         assert!((share.fraction - 0.1).abs() < 1e-9);
         r.on_sent(200, 200, 1000, ms(1500));
         assert_eq!(r.take_nacked_share(ms(2100), ms(1000)), None, "too few packets");
+    }
+
+    #[test]
+    fn a_nack_for_an_earlier_window_does_not_count_in_this_one() {
+        // Found by the retransmit_twcc fuzz target: 33 NACKed of 32 sent.
+        let mut r = Retransmitter::new(RetransmitConfig::default());
+        for s in 0..40u16 {
+            r.on_sent(s, s, 1000, ms(u64::from(s)));
+        }
+        assert_eq!(r.take_nacked_share(ms(200), ms(100)).map(|s| s.sent), Some(40));
+        for s in 100..120u16 {
+            r.on_sent(s, s, 1000, ms(300));
+        }
+        for s in (0..40u16).chain(100..120) {
+            r.on_nack(s, ms(310));
+        }
+        let share = r.take_nacked_share(ms(400), ms(100)).expect("a sample");
+        assert_eq!((share.sent, share.nacked), (20, 20));
+        assert!(share.nacked <= share.sent);
     }
 
     #[test]
