@@ -91,7 +91,8 @@ class Keys:
 
 
 def plan_keys(args, runtime_dir: Path) -> Keys:
-    """The run's keys, with files for the agents in `runtime_dir/keys/` (0600) where they are new."""
+    """The run's keys, with files for the agents in `runtime_dir/keys/` (0700; files 0600) where
+    they are new. up.py removes that folder at exit, even when it keeps the run's logs."""
     keys = Keys()
     wants_view = bool(args.view_key or args.view_key_file)
     if args.key_file:

@@ -414,6 +414,8 @@ def main(argv=None) -> int:
         warn("still running: " + ", ".join(f"{c.name} (pid {c.pid})" for c in left))
         rc = rc or 1
     if up.runtime_dir is not None:
+        # The run's keys die with it, even where its logs are kept.
+        shutil.rmtree(up.runtime_dir / "keys", ignore_errors=True)
         for vm in up.vms:  # the VMs' writes go with them (the image itself is untouched)
             for f in ("overlay.qcow2", "vnc.sock", "qmp.sock"):
                 try:
