@@ -85,11 +85,20 @@ export class Xvnc {
   static async create(workdir: string, label: string): Promise<Xvnc> {
     requireTools(X_TOOLS);
     const x = new Xvnc(workdir, label);
-    x.display = await pickDisplay();
-    x.port = await freePort();
-    x.logPath = path.join(workdir, `xvnc-${label}-${x.display}.log`);
-    await x.start();
-    return x;
+    // Another X server (a parallel worker's, picked in the same instant) may take the display
+    // between the check and Xvnc's start: Xvnc then exits at once, and another number is tried.
+    for (let attempt = 1; ; attempt++) {
+      x.display = await pickDisplay();
+      x.port = await freePort();
+      x.logPath = path.join(workdir, `xvnc-${label}-${x.display}.log`);
+      try {
+        await x.start();
+        return x;
+      } catch (e) {
+        if (!(e instanceof ProcessExited) || attempt >= 3) throw e;
+        console.log(`[xvnc] ${(e as Error).message}: trying another display`);
+      }
+    }
   }
 
   get env(): NodeJS.ProcessEnv {
