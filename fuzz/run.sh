@@ -25,7 +25,7 @@ CACHE=${LOCO_CACHE:-$HOME/.cache/loco}
 export CARGO_TARGET_DIR=$CACHE/fuzz-target
 export RUSTC_BOOTSTRAP=${RUSTC_BOOTSTRAP:-1}
 SECONDS_PER_TARGET=${FUZZ_SECONDS:-20}
-ALL_TARGETS=(input_message desktops_config layout_ray bitrate_pacer retransmit_twcc feedback_loop whep_http rfb_server framebuffer_ops)
+ALL_TARGETS=(input_message desktops_config layout_ray bitrate_pacer retransmit_twcc feedback_loop lan_switch whep_http rfb_server framebuffer_ops)
 TARGETS=("$@")
 [ ${#TARGETS[@]} -gt 0 ] || TARGETS=("${ALL_TARGETS[@]}")
 

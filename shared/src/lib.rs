@@ -21,6 +21,7 @@
 //!   keyframes on demand).
 //! - [`ratelimit`]: a token bucket (input events per viewer).
 //! - [`keyguard`]: wrong keys rate-limited per source address (the agent's HTTP).
+//! - [`lan`]: the guest LAN's learning switch and DHCP relay rewriting (`loco-lan`).
 #![forbid(unsafe_code)]
 
 pub mod bitrate;
@@ -30,6 +31,7 @@ pub mod feedback;
 pub mod geom;
 pub mod keyguard;
 pub mod keys;
+pub mod lan;
 pub mod layout;
 pub mod pacer;
 pub mod protocol;
