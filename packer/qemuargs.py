@@ -14,6 +14,7 @@ CLI (for shell runners such as runner/start.sh): prints the argv, one argument p
         --qmp unix:/tmp/qmp.sock,server=on,wait=off --memory 512 --cpus 1 --nic none --nul
     packer/qemuargs.py --list          # the profile names
 
+--lan tcp:HOST:PORT (or unix:PATH) --lan-index N joins the guest LAN (packer/guestlan.py) as VM N.
 --memory, --cpus and --nic override the profile's -m, -smp and -nic. For a profile that boots with
 -kernel/-initrd (kernel_boot), the files are looked for in --image-dir (default: the disk's
 directory), and the CLI exits 2 naming the one that is missing. Exit status 2 for bad input.
@@ -27,6 +28,8 @@ import json
 import shlex
 import sys
 from pathlib import Path
+
+import guestlan  # beside this file
 
 ARGS_FILE = Path(__file__).resolve().parent / "qemu-args.json"
 QEMU = "qemu-system-x86_64"
@@ -63,26 +66,41 @@ def kernel_files(name: str, *, disk: str, image_dir: str | None = None,
 def qemu_argv(name: str, *, disk: str, image_dir: str | None = None, accel: str = "tcg",
               vnc: str | None = None, serial: str | None = None, qemu_name: str | None = None,
               qemu: str = QEMU, path: Path | str = ARGS_FILE, memory_mb: int | None = None,
-              smp: int | None = None, qmp: str | None = None, nic: str | None = None) -> list[str]:
+              smp: int | None = None, qmp: str | None = None, nic: str | None = None,
+              lan: str | None = None, lan_index: int | None = None) -> list[str]:
     """Full argv for one VM of profile `name`. vnc is QEMU's -vnc value ("unix:PATH" or "127.0.0.1:N");
     serial is QEMU's -serial value (default "null"); image_dir holds a kernel_boot profile's kernel
     and initrd (default: the disk's directory). memory_mb, smp and nic (QEMU's -nic value, e.g.
     "none" or "user,model=ne2k_pci") override the profile's; qmp is QEMU's -qmp value (none by
-    default), e.g. "unix:/tmp/qmp.sock,server=on,wait=off"."""
+    default), e.g. "unix:/tmp/qmp.sock,server=on,wait=off". lan ("unix:PATH" or "tcp:HOST:PORT", the
+    loco-lan switch) joins the guest LAN as VM lan_index (its MAC, so DHCP gives it its address) with
+    the profile's lan_nic (packer/guestlan.py); it cannot be combined with nic."""
     if accel not in ("kvm", "tcg"):
         raise ValueError(f"accel must be 'kvm' or 'tcg', not {accel!r}")
     for what, v, least in (("memory_mb", memory_mb, 16), ("smp", smp, 1)):
         if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < least):
             raise ValueError(f"{what} must be a whole number >= {least}, not {v!r}")
     p = profile(name, path)
+    lan_args: list[str] = []
+    if lan is not None:
+        if nic is not None and nic != "none":
+            raise ValueError("a VM joins the guest LAN (lan) or gets its own -nic, not both")
+        if lan_index is None:
+            raise ValueError("lan needs lan_index (the VM's number on the LAN, which fixes its MAC and address)")
+        if not p.get("lan_nic"):
+            raise ValueError(f"profile {name!r} has no lan_nic (the NIC model it joins the LAN with)")
+        lan_args = guestlan.qemu_args(lan, lan_index, p["lan_nic"])
     argv = [qemu, "-name", qemu_name or f"loco-{name}", "-accel", accel, "-machine", p["machine"]]
     if p.get("cpu"):
         argv += ["-cpu", p["cpu"]]
     argv += ["-m", str(memory_mb or p["memory_mb"]), "-smp", str(smp or p["smp"])]
     extra = [list(g) for g in p.get("run_extra", [])]
-    if nic is not None:  # the caller's -nic replaces the profile's (QEMU would add both)
+    if lan_args:  # the LAN's NIC replaces the profile's -nic none
+        extra = [g for g in extra if g[0] != "-nic"]
+    elif nic is not None:  # the caller's -nic replaces the profile's (QEMU would add both)
         extra = [g for g in extra if g[0] != "-nic"] + [["-nic", nic]]
     argv += flatten(extra)
+    argv += lan_args
     argv += flatten(p["devices"])
     d = p["disk"]
     argv += ["-drive", f"file={disk},if={d['interface']},format={d['format']}"]
@@ -125,6 +143,9 @@ def main(argv=None) -> int:
     ap.add_argument("--memory", type=_at_least(16), metavar="MB", help="guest memory in MiB (default: the profile's)")
     ap.add_argument("--cpus", type=_at_least(1), metavar="N", help="guest CPUs, -smp (default: the profile's)")
     ap.add_argument("--nic", help="QEMU -nic value replacing the profile's, e.g. none or user,model=ne2k_pci")
+    ap.add_argument("--lan", metavar="unix:PATH|tcp:HOST:PORT",
+                    help="join the guest LAN (the loco-lan switch at this address) as VM --lan-index")
+    ap.add_argument("--lan-index", type=_at_least(1), metavar="N", help="the VM's number on the LAN (its MAC and address)")
     ap.add_argument("--qemu", default=QEMU, help=f"the QEMU binary, argv[0] (default {QEMU})")
     ap.add_argument("--field", help="print one field of the profile (image, ready_marker, ...) and exit")
     fmt = ap.add_mutually_exclusive_group()
@@ -152,9 +173,13 @@ def main(argv=None) -> int:
         print(f"qemuargs: profile {a.profile} boots with -kernel/-initrd, and {missing[0]} is missing (the "
               f"kernel and initrd go next to the base image, or in --image-dir)", file=sys.stderr)
         return 2
-    out = qemu_argv(a.profile, disk=a.disk, image_dir=a.image_dir, accel=a.accel, vnc=a.vnc,
-                    serial=a.serial, qemu_name=a.name, qemu=a.qemu, memory_mb=a.memory, smp=a.cpus,
-                    qmp=a.qmp, nic=a.nic)
+    try:
+        out = qemu_argv(a.profile, disk=a.disk, image_dir=a.image_dir, accel=a.accel, vnc=a.vnc,
+                        serial=a.serial, qemu_name=a.name, qemu=a.qemu, memory_mb=a.memory, smp=a.cpus,
+                        qmp=a.qmp, nic=a.nic, lan=a.lan, lan_index=a.lan_index)
+    except ValueError as e:
+        print(f"qemuargs: {e}", file=sys.stderr)
+        return 2
     if a.lines and any("\n" in x for x in out):
         print("qemuargs: an argument contains a newline: use --nul", file=sys.stderr)
         return 2

@@ -46,7 +46,7 @@ hand, `PYTHONPATH=tools:packer:packer/testpattern python3 scripts/up.py ...`.
 import importlib.util
 import sys
 
-_SIBLINGS = {"qemuargs": "packer", "vmstate": "packer", "testguest": "packer/testpattern", "loco_testkit": "tools"}
+_SIBLINGS = {"qemuargs": "packer", "vmstate": "packer", "guestlan": "packer", "testguest": "packer/testpattern", "loco_testkit": "tools"}
 
 
 def _siblings_missing() -> list[str]:

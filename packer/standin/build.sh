@@ -126,7 +126,10 @@ rm -rf "$root"/var/cache/apt/* "$root"/var/lib/apt/lists/* "$root"/var/log/* "$r
     "$root"/usr/share/doc/* "$root"/usr/share/man/* "$root"/usr/share/info/* "$root"/boot/*
 find "$root/usr/share/locale" -mindepth 1 -maxdepth 1 ! -name locale.alias -exec rm -rf {} + 2>/dev/null || true
 kmod="$root/lib/modules/$kver/kernel"
-for d in drivers/net/wireless drivers/net/ethernet drivers/infiniband drivers/media drivers/staging \
+# Of the Ethernet drivers only 8390 stays: ne2k-pci, the NIC the guest LAN gives the VM
+# (lan_nic in packer/qemu-args.json, the same RTL8029 as Windows 98's).
+find "$kmod/drivers/net/ethernet" -mindepth 1 -maxdepth 1 ! -name 8390 -exec rm -rf {} +
+for d in drivers/net/wireless drivers/infiniband drivers/media drivers/staging \
     drivers/gpu/drm/amd drivers/gpu/drm/nouveau drivers/gpu/drm/i915 drivers/gpu/drm/radeon \
     drivers/isdn drivers/bluetooth drivers/scsi drivers/target drivers/iio drivers/mtd drivers/md \
     drivers/net/can drivers/net/usb drivers/hwmon drivers/watchdog sound net/wireless net/mac80211 \

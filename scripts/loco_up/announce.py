@@ -55,6 +55,11 @@ class Announce:
                 note = ""
             vm.told_ready = vm.t_ready is not None
             say(f"  {vm.name:<6} http://{h0}:{vm.agent_port}/whep{note}")
+        if self.lan is not None:
+            import guestlan  # packer/
+            n = len(self.vms)
+            say(f"  lan    one isolated Ethernet segment: vm1 {guestlan.address(1)}"
+                f"{f' ... vm{n} {guestlan.address(n)}' if n > 1 else ''} by DHCP (no route out; --no-lan turns it off)")
         say(f"  logs   {self.runtime_dir}")
         if self.state is not None:
             say(f"  state  {self.state_dir}   (the VMs started from it; QEMU memory {self.memory_mib():.0f} MiB "

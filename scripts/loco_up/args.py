@@ -66,6 +66,9 @@ def parse_args(argv):
                        help="boot the tiny test-pattern guest (packer/testpattern) instead of the stand-in")
     ap.add_argument("--profile", metavar="NAME",
                     help="with --image: its QEMU options from packer/qemu-args.json (default win98)")
+    ap.add_argument("--no-lan", action="store_true",
+                    help="no guest LAN: each VM without a network (by default the VMs share one isolated "
+                         "Ethernet segment, loco-lan, and take 10.98.0.101... by DHCP; packer/guestlan.py)")
     ap.add_argument("--runtime-dir", metavar="DIR",
                     help="where sockets, logs and overlays go (default: a new private temp dir, "
                          "removed at a clean exit)")

@@ -23,6 +23,8 @@ from .host import (agent_binary, bind_family, build_standin, check_image, health
 from .saving import SavedStates
 from .vms import COLD, RESTORE, SAVER, WAIT, VM
 from .keys import Keys, plan_keys
+import guestlan  # packer/, on PYTHONPATH (see up.py)
+from loco_testkit.lan import commands as lan_commands  # tools/, on PYTHONPATH (see up.py)
 from .web import WallServer
 
 
@@ -43,6 +45,8 @@ class Up(SavedStates, Announce):
         self.state = None
         self.t0 = time.monotonic()
         self.t_announced = self.t0
+        self.lan = None      # loco_testkit.lan.LanCommands once the guest LAN is planned
+        self.lan_on = False
 
     def on_signal(self, signum, _frame):
         if self.stop_signal is not None:
@@ -78,6 +82,10 @@ class Up(SavedStates, Announce):
                 self.profile_spec = qemu_profiles().profile(self.profile)
             except (KeyError, OSError, ValueError) as e:
                 raise UsageError(str(e.args[0] if isinstance(e, KeyError) else e)) from None
+        # The guest LAN: for profile guests whose profile names a NIC (not the test-pattern guest).
+        self.lan_on = self.profile is not None and not a.no_lan and bool(self.profile_spec.get("lan_nic"))
+        if self.lan_on and not shutil.which("dnsmasq"):
+            raise UsageError("the guest LAN needs dnsmasq (./loco deps installs dnsmasq-base), or run with --no-lan")
         if not WALL_DIR.joinpath("index.html").is_file():
             raise UsageError(f"the page is missing: {WALL_DIR}/index.html")
         if not WEB_DIR.joinpath("index.html").is_file():
@@ -185,11 +193,30 @@ class Up(SavedStates, Announce):
                     raise Failure(f"{vm.name}: qemu-img create failed: {r.stderr.strip()}")
                 disk = overlay
             vnc_arg = f"unix:{vnc_unix}" if vnc_unix else f"127.0.0.1:{vnc_port - 5900}"
-            cmd = self.qemu_argv(disk=disk, vnc=vnc_arg, serial=vm.serial_log, qmp=vm.qmp, name=f"loco-{vm.name}")
+            # The LAN NIC: on the command line for a cold boot (or a guest that cannot take a hot-plugged
+            # one); plugged over QMP once restored otherwise, so the saved state holds no NIC and every
+            # VM gets its own MAC and lease.
+            hotplug = self.lan is not None and mode != COLD and bool(self.profile_spec.get("lan_hotplug"))
+            vm.lan_plug = (guestlan.qmp_hotplug(self.lan.spec, vm.index, self.profile_spec["lan_nic"])
+                           if hotplug and mode == RESTORE else None)
+            cmd = self.qemu_argv(disk=disk, vnc=vnc_arg, serial=vm.serial_log, qmp=vm.qmp, name=f"loco-{vm.name}",
+                                 lan_index=None if hotplug else vm.index)
             if mode == RESTORE:
                 cmd += self.state.incoming()
         vm.qemu = Child(f"{vm.name} QEMU", cmd, vm.dir / "qemu.log").start()
         self.children.append(vm.qemu)
+
+    def start_lan(self):
+        """The guest LAN's switch and DHCP server, before the VMs (QEMU would wait for the switch
+        anyway: it reconnects by itself)."""
+        d = self.runtime_dir / "lan"
+        try:
+            self.lan = lan_commands(d, self.args.vms)
+        except (FileNotFoundError, OSError) as e:
+            raise Failure(f"the guest LAN cannot start: {e} (--no-lan runs without it)") from None
+        for name, argv, log in (("LAN dhcp", self.lan.dhcp, d / "dnsmasq.log"),
+                                ("LAN switch", self.lan.switch, d / "loco-lan.log")):
+            self.children.append(Child(name, argv, log).start())
 
     def stop_qemu(self, vm: VM):
         """End vm's QEMU now (it is being replaced): SIGKILL its group and reap it."""
@@ -205,6 +232,8 @@ class Up(SavedStates, Announce):
     def start(self):
         for i in range(1, self.args.vms + 1):
             self.vms.append(self.plan_vm(i))
+        if self.lan_on:
+            self.start_lan()
         # QEMUs first (their VNC sockets exist as soon as they start), then the agents.
         if self.state_plan == SAVER:
             try:

@@ -16,10 +16,12 @@ from .vms import COLD, RESTORE, SAVER, WAIT, VM
 class SavedStates:
     """The saved-state part of `Up` (a mixin: it reads and sets Up's fields)."""
 
-    def qemu_argv(self, *, disk, vnc, serial, qmp, name) -> list[str]:
+    def qemu_argv(self, *, disk, vnc, serial, qmp, name, lan_index=None) -> list[str]:
+        lan = self.lan.spec if self.lan is not None and lan_index is not None else None
         return qemu_profiles().qemu_argv(self.profile, disk=str(disk), image_dir=self.image_dir, accel=self.accel,
                                          vnc=vnc, serial=f"file:{serial}", qemu_name=name, qemu=QEMU,
-                                         qmp=f"unix:{qmp},server=on,wait=off" if qmp else None)
+                                         qmp=f"unix:{qmp},server=on,wait=off" if qmp else None,
+                                         lan=lan, lan_index=lan_index if lan else None)
 
     def plan_state(self):
         """Whether the VMs start from a saved state (RESTORE), make one first (SAVER), or boot cold."""
@@ -30,6 +32,18 @@ class SavedStates:
         self.state_made = False  # a state was saved in this run (if that one fails too: cold)
         if self.image is None or a.cold:
             return
+        if self.lan_on and not self.profile_spec.get("lan_hotplug"):
+            # A saved state would hold vm1's NIC (its MAC) and its DHCP lease: every VM started from
+            # it would be vm1 on the LAN. A guest that takes a hot-plugged NIC (lan_hotplug) is saved
+            # without one and gets its own once restored; any other boots cold.
+            if a.save_state or a.from_state:
+                self.lan_on = False
+                say(f"loco up: no guest LAN in this run: profile {self.profile} cannot take a hot-plugged NIC, and a "
+                    "saved state would give every VM vm1's network identity (--cold keeps the LAN)")
+            else:
+                say("loco up: the guest LAN is on, so every VM boots cold (a saved state would give each one vm1's "
+                    "network identity); --no-lan starts them from a saved state instead")
+                return
         sock = self.runtime_dir / f"vm{a.vms}" / "qmp.sock"
         if len(str(sock)) > SUN_PATH_MAX:
             if a.save_state or a.from_state:

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .children import Child
-from .common import vmstate
+from .common import vmstate, warn
 
 
 # How a VM starts: booting cold, booting cold to have its state saved, restored from a saved
@@ -36,6 +36,7 @@ class VM:
     t_status: float = 0.0
     extra_vnc: tuple = (None, None)  # (Unix socket path, TCP port): where QEMU serves VNC
     told_ready: bool = False  # its readiness was announced
+    lan_plug: list | None = None  # QMP commands that plug its LAN NIC once restored (guestlan.qmp_hotplug)
 
     @property
     def name(self):
@@ -57,11 +58,25 @@ class VM:
                 self.t_status = now
                 self.restore_status = vmstate().qmp_status(self.qmp, timeout=1.0, resume=True)
             self.guest_ready = self.restore_status == "running"
+            if self.guest_ready and self.lan_plug:
+                self.plug_lan()
         elif self.ready_marker is None:
             self.guest_ready = True
         else:
             self.guest_ready = self.ready_marker in self.serial()
         return self.guest_ready
+
+    def plug_lan(self) -> None:
+        """Hot-plugs the guest LAN's NIC into the restored, running VM (the guest takes its address
+        by DHCP); a failure is said and the VM goes on without the LAN."""
+        vs = vmstate()
+        cmds, self.lan_plug = self.lan_plug, None
+        try:
+            with vs.QMP(self.qmp, timeout=5.0) as q:
+                for cmd, args in cmds:
+                    q.execute(cmd, **args)
+        except (vs.QMPError, ValueError, OSError) as e:
+            warn(f"{self.name}: could not plug its guest LAN NIC in ({e}); it runs without the LAN")
 
     def stage(self) -> str:
         """Where the VM is, in words, for the progress line."""

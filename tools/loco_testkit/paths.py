@@ -14,3 +14,12 @@ def agent_binary() -> Path:
         return Path(env)
     target = os.environ.get("CARGO_TARGET_DIR") or CACHE / "target"
     return Path(target) / "release" / "loco-agent"
+
+
+def lan_binary() -> Path:
+    """The release loco-lan (the guest LAN's switch, built with the agent): LOCO_LAN_BIN, else
+    beside the agent binary."""
+    env = os.environ.get("LOCO_LAN_BIN")
+    if env:
+        return Path(env)
+    return agent_binary().with_name("loco-lan")

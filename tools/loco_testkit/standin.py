@@ -8,6 +8,8 @@ folder, QEMU in its own process group.
     vm.vnc        # "unix:/tmp/.../vnc" for loco-agent --vnc
     vm.console.run("xdotool getmouselocation")
     vm.stop()
+
+With lan=GuestLan(...).spec and lan_index=N the VM joins the guest LAN as VM N (loco_testkit.lan).
 """
 from __future__ import annotations
 
@@ -42,8 +44,10 @@ def missing_files() -> list[Path]:
 
 
 class StandinVM:
-    def __init__(self, name: str, work: Path | None = None, accel: str | None = None):
+    def __init__(self, name: str, work: Path | None = None, accel: str | None = None,
+                 lan: str | None = None, lan_index: int | None = None):
         self.name = name
+        self.lan, self.lan_index = lan, lan_index  # the guest LAN (loco_testkit.lan) and its number on it
         self.accel = accel or ("kvm" if testguest.kvm_usable() else "tcg")
         self.sockdir = Path(tempfile.mkdtemp(prefix="loco-sv-", dir="/tmp"))  # short: sun_path is 108 bytes
         self.work = Path(work) if work is not None else self.sockdir
@@ -69,7 +73,7 @@ class StandinVM:
                         "-F", "qcow2", str(overlay)], check=True)
         argv = qemuargs.qemu_argv("standin", disk=str(overlay), image_dir=str(image_dir()), accel=self.accel,
                                   vnc=self.vnc, serial=f"unix:{self.serial_path},server=on,wait=off",
-                                  qemu_name=self.name)
+                                  qemu_name=self.name, lan=self.lan, lan_index=self.lan_index)
         self.t_start = time.monotonic()
         self.proc = spawn(argv, log_path=self.log, name=f"{self.name} QEMU")
         deadline = time.monotonic() + 20
