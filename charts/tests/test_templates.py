@@ -1,8 +1,10 @@
 """Unit tests of charts/loco-vm's rendered templates (the YAML `helm template` wrote for each
 case in charts/test.sh). Usage: test_templates.py RENDER_DIR CHART_DIR. Prints `ok NAME` or
 `FAIL NAME` plus the reason per test; exits 1 on any failure."""
+import hashlib
 import json
 import re
+import subprocess
 import sys
 import traceback
 from pathlib import Path
@@ -89,8 +91,9 @@ def no_vnc_port_anywhere():
         ports = [p for c in sts["spec"]["template"]["spec"]["containers"] for p in c.get("ports", [])]
         assert ports == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}], ports
         for s in kinds(docs, "Service"):
+            want = {9798, 9799} if s["metadata"]["name"] == "t-loco-vm-lan" else {8080}
             for p in s["spec"].get("ports", []):
-                assert p["port"] == 8080 and not (5900 <= p["port"] <= 5999), (s["metadata"]["name"], p)
+                assert p["port"] in want and not (5900 <= p["port"] <= 5999), (s["metadata"]["name"], p)
         text = (R / f"{case}.yaml").read_text()
         assert not re.search(r"\b59\d\d\b", text), "a 59xx (VNC) port appears in the manifests"
         assert "-vnc" not in text.replace("--vnc", "")
@@ -109,23 +112,41 @@ def base_image_read_only_and_overlay_claims():
     assert vct["spec"]["resources"]["requests"]["storage"] == "4Gi"
 
 
+# The one container that does not start as non-root without capabilities: the guest LAN's dnsmasq
+# (dnsmasq 2.90 refuses to serve DHCP without CAP_NET_ADMIN; it starts as root with these three
+# and runs as nobody with NET_ADMIN alone; charts/tests/lan_test.sh checks that for real).
+DHCP_EXCEPTION = {"runAsNonRoot": False, "runAsUser": 0, "runAsGroup": 0,
+                  "capabilities": {"drop": ["ALL"], "add": ["NET_ADMIN", "SETUID", "SETGID"]}}
+
+
 @test
 def security_contexts_strict():
-    for case in ("default", "kvm-deviceplugin", "tokens-on"):
+    for case in ("default", "kvm-deviceplugin", "tokens-on", "lan-nodhcp"):
         docs = load(case)
-        for w in [one(docs, "StatefulSet"), one(docs, "Deployment")]:
+        workloads = [one(docs, "StatefulSet")] + kinds(docs, "Deployment")
+        assert len(workloads) == 3, [w["metadata"]["name"] for w in workloads]
+        for w in workloads:
             spec = w["spec"]["template"]["spec"]
             assert spec["securityContext"]["runAsNonRoot"] is True
             assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
             assert spec["automountServiceAccountToken"] is False
+            assert not spec.get("hostNetwork") and not spec.get("hostPID"), w["metadata"]["name"]
             for c in spec["containers"]:
-                sc = c["securityContext"]
+                sc = dict(c["securityContext"])
+                if (w["metadata"]["name"], c["name"]) == ("t-loco-vm-lan", "dhcp"):
+                    for k, v in DHCP_EXCEPTION.items():
+                        assert sc.pop(k) == v, (case, k, v)
+                else:
+                    assert sc.get("runAsUser", 1) != 0 and sc.get("runAsNonRoot", True) is True, (c["name"], sc)
+                    assert sc["capabilities"] == {"drop": ["ALL"]}, (c["name"], sc["capabilities"])
                 assert sc["allowPrivilegeEscalation"] is False, c["name"]
                 assert sc["readOnlyRootFilesystem"] is True, c["name"]
-                assert sc["capabilities"]["drop"] == ["ALL"], c["name"]
                 assert sc.get("privileged", False) is False, c["name"]
                 r = c["resources"]
                 assert {"cpu", "memory"} <= set(r["requests"]) and {"cpu", "memory"} <= set(r["limits"]), c["name"]
+    # With lan.dhcp.enabled=false nothing runs as root or with a capability.
+    dep = one(load("lan-nodhcp"), "Deployment", "t-loco-vm-lan")
+    assert [c["name"] for c in dep["spec"]["template"]["spec"]["containers"]] == ["lan"]
 
 
 @test
@@ -231,7 +252,7 @@ def web_serves_page_and_desktops():
     cm = one(docs, "ConfigMap", "t-loco-vm-web")
     for f in ("index.html", "wall.js"):
         assert cm["data"][f].rstrip("\n") == (CHART / "files/www" / f).read_text().rstrip("\n")
-    dep = one(docs, "Deployment")
+    dep = one(docs, "Deployment", "t-loco-vm-web")
     c = dep["spec"]["template"]["spec"]["containers"][0]
     assert c["image"].startswith("nginxinc/nginx-unprivileged:")
     srcs = dep["spec"]["template"]["spec"]["volumes"][0]["projected"]["sources"]
@@ -364,11 +385,13 @@ def network_policies():
     sts = one(docs, "StatefulSet")
     labels = sts["spec"]["template"]["metadata"]["labels"]
     assert all(labels.get(k) == v for k, v in sel.items())
-    web_labels = one(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    web_labels = one(docs, "Deployment", "t-loco-vm-web")["spec"]["template"]["metadata"]["labels"]
     assert not all(web_labels.get(k) == v for k, v in sel.items())
     web = one(docs, "NetworkPolicy", "t-loco-vm-web")
     assert web["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "web"
     assert len(web["spec"]["ingress"]) == 1
+    lan_labels = one(docs, "Deployment", "t-loco-vm-lan")["spec"]["template"]["metadata"]["labels"]
+    assert not all(lan_labels.get(k) == v for k, v in sel.items()), "the agents' policy selects the LAN pod"
     off = one(load("stunner-off"), "NetworkPolicy", "t-loco-vm-agents")
     assert len(off["spec"]["ingress"]) == 1, "no UDP rule without STUNner"
     assert not kinds(load("tls-off-no-netpol"), "NetworkPolicy")
@@ -413,6 +436,140 @@ def values_documented_and_schema_covers_them():
                 assert k in s["properties"], f"{path}.{k} is not in values.schema.json"
                 walk(sub, s["properties"][k], f"{path}.{k}")
     walk(values, schema, "")
+
+
+# ----------------------------------------------------------------------- the guest LAN
+def guestlan_conf(vms):
+    """What packer/guestlan.py prints for the chart's dnsmasq (the one source of the LAN's plan)."""
+    return subprocess.run([sys.executable, str(ROOT / "packer/guestlan.py"), "dnsmasq-conf", "--vms", str(vms),
+                           "--state-dir", "/run/dnsmasq", "--dhcp-port", "1067"],
+                          check=True, capture_output=True, text=True).stdout
+
+
+@test
+def lan_dnsmasq_conf_is_guestlans():
+    for case, n in (("default", 9), ("replicas-1", 1), ("replicas-9", 9), ("tokens-on", 3), ("lan-replicas-64", 64)):
+        docs = load(case)
+        cm = one(docs, "ConfigMap", "t-loco-vm-lan")
+        assert set(cm["data"]) == {"dnsmasq.conf"}, set(cm["data"])
+        got, want = cm["data"]["dnsmasq.conf"], guestlan_conf(n)
+        assert got == want, (case, [l for l in got.splitlines() if l not in want.splitlines()],
+                             [l for l in want.splitlines() if l not in got.splitlines()])
+        assert got.count("dhcp-host=") == n, case
+        # The pod restarts when the table changes.
+        tmpl = one(docs, "Deployment", "t-loco-vm-lan")["spec"]["template"]
+        assert tmpl["metadata"]["annotations"]["checksum/dnsmasq"] == hashlib.sha256(got.encode()).hexdigest()
+    a = one(load("replicas-1"), "Deployment", "t-loco-vm-lan")["spec"]["template"]["metadata"]["annotations"]
+    b = one(load("default"), "Deployment", "t-loco-vm-lan")["spec"]["template"]["metadata"]["annotations"]
+    assert a != b
+
+
+@test
+def lan_deployment_service_and_runner_env():
+    docs = load("default")
+    dep = one(docs, "Deployment", "t-loco-vm-lan")
+    assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"] == {"type": "Recreate"}
+    spec = dep["spec"]["template"]["spec"]
+    assert dep["spec"]["selector"]["matchLabels"] == {"app.kubernetes.io/name": "loco-vm", "app.kubernetes.io/instance": "t",
+                                                      "app.kubernetes.io/component": "lan"}
+    cs = {c["name"]: c for c in spec["containers"]}
+    assert list(cs) == ["lan", "dhcp"], list(cs)
+    lan, dhcp = cs["lan"], cs["dhcp"]
+    assert lan["image"] == "loco-agent:0.1.0" and lan["command"] == ["loco-lan"]
+    assert lan["args"] == ["--listen", "tcp:0.0.0.0:9798", "--dhcp-server", "127.0.0.1:1067",
+                           "--relay-bind", "127.0.0.2:1067", "--metrics-listen", "0.0.0.0:9799"], lan["args"]
+    assert lan["ports"] == [{"name": "lan", "containerPort": 9798, "protocol": "TCP"},
+                            {"name": "metrics", "containerPort": 9799, "protocol": "TCP"}]
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert lan[probe]["httpGet"] == {"path": "/healthz", "port": "metrics"}, probe
+    assert lan["resources"] == {"requests": {"cpu": "50m", "memory": "32Mi"}, "limits": {"cpu": "1", "memory": "256Mi"}}
+    assert "volumeMounts" not in lan, "loco-lan writes nothing"
+    assert dhcp["image"] == "loco-runner:0.1.0" and dhcp["command"] == ["dnsmasq"]
+    assert dhcp["args"] == ["--conf-file=/etc/loco-lan/dnsmasq.conf", "--no-ping", "--user=nobody", "--group=nogroup"]
+    assert "ports" not in dhcp, "DHCP stays on the pod's loopback"
+    mounts = {m["name"]: m for m in dhcp["volumeMounts"]}
+    vols = {v["name"]: v for v in spec["volumes"]}
+    assert mounts["dnsmasq-conf"] == {"name": "dnsmasq-conf", "mountPath": "/etc/loco-lan", "readOnly": True}
+    assert vols["dnsmasq-conf"]["configMap"]["name"] == "t-loco-vm-lan"
+    assert mounts["dnsmasq-state"]["mountPath"] == "/run/dnsmasq" and "emptyDir" in vols["dnsmasq-state"]
+    assert dhcp["resources"] == {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"cpu": "200m", "memory": "64Mi"}}
+    svc = one(docs, "Service", "t-loco-vm-lan")
+    assert svc["spec"]["type"] == "ClusterIP" and svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
+    assert svc["spec"]["ports"] == [{"name": "lan", "port": 9798, "targetPort": "lan", "protocol": "TCP"},
+                                    {"name": "metrics", "port": 9799, "targetPort": "metrics", "protocol": "TCP"}]
+    # Every VM's runner joins the switch through that Service; its number comes from the pod name.
+    runner = container(one(docs, "StatefulSet"), "runner")
+    env = {e["name"]: e.get("value") for e in runner["env"]}
+    assert env["LOCO_LAN"] == "tcp:t-loco-vm-lan:9798" and env["VM_NIC"] == "none"
+    assert "VM_INDEX" not in env, "start.sh takes it from HOSTNAME (pod t-loco-vm-<n> is VM n+1)"
+    # No LAN without DHCP: just the switch; other ports follow the values.
+    docs = load("lan-nodhcp")
+    dep = one(docs, "Deployment", "t-loco-vm-lan")
+    (lan,) = dep["spec"]["template"]["spec"]["containers"]
+    assert lan["args"] == ["--listen", "tcp:0.0.0.0:9000", "--metrics-listen", "0.0.0.0:9001"], lan["args"]
+    assert "volumes" not in dep["spec"]["template"]["spec"]
+    assert all(c["metadata"]["name"] != "t-loco-vm-lan" for c in kinds(docs, "ConfigMap")), "a dnsmasq.conf without dnsmasq"
+    assert "annotations" not in dep["metadata"], "no checkov exception without the dhcp container"
+    assert [p["port"] for p in one(docs, "Service", "t-loco-vm-lan")["spec"]["ports"]] == [9000, 9001]
+    env = {e["name"]: e.get("value") for e in container(one(docs, "StatefulSet"), "runner")["env"]}
+    assert env["LOCO_LAN"] == "tcp:t-loco-vm-lan:9000"
+    np = one(docs, "NetworkPolicy", "t-loco-vm-lan")
+    assert np["spec"]["ingress"][0]["ports"] == [{"protocol": "TCP", "port": 9000}]
+    # release loco-vm: the names the README gives.
+    docs = load("release-loco-vm")
+    one(docs, "Deployment", "loco-vm-lan")
+    env = {e["name"]: e.get("value") for e in container(one(docs, "StatefulSet"), "runner")["env"]}
+    assert env["LOCO_LAN"] == "tcp:loco-vm-lan:9798"
+
+
+@test
+def lan_network_policy():
+    docs = load("default")
+    np = one(docs, "NetworkPolicy", "t-loco-vm-lan")
+    assert np["spec"]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "loco-vm", "app.kubernetes.io/instance": "t",
+                                                        "app.kubernetes.io/component": "lan"}
+    assert np["spec"]["policyTypes"] == ["Ingress"]
+    # Only the VM pods (the StatefulSet's pod labels), only the switch's port; metrics: no peer by default.
+    (rule,) = np["spec"]["ingress"]
+    vm_sel = {"app.kubernetes.io/name": "loco-vm", "app.kubernetes.io/instance": "t", "app.kubernetes.io/component": "vm"}
+    assert rule == {"from": [{"podSelector": {"matchLabels": vm_sel}}], "ports": [{"protocol": "TCP", "port": 9798}]}, rule
+    labels = one(docs, "StatefulSet")["spec"]["template"]["metadata"]["labels"]
+    assert all(labels.get(k) == v for k, v in vm_sel.items())
+    lan_labels = one(docs, "Deployment", "t-loco-vm-lan")["spec"]["template"]["metadata"]["labels"]
+    assert all(lan_labels.get(k) == v for k, v in np["spec"]["podSelector"]["matchLabels"].items())
+    # networkPolicy.metricsFrom (e.g. Prometheus) reaches the LAN's metrics port as it reaches the agents'.
+    docs = load("lan-metrics")
+    peer = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+    vm_rule, metrics_rule = one(docs, "NetworkPolicy", "t-loco-vm-lan")["spec"]["ingress"]
+    assert vm_rule == rule
+    assert metrics_rule == {"from": peer, "ports": [{"protocol": "TCP", "port": 9799}]}, metrics_rule
+    agents = one(docs, "NetworkPolicy", "t-loco-vm-agents")["spec"]["ingress"][0]
+    assert agents["from"][1:] == peer
+
+
+@test
+def lan_off_renders_nothing_of_it():
+    for case in ("lan-off", "lan-off-nic"):
+        docs = load(case)
+        lan = [f'{d["kind"]}/{d["metadata"]["name"]}' for d in docs
+               if d["metadata"]["name"].endswith("-lan") or d["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "lan"]
+        assert not lan, lan
+        text = (R / f"{case}.yaml").read_text()
+        for word in ("LOCO_LAN", "loco-lan", "dnsmasq", "9798", "9799", "10.98.0."):
+            assert word not in text, (case, word)
+        env = {e["name"] for e in container(one(docs, "StatefulSet"), "runner")["env"]}
+        assert "LOCO_LAN" not in env and "VM_INDEX" not in env
+    # Everything else is the default render, less the LAN.
+    strip = lambda docs: [d for d in docs if d["metadata"]["name"] != "t-loco-vm-lan" and d["kind"] != "Secret"]
+    on, off = strip(load("default")), strip(load("lan-off"))
+    for d in on:
+        if d["kind"] == "StatefulSet":
+            c = container(d, "runner")
+            c["env"] = [e for e in c["env"] if e["name"] != "LOCO_LAN"]
+    assert on == off, "lan.enabled=false changed more than the LAN"
+    # vm.nic may then be anything again.
+    env = {e["name"]: e.get("value") for e in container(one(load("lan-off-nic"), "StatefulSet"), "runner")["env"]}
+    assert env["VM_NIC"] == "user,model=ne2k_pci" and "LOCO_LAN" not in env
 
 
 failed = 0

@@ -98,3 +98,44 @@ address and credentials come from each agent's GET /ice, to viewers with the key
 {{- define "loco-vm.desktopsHasSecrets" -}}
 {{- range .Values.web.extraIceServers -}}{{- if .credential -}}true{{- end -}}{{- end -}}
 {{- end -}}
+
+{{/* Selector of the guest LAN's pod (loco-lan + dnsmasq). */}}
+{{- define "loco-vm.lanSelectorLabels" -}}
+{{ include "loco-vm.selectorLabels" . }}
+app.kubernetes.io/component: lan
+{{- end -}}
+
+{{- define "loco-vm.lanName" -}}{{ include "loco-vm.fullname" . }}-lan{{- end -}}
+
+{{/* The guest LAN pod's fixed, pod-internal DHCP settings: dnsmasq's port on 127.0.0.1 (the relay
+binds the same port on 127.0.0.2, guestlan.RELAY_ADDR) and its state directory (an emptyDir). */}}
+{{- define "loco-vm.lanDhcpPort" -}}1067{{- end -}}
+{{- define "loco-vm.lanStateDir" -}}/run/dnsmasq{{- end -}}
+
+{{/* dnsmasq's configuration for the guest LAN: exactly what
+`packer/guestlan.py dnsmasq-conf --vms <replicas> --state-dir /run/dnsmasq --dhcp-port 1067` prints
+(guestlan.dnsmasq_conf, the one place for the LAN's addresses; charts/tests compare the two).
+DHCP only on 127.0.0.1 (no DNS), for requests loco-lan relays; VM n (pod <fullname>-<n-1>) always
+gets MAC 52:54:00:4c:HH:LL's address 10.98.0.(100+n) and the name vmN, with an infinite lease. */}}
+{{- define "loco-vm.dnsmasqConf" -}}
+{{- $port := include "loco-vm.lanDhcpPort" . | int -}}
+{{- $state := include "loco-vm.lanStateDir" . -}}
+# loco guest LAN: DHCP for the VMs, relayed by loco-lan (packer/guestlan.py)
+port=0
+dhcp-alternate-port={{ $port }},{{ add1 $port }}
+listen-address=127.0.0.1
+bind-dynamic
+keep-in-foreground
+log-facility=-
+dhcp-leasefile={{ $state }}/dnsmasq.leases
+pid-file={{ $state }}/dnsmasq.pid
+dhcp-range=10.98.0.20,10.98.0.99,255.255.255.0,infinite
+dhcp-authoritative
+dhcp-option=option:router
+dhcp-option=option:dns-server
+dhcp-option=option:domain-name,lan
+{{- range $i := until (int .Values.replicas) }}
+{{- $n := add1 $i }}
+dhcp-host=52:54:00:4c:{{ printf "%02x:%02x" (div $n 256) (mod $n 256) }},10.98.0.{{ add 100 $n }},vm{{ $n }},infinite
+{{- end }}
+{{ end -}}

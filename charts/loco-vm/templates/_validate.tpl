@@ -12,4 +12,10 @@ sentence saying what to change.
 {{- if and .Values.stunner.operator.enabled (not .Values.stunner.enabled) -}}
 {{- fail "stunner.operator.enabled is true but stunner.enabled is false: the operator is only useful with STUNner enabled" -}}
 {{- end -}}
+{{- if and .Values.lan.enabled (ne .Values.vm.nic "none") -}}
+{{- fail (printf "vm.nic is %q but lan.enabled is true: a VM joins the guest LAN or gets its own -nic, not both (set vm.nic=none, or lan.enabled=false)" .Values.vm.nic) -}}
+{{- end -}}
+{{- if and .Values.lan.enabled (eq (int .Values.lan.port) (int .Values.lan.metricsPort)) -}}
+{{- fail "lan.port and lan.metricsPort are the same port: give them different ones" -}}
+{{- end -}}
 {{- end -}}
