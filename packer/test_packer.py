@@ -120,6 +120,116 @@ def test_msbatch_template_has_the_key_placeholder():
     assert '"Resolution"="1024,768"' in reg and '"BitsPerPixel"="32"' in reg
 
 
+# ----------------------------------------------------------------------------- the guest LAN (Windows 98 side)
+# The build VM carries the LAN's NIC (qemu-args.json lan_nic) so Setup detects it, on a network that
+# goes nowhere, and MSBATCH.INF installs TCP/IP by DHCP, IPX/SPX and NetBEUI on it.
+
+MSBATCH = HERE / "win98" / "msbatch.inf.pkrtpl"
+
+
+def _source_body(doc) -> dict:
+    (_, named), = doc["source"][0].items()
+    (_, body), = named.items()
+    return body
+
+
+def _locals(doc) -> dict:
+    return {k: v for block in doc["locals"] for k, v in block.items()}
+
+
+def test_build_vm_has_the_lan_nic_on_a_network_that_goes_nowhere():
+    lan_nic = ARGS["profiles"]["win98"]["lan_nic"]
+    assert lan_nic == "ne2k_pci"  # Realtek RTL8029 (NE2000 PCI): its driver is on the Windows 98 SE CD
+    doc = parse(WIN98)
+    loc = _locals(doc)
+    groups = [[unq(x) for x in g] for g in loc["build_nic"]]
+    assert "local.build_nic" in loc["qemuargs"], "the build NIC is not in the qemuargs Packer gets"
+    netdevs = [g[1] for g in groups if g[0] == "-netdev"]
+    devices = [g[1] for g in groups if g[0] == "-device"]
+    assert len(netdevs) == 1 and len(devices) == 1, groups
+    # One NIC, of the run-time model, on Packer's own netdev id (so Packer adds no second NIC) ...
+    assert devices[0] == "${local.rt.lan_nic},netdev=user.0"
+    assert devices[0].replace("${local.rt.lan_nic}", lan_nic) == "ne2k_pci,netdev=user.0"
+    assert unq(_source_body(doc)["net_device"]) == "${local.rt.lan_nic}"
+    # ... on user-mode networking that answers DHCP and routes nothing (no host, no internet).
+    opts = netdevs[0].split(",")
+    assert opts[0] == "user" and "id=user.0" in opts and "restrict=on" in opts, netdevs[0]
+    assert not any(o.startswith(("hostfwd", "guestfwd", "smb")) for o in opts), netdevs[0]
+    # Nothing else in the template adds a network.
+    assert "-nic" not in json.dumps(doc) and "-net\"" not in json.dumps(doc)
+
+
+def render_msbatch(**values: str) -> str:
+    """What Packer's templatefile() makes of msbatch.inf.pkrtpl: ${"$"} is a literal $, ${name} a value;
+    a name without a value (or a %{ directive, which the template does not use) fails."""
+    text = MSBATCH.read_text()
+    assert "%{" not in text
+
+    def sub(m):
+        name = m.group(1)
+        if name == '"$"':
+            return "$"
+        assert name in values, f"msbatch.inf.pkrtpl uses ${{{name}}}, which templatefile() is not given"
+        return values[name]
+    return re.sub(r"\$\{([^}]*)\}", sub, text)
+
+
+def parse_inf(text: str) -> dict:
+    """{SECTION: {KEY: value}}, upper-cased names, quotes stripped, ; comment lines skipped."""
+    out, cur = {}, None
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith(";"):
+            continue
+        if line.startswith("["):
+            cur = out.setdefault(line.strip("[]").upper(), {})
+            continue
+        key, _, value = line.partition("=")
+        cur[key.strip().upper()] = value.strip().strip('"')
+    return out
+
+
+def test_msbatch_template_is_given_exactly_what_it_uses():
+    call = unq(_locals(parse(WIN98))["msbatch"])
+    given = set(re.findall(r"(\w+)\s*=", call.split("{", 2)[-1]))
+    used = {n for n in re.findall(r"\$\{([^}]*)\}", MSBATCH.read_text()) if n != '"$"'}
+    assert used == given, (used, given)
+    # Client and sharing follow lan_file_sharing (a bool, off by default).
+    assert re.search(r'clients\s*=\s*var\.lan_file_sharing \? "VREDIR" : ""', call), call
+    assert re.search(r'services\s*=\s*var\.lan_file_sharing \? "VSERVER" : ""', call), call
+    v = variables(parse(WIN98))["lan_file_sharing"]
+    assert unq(v["type"]) == "bool" and v["default"] is False
+
+
+@pytest.mark.parametrize("sharing", [False, True], ids=["default", "lan_file_sharing"])
+def test_msbatch_installs_tcpip_by_dhcp_ipx_and_netbeui(sharing):
+    inf = parse_inf(render_msbatch(product_key="ABCDE-FGHIJ-KLMNO-PQRST-UVWXY",
+                                   clients="VREDIR" if sharing else "", services="VSERVER" if sharing else ""))
+    assert inf["SETUP"]["NETWORK"] == "1", "Setup skips the [Network] section"
+    net = inf["NETWORK"]
+    assert net["DISPLAY"] == "0"  # no network dialog: the install stays unattended
+    assert {"MSTCP", "NWLINK", "NETBEUI"} <= {p.strip().upper() for p in net["PROTOCOLS"].split(",")}
+    assert "NETCARDS" not in net and net.get("IGNOREDETECTEDNETCARDS", "0") == "0"  # the detected NIC is used
+    tcp = inf["MSTCP"]
+    assert tcp["DHCP"] == "1", "TCP/IP does not take its address from the LAN's DHCP"
+    assert not {"IPADDRESS", "IPMASK", "GATEWAYS"} & set(tcp), "a static address would override DHCP"
+    assert net["CLIENTS"] == ("VREDIR" if sharing else "")
+    assert net["SERVICES"] == ("VSERVER" if sharing else "")
+    assert inf["SETUP"]["PRODUCTKEY"] == "ABCDE-FGHIJ-KLMNO-PQRST-UVWXY"
+
+
+def test_msbatch_network_keys_each_have_a_comment():
+    lines = MSBATCH.read_text().splitlines()
+    section = None
+    for i, line in enumerate(lines):
+        if line.startswith("["):
+            section = line.strip("[]").upper()
+        elif section in ("NETWORK", "MSTCP", "VREDIR") and "=" in line and not line.startswith(";"):
+            if section == "NETWORK" and line.startswith("Display="):
+                continue  # as before the LAN
+            assert lines[i - 1].startswith(";"), f"[{section}] {line}: no comment line above it"
+
+
 # ----------------------------------------------------------------------------- qemu-args.json
 
 ARGS = json.loads((HERE / "qemu-args.json").read_text())
@@ -274,5 +384,6 @@ def test_runner_builds_its_command_line_from_the_shared_file():
     for opt in ("-vga", "usb-tablet", "-machine", "-rtc"):  # hardware comes from qemu-args.json only
         assert opt not in code, f"start.sh hard-codes {opt}"
     docker = (ROOT / "runner" / "Dockerfile").read_text()
-    assert re.search(r"^COPY .*packer/qemu-args\.json packer/qemuargs\.py /opt/loco/", docker, re.M)
+    # qemuargs.py imports guestlan.py (the guest LAN), so the image carries all three.
+    assert re.search(r"^COPY .*packer/qemu-args\.json packer/qemuargs\.py packer/guestlan\.py /opt/loco/", docker, re.M)
     assert "QEMUARGS=/opt/loco/qemuargs.py" in docker and " python3" in docker

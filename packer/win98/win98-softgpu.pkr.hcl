@@ -5,8 +5,9 @@
 #   packer build -var-file=my-win98.pkrvars.hcl packer/win98
 #
 # See packer/README.md for what you supply, what happens, and how long it takes. The virtual
-# hardware (machine, CPU, memory, display, pointer) comes from packer/qemu-args.json, the same
-# file scripts/up.py and the VM runner read, so the image is built on what it runs on.
+# hardware (machine, CPU, memory, display, pointer, the guest LAN's NIC) comes from
+# packer/qemu-args.json, the same file scripts/up.py and the VM runner read, so the image is built
+# on what it runs on.
 
 packer {
   required_plugins {
@@ -94,6 +95,12 @@ variable "seabios_path" {
   description = "Optional: a SeaBIOS bios.bin built without CONFIG_PNPBIOS (see softgpu's qemu.md). Empty: QEMU's own BIOS (then apply the PCI-bus fix by hand, packer/README.md). If you set it, run the image with the same -bios."
 }
 
+variable "lan_file_sharing" {
+  type        = bool
+  default     = false
+  description = "Also install Client for Microsoft Networks and File and Printer Sharing, so the VMs can share folders and see each other in Network Neighborhood. Off by default: it adds a logon step at startup, and every VM has the same computer name (packer/README.md, \"The guest LAN (Windows 98)\")."
+}
+
 variable "headless" {
   type    = bool
   default = true
@@ -104,9 +111,21 @@ locals {
   rt = jsondecode(file("${path.root}/../qemu-args.json")).profiles.win98
 
   bios_args = var.seabios_path == "" ? [] : [["-bios", var.seabios_path]]
+
+  # The guest LAN's NIC (lan_nic, the NE2000 PCI) is in the build VM, so Setup detects it and binds
+  # the protocols of MSBATCH.INF to it; it is the only NIC and lands in the same PCI slot as at run
+  # time. Its network goes nowhere: user-mode with restrict=on answers DHCP (so Windows' DHCP client
+  # gets an address while it builds) but routes nothing to the host or the internet. The id is Packer's own
+  # (user.0), so these replace Packer's default -netdev and NIC instead of adding a second one.
+  build_nic = [
+    ["-netdev", "user,id=user.0,restrict=on"],
+    ["-device", "${local.rt.lan_nic},netdev=user.0"],
+  ]
+
   qemuargs = concat(
     [["-machine", local.rt.machine], ["-cpu", local.rt.cpu], ["-m", tostring(local.rt.memory_mb)]],
     local.rt.devices,
+    local.build_nic,
     local.bios_args,
   )
 
@@ -115,6 +134,10 @@ locals {
 
   msbatch = templatefile("${path.root}/msbatch.inf.pkrtpl", {
     product_key = upper(var.product_key)
+    # [Network] Clients= and Services=: Client for Microsoft Networks (VREDIR) and File and
+    # Printer Sharing for Microsoft Networks (VSERVER) with lan_file_sharing, else none.
+    clients  = var.lan_file_sharing ? "VREDIR" : ""
+    services = var.lan_file_sharing ? "VSERVER" : ""
   })
 }
 
@@ -130,7 +153,7 @@ source "qemu" "win98" {
   accelerator      = var.accelerator
   cpus             = local.rt.smp
   memory           = local.rt.memory_mb
-  net_device       = "ne2k_pci"
+  net_device       = local.rt.lan_nic # the model of local.build_nic's -device (Packer adds no other NIC)
   headless         = var.headless
   vnc_bind_address = "127.0.0.1"
   qemuargs         = local.qemuargs
