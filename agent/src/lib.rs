@@ -235,6 +235,23 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The command line of a loco binary, or the process ends: clap's own text and status 0 for
+/// `--help`/`--version`, one clear line (`NAME: what is wrong`) and status 2 for a mistake.
+pub fn parse_args_or_exit<A: Parser>(name: &str) -> A {
+    match A::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            if matches!(e.kind(), clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion) {
+                let _ = e.print();
+                std::process::exit(0);
+            }
+            let first = e.to_string().lines().next().unwrap_or("invalid arguments").to_owned();
+            eprintln!("{name}: {}", first.trim_start_matches("error: "));
+            std::process::exit(2);
+        }
+    }
+}
+
 /// glibc gives each thread that allocates its own heap arena; with a runtime, encoder and
 /// WebRTC threads that is megabytes of resident memory nine agents pay for nothing.
 pub fn limit_malloc_arenas() {

@@ -2,24 +2,11 @@
 //! and runs the agent ([`loco_agent::run`]). Everything else lives in the library
 //! (`src/lib.rs`), so that tests and the fuzz targets drive the same code.
 
-use clap::Parser;
 use loco_agent::Args;
 
 fn main() {
     loco_agent::limit_malloc_arenas();
-    let args = match Args::try_parse() {
-        Ok(a) => a,
-        Err(e) => {
-            // clap's own message for --help/--version; one clear line for mistakes.
-            if matches!(e.kind(), clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion) {
-                let _ = e.print();
-                std::process::exit(0);
-            }
-            let first = e.to_string().lines().next().unwrap_or("invalid arguments").to_owned();
-            eprintln!("loco-agent: {}", first.trim_start_matches("error: "));
-            std::process::exit(2);
-        }
-    };
+    let args: Args = loco_agent::parse_args_or_exit("loco-agent");
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("LOCO_LOG").unwrap_or_else(|_| {
             tracing_subscriber::EnvFilter::new(

@@ -1,81 +1,121 @@
 #!/usr/bin/env bash
-# The guest LAN for real, as the chart runs it: loco-lan and dnsmasq with the arguments and the
-# dnsmasq.conf of the rendered `<release>-lan` Deployment and ConfigMap (only the addresses, ports
-# and paths made local: 0.0.0.0 -> 127.0.0.1, free ports, the state dir and config file in WORKDIR),
-# each with the user and capabilities its container has: loco-lan as UID 10001 with no capability,
-# dnsmasq started as root with only NET_ADMIN, SETUID and SETGID (no_new_privs), which must end up
-# running as nobody with NET_ADMIN alone. Then:
+# The guest LAN for real, as the chart runs it: loco-lan and ISC Kea (kea-dhcp4) with the commands,
+# arguments, environment and configuration of the rendered `<release>-lan` Deployment and
+# ConfigMap (only the addresses, ports and mount paths made local: 0.0.0.0 -> 127.0.0.1, free
+# ports, each volume of the dhcp container a directory of its own under $TMPDIR (WORKDIR may not be
+# open to the pod's user); the ConfigMap's kea-dhcp4.json
+# is used as it is), each as its container runs: the pod's UID/GID (runAsUser/runAsGroup, 10001),
+# no capability at all, no_new_privs. Then:
 #   1. a DHCPDISCOVER from VM 2's MAC, sent over the switch's stream protocol as QEMU would,
-#      comes back as an offer of 10.98.0.102 named vm2 (relayed through dnsmasq);
+#      comes back as an offer of 10.98.0.102 named vm2 (option 12), relayed through Kea;
 #   2. runner/start.sh with LOCO_LAN=tcp:127.0.0.1:PORT joins the switch (loco_lan_ports 1), with
 #      VM_INDEX, and again with the index taken from HOSTNAME (a StatefulSet pod name);
 #   3. loco-lan stopped and started again: QEMU reconnects by itself (loco_lan_ports 1 within 10 s);
 #   4. start.sh refuses LOCO_LAN with VM_NIC=user, and LOCO_LAN without any index.
 # The guest is an empty 64 MiB disk (no OS): QEMU sends no frames, which is fine for these checks.
-# Without root the users and capabilities cannot be set up: dnsmasq and step 1 are skipped (said so),
-# loco-lan runs as the current user.
+# Without root the pod's user cannot be taken: loco-lan and Kea run as the current user (neither
+# needs a capability), and only their UIDs go unchecked (said so).
 # Usage: lan_test.sh LOCO_LAN_BIN RENDERED_CHART_YAML PYTHON_WITH_PYYAML WORKDIR
 set -euo pipefail
 LAN_BIN=$1 RENDERED=$2 PY=$3 W=$4
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-mkdir -p "$W/images" "$W/overlay" "$W/run" "$W/tmp" "$W/state"
+mkdir -p "$W/images" "$W/overlay" "$W/run" "$W/tmp"
+# The dhcp container's volumes: a directory every user may enter (mktemp's 0700 made 0755).
+M=$(mktemp -d "${TMPDIR:-/tmp}/loco-lan-volumes.XXXXXX")
+chmod 0755 "$M"
 qemu-img create -q -f qcow2 "$W/images/base.qcow2" 64M
 free_tcp() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-free_udp() { # a UDP port free on 127.0.0.1 and 127.0.0.2 (dnsmasq's and the relay's)
-  python3 -c 'import socket
-for _ in range(50):
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]
-    try:
-        t = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); t.bind(("127.0.0.2", p)); print(p); break
-    except OSError:
-        pass'
-}
+free_udp() { python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 lan_port=$(free_tcp) metrics_port=$(free_tcp) dhcp_port=$(free_udp)
 name=loco-lantest-$$
-lan_pid=0 dnsmasq_pid=0 runner=0
+lan_pid=0 kea_pid=0 runner=0
 fin() {
   [ "$runner" = 0 ] || kill -KILL "$runner" 2>/dev/null || true
   pkill -KILL -f -- "-name ${name}[ -]" 2>/dev/null || true
   [ "$lan_pid" = 0 ] || kill "$lan_pid" 2>/dev/null || true
-  [ "$dnsmasq_pid" = 0 ] || kill "$dnsmasq_pid" 2>/dev/null || true
+  [ "$kea_pid" = 0 ] || kill "$kea_pid" 2>/dev/null || true
+  rm -rf "$M"
 }
 trap fin EXIT
 
-# The chart's two containers: their args (one per line) and the ConfigMap's dnsmasq.conf.
-"$PY" - "$RENDERED" "$W" <<'EOF'
-import sys, yaml
-docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+# The chart's two containers: loco-lan's args (one per line); Kea's command line and environment
+# with its volumes made local ($M/<volume>: the ConfigMap's items written out, an emptyDir
+# empty) and the chart's -p port swapped for a free one; the pod's UID and GID. Checks both
+# containers have the chart's strict context.
+"$PY" - "$RENDERED" "$W" "$M" "$dhcp_port" <<'EOF'
+import os, sys, yaml
+rendered, W, M, port = sys.argv[1:]
+docs = [d for d in yaml.safe_load_all(open(rendered)) if d]
 dep = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("-lan"))
-cs = {c["name"]: c for c in dep["spec"]["template"]["spec"]["containers"]}
-assert cs["lan"]["command"] == ["loco-lan"] and cs["dhcp"]["command"] == ["dnsmasq"], (cs["lan"]["command"], cs["dhcp"]["command"])
-for n in ("lan", "dhcp"):
-    open(f"{sys.argv[2]}/{n}.args", "w").write("\n".join(cs[n]["args"]) + "\n")
-cm = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == dep["metadata"]["name"])
-open(f"{sys.argv[2]}/dnsmasq.conf.chart", "w").write(cm["data"]["dnsmasq.conf"])
+spec = dep["spec"]["template"]["spec"]
+cs = {c["name"]: c for c in spec["containers"]}
+lan, dhcp = cs["lan"], cs["dhcp"]
+assert lan["command"] == ["loco-lan"] and dhcp["command"] == ["kea-dhcp4"], (lan["command"], dhcp["command"])
+for c in (lan, dhcp):
+    sc = c["securityContext"]
+    assert sc["capabilities"] == {"drop": ["ALL"]} and sc["allowPrivilegeEscalation"] is False, (c["name"], sc)
+    assert sc["readOnlyRootFilesystem"] is True and "runAsUser" not in sc, (c["name"], sc)
+psc = spec["securityContext"]
+assert psc["runAsNonRoot"] is True and psc["runAsUser"] != 0, psc
+open(f"{W}/pod.ids", "w").write(f"{psc['runAsUser']}\n{psc['runAsGroup']}\n")
+open(f"{W}/lan.args", "w").write("\n".join(lan["args"]) + "\n")
+vols = {v["name"]: v for v in spec["volumes"]}
+cms = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ConfigMap"}
+local = {}
+for m in dhcp["volumeMounts"]:
+    d = f"{M}/{m['name']}"
+    os.makedirs(d)
+    v = vols[m["name"]]
+    if "configMap" in v:
+        data = cms[v["configMap"]["name"]]["data"]
+        for item in v["configMap"]["items"]:
+            open(f"{d}/{item['path']}", "w").write(data[item["key"]])
+        os.chmod(d, 0o755)
+    else:
+        assert "emptyDir" in v, v
+        os.chmod(d, 0o777)  # an emptyDir is world-writable, as the kubelet makes it
+    local[m["mountPath"]] = d
+def localize(s):
+    for path, d in local.items():
+        if s == path or s.startswith(path + "/"):
+            return d + s[len(path):]
+    return s
+args = [localize(a) for a in dhcp["args"]]
+i = args.index("-p")
+assert args[i + 1] == "1067", args
+args[i + 1] = port
+assert any(a.startswith(f"{M}/") for a in args), "Kea's configuration is not a volume"
+env = [f"{e['name']}={localize(e['value'])}" for e in dhcp["env"]]
+assert sorted(e.split("=")[0] for e in env) == ["KEA_LOCKFILE_DIR", "KEA_PIDFILE_DIR"], env
+assert all(e.split("=", 1)[1].startswith(f"{M}/") for e in env), "Kea's directories are not volumes"
+open(f"{W}/dhcp.args", "w").write("\n".join(dhcp["command"] + args) + "\n")
+open(f"{W}/dhcp.env", "w").write("\n".join(env) + "\n")
 EOF
-# Local addresses, ports and paths instead of the pod's.
-sed -e "s|0\.0\.0\.0:9798|127.0.0.1:$lan_port|; s|0\.0\.0\.0:9799|127.0.0.1:$metrics_port|; s|:1067\$|:$dhcp_port|" "$W/lan.args" >"$W/lan.args.local"
-sed -e "s|^--conf-file=/etc/loco-lan/dnsmasq.conf\$|--conf-file=$W/dnsmasq.conf|" "$W/dhcp.args" >"$W/dhcp.args.local"
-sed -e "s|/run/dnsmasq/|$W/state/|; s|^dhcp-alternate-port=1067,1068\$|dhcp-alternate-port=$dhcp_port,$((dhcp_port + 1))|" \
-  "$W/dnsmasq.conf.chart" >"$W/dnsmasq.conf"
-if cmp -s "$W/lan.args" "$W/lan.args.local" || cmp -s "$W/dhcp.args" "$W/dhcp.args.local" ||
-  cmp -s "$W/dnsmasq.conf.chart" "$W/dnsmasq.conf"; then
-  echo "the chart's addresses, ports or paths were not found to make local (did they change?)"; exit 1
+# Local addresses and ports instead of the pod's.
+sed -e "s|0\.0\.0\.0:9798|127.0.0.1:$lan_port|; s|0\.0\.0\.0:9799|127.0.0.1:$metrics_port|; s|^127\.0\.0\.1:1067\$|127.0.0.1:$dhcp_port|" \
+  "$W/lan.args" >"$W/lan.args.local"
+if [ "$(diff "$W/lan.args" "$W/lan.args.local" | grep -c '^>')" != 3 ]; then
+  echo "the chart's addresses or ports were not found to make local (did they change?)"; exit 1
 fi
 mapfile -t lan_args <"$W/lan.args.local"
-mapfile -t dhcp_args <"$W/dhcp.args.local"
+mapfile -t dhcp_cmd <"$W/dhcp.args"
+mapfile -t dhcp_env <"$W/dhcp.env"
+mapfile -t ids <"$W/pod.ids"
 echo "loco-lan ${lan_args[*]}"
-echo "dnsmasq ${dhcp_args[*]}"
+echo "${dhcp_env[*]} ${dhcp_cmd[*]}"
 
 as_root=0
 [ "$(id -u)" != 0 ] || as_root=1
-start_lan() {
-  if [ $as_root = 1 ]; then # the lan container: UID/GID 10001, no capability, no_new_privs
-    setpriv --reuid=10001 --regid=10001 --clear-groups --no-new-privs --inh-caps=-all --bounding-set=-all \
-      "$LAN_BIN" "${lan_args[@]}" >>"$W/lan.log" 2>&1 &
+as_pod() { # as_pod CMD... &: as root, as the pod's UID/GID with no capability and no_new_privs
+  # (exec: the background job's pid, $!, is then CMD's own).
+  if [ $as_root = 1 ]; then
+    exec setpriv --reuid="${ids[0]}" --regid="${ids[1]}" --clear-groups --no-new-privs --inh-caps=-all --bounding-set=-all "$@"
   else
-    "$LAN_BIN" "${lan_args[@]}" >>"$W/lan.log" 2>&1 &
+    exec "$@"
   fi
+}
+start_lan() {
+  as_pod "$LAN_BIN" "${lan_args[@]}" >>"$W/lan.log" 2>&1 &
   lan_pid=$!
 }
 metric() { # metric NAME: its value from loco-lan's /metrics ("" when unreachable)
@@ -92,32 +132,37 @@ wait_metric() { # wait_metric NAME VALUE SECONDS
   return 1
 }
 status_of() { grep -E "^($2):" "/proc/$1/status" | awk '{print $1, $2}' | tr '\n' ' '; }
+want_status() { # want_status WHAT PID: the pod's UID (as root) and no capability at all
+  local st none="CapInh: 0000000000000000 CapPrm: 0000000000000000 CapEff: 0000000000000000 "
+  st=$(status_of "$2" "Uid|CapInh|CapPrm|CapEff")
+  if [ $as_root = 1 ]; then
+    [ "$st" = "Uid: ${ids[0]} $none" ] || { echo "$1 runs with '$st', want UID ${ids[0]} and no capability"; return 1; }
+    echo "$1: UID ${ids[0]}, no capability"
+  else
+    [ "$st" = "Uid: $(id -u) $none" ] || { echo "$1 runs with '$st', want no capability"; return 1; }
+    echo "$1: not root, so as UID $(id -u) (the pod's ${ids[0]} unchecked), no capability"
+  fi
+}
 
-if [ $as_root = 1 ]; then
-  # The dhcp container: root with NET_ADMIN, SETUID and SETGID only (its securityContext), no_new_privs.
-  grep -qx -- "--user=nobody" "$W/dhcp.args" || { echo "the chart's dnsmasq does not drop to nobody"; exit 1; }
-  setpriv --no-new-privs --inh-caps=-all --bounding-set=-all,+net_admin,+setuid,+setgid \
-    dnsmasq "${dhcp_args[@]}" >"$W/dnsmasq.log" 2>&1 &
-  dnsmasq_pid=$!
-  for _ in $(seq 50); do grep -q "DHCP, IP range" "$W/dnsmasq.log" && break; sleep 0.1; done
-  kill -0 "$dnsmasq_pid" 2>/dev/null || { cat "$W/dnsmasq.log"; echo "dnsmasq did not start"; exit 1; }
-  st=$(status_of "$dnsmasq_pid" "Uid|CapEff|CapPrm")
-  [ "$st" = "Uid: 65534 CapPrm: 0000000000001000 CapEff: 0000000000001000 " ] ||
-    { echo "dnsmasq runs with '$st', want nobody (65534) with NET_ADMIN (0x1000) alone"; exit 1; }
-  echo "dnsmasq: running as nobody with NET_ADMIN alone ($st)"
-else
-  echo "not root: dnsmasq (it must start as root to hold NET_ADMIN) and the DHCP exchange are skipped"
+# The dhcp container: kea-dhcp4 with the chart's environment only (and a PATH, as the image has).
+as_pod env -i PATH="$PATH" "${dhcp_env[@]}" "${dhcp_cmd[@]}" >"$W/kea.log" 2>&1 &
+kea_pid=$!
+for _ in $(seq 100); do
+  grep -q DHCP4_STARTED "$W/kea.log" && break
+  kill -0 "$kea_pid" 2>/dev/null || break
+  sleep 0.1
+done
+if ! kill -0 "$kea_pid" 2>/dev/null || ! grep -q DHCP4_STARTED "$W/kea.log"; then
+  cat "$W/kea.log"; echo "kea-dhcp4 did not start"; exit 1
 fi
+want_status kea-dhcp4 "$kea_pid"
 start_lan
 wait_metric loco_lan_ports 0 10 || { cat "$W/lan.log"; exit 1; }
-if [ $as_root = 1 ]; then
-  st=$(status_of "$lan_pid" "Uid|CapEff")
-  [ "$st" = "Uid: 10001 CapEff: 0000000000000000 " ] || { echo "loco-lan runs with '$st'"; exit 1; }
-  echo "loco-lan: UID 10001, no capability"
+want_status loco-lan "$lan_pid"
 
-  # 1. DHCP through the switch, as a guest would: VM 2's DHCPDISCOVER, framed as QEMU's
-  #    -netdev stream sends it (4-byte big-endian length, then the Ethernet frame).
-  python3 - "$lan_port" <<'EOF' || { cat "$W/lan.log" "$W/dnsmasq.log"; exit 1; }
+# 1. DHCP through the switch, as a guest would: VM 2's DHCPDISCOVER, framed as QEMU's
+#    -netdev stream sends it (4-byte big-endian length, then the Ethernet frame).
+python3 - "$lan_port" <<'EOF' || { cat "$W/lan.log" "$W/kea.log"; exit 1; }
 import socket, struct, sys, time
 mac = bytes.fromhex("5254004c0002")
 def csum(b):
@@ -164,10 +209,17 @@ while time.time() < deadline:
 else:
     raise SystemExit("no DHCP offer within 10 s")
 EOF
-  [ "$(metric 'loco_lan_dhcp_relayed_total{direction="to_client"}')" -ge 1 ] || { echo "no relayed reply counted"; exit 1; }
-  grep -q "DHCPOFFER.* 10.98.0.102 52:54:00:4c:00:02" "$W/dnsmasq.log" || { cat "$W/dnsmasq.log"; echo "dnsmasq logged no offer"; exit 1; }
-  wait_metric loco_lan_ports 0 5
-fi
+[ "$(metric 'loco_lan_dhcp_relayed_total{direction="to_client"}')" -ge 1 ] || { echo "no relayed reply counted"; exit 1; }
+grep -q "DHCP4_LEASE_ADVERT .*52:54:00:4c:00:02.*lease 10.98.0.102 will be advertised" "$W/kea.log" ||
+  { cat "$W/kea.log"; echo "kea-dhcp4 logged no offer of 10.98.0.102 to VM 2"; exit 1; }
+# In its volumes Kea wrote nothing but its pid file and logger lock file (to the emptyDir).
+for f in "$M"/*/*; do
+  case ${f#"$M/"} in
+    kea-conf/kea-dhcp4.json | kea-run/kea-dhcp4.kea-dhcp4.pid | kea-run/logger_lockfile) ;;
+    *) echo "unexpected file $f"; exit 1 ;;
+  esac
+done
+wait_metric loco_lan_ports 0 5
 
 # 2. start.sh joins the LAN: with VM_INDEX, then (below) with the index from HOSTNAME.
 run_vm() { # run_vm LOG ENV...: start.sh in the background with these extra variables

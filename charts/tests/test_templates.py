@@ -112,13 +112,6 @@ def base_image_read_only_and_overlay_claims():
     assert vct["spec"]["resources"]["requests"]["storage"] == "4Gi"
 
 
-# The one container that does not start as non-root without capabilities: the guest LAN's dnsmasq
-# (dnsmasq 2.90 refuses to serve DHCP without CAP_NET_ADMIN; it starts as root with these three
-# and runs as nobody with NET_ADMIN alone; charts/tests/lan_test.sh checks that for real).
-DHCP_EXCEPTION = {"runAsNonRoot": False, "runAsUser": 0, "runAsGroup": 0,
-                  "capabilities": {"drop": ["ALL"], "add": ["NET_ADMIN", "SETUID", "SETGID"]}}
-
-
 @test
 def security_contexts_strict():
     for case in ("default", "kvm-deviceplugin", "tokens-on", "lan-nodhcp"):
@@ -133,20 +126,42 @@ def security_contexts_strict():
             assert not spec.get("hostNetwork") and not spec.get("hostPID"), w["metadata"]["name"]
             for c in spec["containers"]:
                 sc = dict(c["securityContext"])
-                if (w["metadata"]["name"], c["name"]) == ("t-loco-vm-lan", "dhcp"):
-                    for k, v in DHCP_EXCEPTION.items():
-                        assert sc.pop(k) == v, (case, k, v)
-                else:
-                    assert sc.get("runAsUser", 1) != 0 and sc.get("runAsNonRoot", True) is True, (c["name"], sc)
-                    assert sc["capabilities"] == {"drop": ["ALL"]}, (c["name"], sc["capabilities"])
+                assert sc.get("runAsUser", 1) != 0 and sc.get("runAsNonRoot", True) is True, (c["name"], sc)
+                assert sc["capabilities"] == {"drop": ["ALL"]}, (c["name"], sc["capabilities"])
                 assert sc["allowPrivilegeEscalation"] is False, c["name"]
                 assert sc["readOnlyRootFilesystem"] is True, c["name"]
                 assert sc.get("privileged", False) is False, c["name"]
                 r = c["resources"]
                 assert {"cpu", "memory"} <= set(r["requests"]) and {"cpu", "memory"} <= set(r["limits"]), c["name"]
-    # With lan.dhcp.enabled=false nothing runs as root or with a capability.
+    # With lan.dhcp.enabled=false the LAN pod is the switch alone.
     dep = one(load("lan-nodhcp"), "Deployment", "t-loco-vm-lan")
     assert [c["name"] for c in dep["spec"]["template"]["spec"]["containers"]] == ["lan"]
+
+
+@test
+def lan_pod_strict_no_capability_no_checkov_skip():
+    """The LAN pod, Kea included, has the chart's strict context exactly: no capability added
+    anywhere, no root, no exception for checkov to skip."""
+    def adds(x):  # every "add" under a "capabilities" key, anywhere in x
+        if isinstance(x, dict):
+            found = list(x["capabilities"].get("add") or []) if isinstance(x.get("capabilities"), dict) else []
+            return found + [a for v in x.values() for a in adds(v)]
+        return [a for v in x for a in adds(v)] if isinstance(x, list) else []
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    for case in ("default", "replicas-1", "lan-replicas-64", "lan-nodhcp", "kvm-hostpath"):
+        docs = load(case)
+        dep = one(docs, "Deployment", "t-loco-vm-lan")
+        spec = dep["spec"]["template"]["spec"]
+        assert adds(dep) == [], (case, adds(dep))
+        assert spec["securityContext"] == values["podSecurityContext"], (case, spec["securityContext"])
+        for c in spec["containers"]:
+            assert c["securityContext"] == values["containerSecurityContext"], (case, c["name"], c["securityContext"])
+        for where in (dep["metadata"], dep["spec"]["template"]["metadata"]):
+            assert not [k for k in where.get("annotations", {}) if k.startswith("checkov.io/")], (case, where.get("annotations"))
+    for case in ("default", "kvm-hostpath", "sunshine-on", "lan-nodhcp"):
+        text = (R / f"{case}.yaml").read_text()
+        assert "checkov.io/skip" not in text, f"{case}: a checkov skip annotation in the manifests"
+        assert "NET_ADMIN" not in text and "SETUID" not in text and "SETGID" not in text, case
 
 
 @test
@@ -440,25 +455,34 @@ def values_documented_and_schema_covers_them():
 
 # ----------------------------------------------------------------------- the guest LAN
 def guestlan_conf(vms):
-    """What packer/guestlan.py prints for the chart's dnsmasq (the one source of the LAN's plan)."""
-    return subprocess.run([sys.executable, str(ROOT / "packer/guestlan.py"), "dnsmasq-conf", "--vms", str(vms),
-                           "--state-dir", "/run/dnsmasq", "--dhcp-port", "1067"],
+    """What packer/guestlan.py prints for the chart's Kea (the one source of the LAN's plan)."""
+    return subprocess.run([sys.executable, str(ROOT / "packer/guestlan.py"), "kea-conf", "--vms", str(vms),
+                           "--dhcp-port", "1067"],
                           check=True, capture_output=True, text=True).stdout
 
 
 @test
-def lan_dnsmasq_conf_is_guestlans():
+def lan_kea_conf_is_guestlans():
     for case, n in (("default", 9), ("replicas-1", 1), ("replicas-9", 9), ("tokens-on", 3), ("lan-replicas-64", 64)):
         docs = load(case)
         cm = one(docs, "ConfigMap", "t-loco-vm-lan")
-        assert set(cm["data"]) == {"dnsmasq.conf"}, set(cm["data"])
-        got, want = cm["data"]["dnsmasq.conf"], guestlan_conf(n)
+        assert set(cm["data"]) == {"kea-dhcp4.json"}, set(cm["data"])
+        got, want = cm["data"]["kea-dhcp4.json"], guestlan_conf(n)
+        # The same JSON, and byte for byte the same text.
+        assert json.loads(got) == json.loads(want), (case, got)
         assert got == want, (case, [l for l in got.splitlines() if l not in want.splitlines()],
                              [l for l in want.splitlines() if l not in got.splitlines()])
-        assert got.count("dhcp-host=") == n, case
+        conf = json.loads(got)["Dhcp4"]
+        (subnet,) = conf["subnet4"]
+        res = subnet["reservations"]
+        assert [r["hw-address"] for r in res] == [f"52:54:00:4c:00:{i:02x}" for i in range(1, n + 1)], case
+        assert [r["ip-address"] for r in res] == [f"10.98.0.{100 + i}" for i in range(1, n + 1)], case
+        assert all(r["option-data"] == [{"name": "host-name", "data": r["hostname"], "always-send": True}] for r in res), case
+        assert conf["interfaces-config"] == {"interfaces": ["lo"], "dhcp-socket-type": "udp"}, case
+        assert conf["lease-database"] == {"type": "memfile", "persist": False}, "leases in memory: nothing written"
         # The pod restarts when the table changes.
         tmpl = one(docs, "Deployment", "t-loco-vm-lan")["spec"]["template"]
-        assert tmpl["metadata"]["annotations"]["checksum/dnsmasq"] == hashlib.sha256(got.encode()).hexdigest()
+        assert tmpl["metadata"]["annotations"]["checksum/kea"] == hashlib.sha256(got.encode()).hexdigest()
     a = one(load("replicas-1"), "Deployment", "t-loco-vm-lan")["spec"]["template"]["metadata"]["annotations"]
     b = one(load("default"), "Deployment", "t-loco-vm-lan")["spec"]["template"]["metadata"]["annotations"]
     assert a != b
@@ -477,22 +501,27 @@ def lan_deployment_service_and_runner_env():
     lan, dhcp = cs["lan"], cs["dhcp"]
     assert lan["image"] == "loco-agent:0.1.0" and lan["command"] == ["loco-lan"]
     assert lan["args"] == ["--listen", "tcp:0.0.0.0:9798", "--dhcp-server", "127.0.0.1:1067",
-                           "--relay-bind", "127.0.0.2:1067", "--metrics-listen", "0.0.0.0:9799"], lan["args"]
+                           "--relay-bind", "127.0.0.2:0", "--metrics-listen", "0.0.0.0:9799"], lan["args"]
     assert lan["ports"] == [{"name": "lan", "containerPort": 9798, "protocol": "TCP"},
                             {"name": "metrics", "containerPort": 9799, "protocol": "TCP"}]
     for probe in ("readinessProbe", "livenessProbe"):
         assert lan[probe]["httpGet"] == {"path": "/healthz", "port": "metrics"}, probe
     assert lan["resources"] == {"requests": {"cpu": "50m", "memory": "32Mi"}, "limits": {"cpu": "1", "memory": "256Mi"}}
     assert "volumeMounts" not in lan, "loco-lan writes nothing"
-    assert dhcp["image"] == "loco-runner:0.1.0" and dhcp["command"] == ["dnsmasq"]
-    assert dhcp["args"] == ["--conf-file=/etc/loco-lan/dnsmasq.conf", "--no-ping", "--user=nobody", "--group=nogroup"]
+    assert dhcp["image"] == "loco-runner:0.1.0" and dhcp["command"] == ["kea-dhcp4"]
+    assert dhcp["args"] == ["-c", "/etc/loco-lan/kea-dhcp4.json", "-p", "1067"], dhcp["args"]
+    assert dhcp["env"] == [{"name": "KEA_PIDFILE_DIR", "value": "/run/kea"},
+                           {"name": "KEA_LOCKFILE_DIR", "value": "/run/kea"}], dhcp["env"]
     assert "ports" not in dhcp, "DHCP stays on the pod's loopback"
     mounts = {m["name"]: m for m in dhcp["volumeMounts"]}
     vols = {v["name"]: v for v in spec["volumes"]}
-    assert mounts["dnsmasq-conf"] == {"name": "dnsmasq-conf", "mountPath": "/etc/loco-lan", "readOnly": True}
-    assert vols["dnsmasq-conf"]["configMap"]["name"] == "t-loco-vm-lan"
-    assert mounts["dnsmasq-state"]["mountPath"] == "/run/dnsmasq" and "emptyDir" in vols["dnsmasq-state"]
-    assert dhcp["resources"] == {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"cpu": "200m", "memory": "64Mi"}}
+    assert set(mounts) == {"kea-conf", "kea-run"} and set(vols) == {"kea-conf", "kea-run"}, (set(mounts), set(vols))
+    assert mounts["kea-conf"] == {"name": "kea-conf", "mountPath": "/etc/loco-lan", "readOnly": True}
+    assert vols["kea-conf"]["configMap"] == {"name": "t-loco-vm-lan",
+                                             "items": [{"key": "kea-dhcp4.json", "path": "kea-dhcp4.json"}]}
+    assert mounts["kea-run"] == {"name": "kea-run", "mountPath": "/run/kea"}
+    assert vols["kea-run"]["emptyDir"] == {"medium": "Memory", "sizeLimit": "1Mi"}
+    assert dhcp["resources"] == {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"cpu": "200m", "memory": "64Mi"}}
     svc = one(docs, "Service", "t-loco-vm-lan")
     assert svc["spec"]["type"] == "ClusterIP" and svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
     assert svc["spec"]["ports"] == [{"name": "lan", "port": 9798, "targetPort": "lan", "protocol": "TCP"},
@@ -508,8 +537,8 @@ def lan_deployment_service_and_runner_env():
     (lan,) = dep["spec"]["template"]["spec"]["containers"]
     assert lan["args"] == ["--listen", "tcp:0.0.0.0:9000", "--metrics-listen", "0.0.0.0:9001"], lan["args"]
     assert "volumes" not in dep["spec"]["template"]["spec"]
-    assert all(c["metadata"]["name"] != "t-loco-vm-lan" for c in kinds(docs, "ConfigMap")), "a dnsmasq.conf without dnsmasq"
-    assert "annotations" not in dep["metadata"], "no checkov exception without the dhcp container"
+    assert all(c["metadata"]["name"] != "t-loco-vm-lan" for c in kinds(docs, "ConfigMap")), "a Kea configuration without Kea"
+    assert "annotations" not in dep["metadata"]
     assert [p["port"] for p in one(docs, "Service", "t-loco-vm-lan")["spec"]["ports"]] == [9000, 9001]
     env = {e["name"]: e.get("value") for e in container(one(docs, "StatefulSet"), "runner")["env"]}
     assert env["LOCO_LAN"] == "tcp:t-loco-vm-lan:9000"
@@ -555,7 +584,7 @@ def lan_off_renders_nothing_of_it():
                if d["metadata"]["name"].endswith("-lan") or d["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "lan"]
         assert not lan, lan
         text = (R / f"{case}.yaml").read_text()
-        for word in ("LOCO_LAN", "loco-lan", "dnsmasq", "9798", "9799", "10.98.0."):
+        for word in ("LOCO_LAN", "loco-lan", "kea-dhcp4", "9798", "9799", "10.98.0."):
             assert word not in text, (case, word)
         env = {e["name"] for e in container(one(docs, "StatefulSet"), "runner")["env"]}
         assert "LOCO_LAN" not in env and "VM_INDEX" not in env

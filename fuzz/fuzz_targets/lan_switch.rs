@@ -8,8 +8,8 @@
 //!   when addressed to it);
 //! - a port never owns more than `macs_per_port` addresses: the table holds at most
 //!   `ports × macs_per_port` entries, and a port that goes away leaves none behind;
-//! - a relayed request is at most the input's payload plus the 6-byte subnet option, carries the
-//!   relay's giaddr, and ends with the END option;
+//! - a relayed request is at most the input's payload plus the relay's 10 bytes of options,
+//!   carries the relay's giaddr, and ends with the END option;
 //! - a server reply turned into a frame is one valid Ethernet frame (≤ `MAX_FRAME`) from the
 //!   switch's MAC with correct IPv4 and UDP checksums.
 #![no_main]
@@ -19,7 +19,9 @@ use std::time::Duration;
 
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
-use loco_shared::lan::{checksum, reply_frame, DropReason, Forward, RelayConfig, Switch, SwitchConfig, MAX_FRAME};
+use loco_shared::lan::{
+    checksum, reply_frame, DropReason, Forward, RelayConfig, Switch, SwitchConfig, MAX_FRAME, RELAY_ADDED,
+};
 
 const RELAY: RelayConfig = RelayConfig { mac: [2, 0x4c, 0x4f, 0x43, 0x4f, 1], lan_ip: [10, 98, 0, 1], giaddr: [127, 0, 0, 2] };
 const MACS_PER_PORT: usize = 3;
@@ -114,7 +116,7 @@ fuzz_target!(|events: Vec<Event>| {
         }
         if let Some(p) = d.relay {
             let input_payload = frame.len() - 42;
-            assert!(p.len() <= input_payload + 6);
+            assert!(p.len() <= input_payload + RELAY_ADDED);
             assert_eq!(&p[24..28], &RELAY.giaddr);
             assert_eq!(p.last(), Some(&255));
         }

@@ -1,9 +1,9 @@
 """The guest LAN, for real: three stand-in VMs (QEMU, the ne2k_pci NIC the win98 profile has too)
-on the loco-lan switch, with the LAN's dnsmasq behind the switch's DHCP relay.
+on the loco-lan switch, with the LAN's kea-dhcp4 behind the switch's DHCP relay.
 
     ~/.cache/loco/venv/bin/python -m pytest -q packer/standin/test_lan.py
 
-Needs the built stand-in image (packer/standin/build.sh), loco-lan (./loco build) and dnsmasq.
+Needs the built stand-in image (packer/standin/build.sh), loco-lan (./loco build) and kea-dhcp4.
 Everything runs on throw-away overlays; commands run in the guests over their serial consoles
 (user loco; the guest's boot script takes the DHCP lease as root).
 
@@ -34,6 +34,7 @@ import pytest
 
 import guestlan  # packer/
 from loco_testkit.lan import GuestLan
+from loco_testkit.paths import lan_binary
 from loco_testkit.standin import BOOT_TIMEOUT, StandinVM, missing_files
 from loco_testkit.waits import wait_until
 
@@ -51,7 +52,7 @@ def lan():
     if missing:
         pytest.fail(f"the stand-in image is not built ({', '.join(map(str, missing))} missing): "
                     f"sudo {HERE / 'build.sh'}", pytrace=False)
-    for tool in ("qemu-system-x86_64", "dnsmasq"):
+    for tool in ("qemu-system-x86_64", "kea-dhcp4"):
         if not shutil.which(tool):
             pytest.fail(f"{tool} is not installed", pytrace=False)
     work = Path(tempfile.mkdtemp(prefix="loco-lan-test-"))
@@ -174,3 +175,14 @@ def test_the_vms_rejoin_a_restarted_switch(lan, vms):
     lan.start_switch()
     wait_until(lambda: lan.metric("loco_lan_ports") == N, 20, what="every VM reconnected")
     ping(vms[2], 1, count=2)
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--listen", "foo"], "--listen takes tcp:HOST:PORT or unix:PATH"),
+    (["--listen", "tcp:127.0.0.1:0", "--max-ports", "0"], "must be at least 1"),
+    (["--listen", "tcp:127.0.0.1:0", "--dhcp-server", "nowhere"], "invalid value 'nowhere'"),
+])
+def test_loco_lan_refuses_bad_arguments_with_a_sentence(args, says):
+    r = subprocess.run([str(lan_binary()), *args], capture_output=True, text=True, timeout=10)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.startswith("loco-lan: ") and says in r.stderr, r.stderr

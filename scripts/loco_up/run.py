@@ -84,8 +84,8 @@ class Up(SavedStates, Announce):
                 raise UsageError(str(e.args[0] if isinstance(e, KeyError) else e)) from None
         # The guest LAN: for profile guests whose profile names a NIC (not the test-pattern guest).
         self.lan_on = self.profile is not None and not a.no_lan and bool(self.profile_spec.get("lan_nic"))
-        if self.lan_on and not shutil.which("dnsmasq"):
-            raise UsageError("the guest LAN needs dnsmasq (./loco deps installs dnsmasq-base), or run with --no-lan")
+        if self.lan_on and not (shutil.which("kea-dhcp4") or os.path.exists("/usr/sbin/kea-dhcp4")):
+            raise UsageError("the guest LAN needs kea-dhcp4 (./loco deps installs kea-dhcp4-server), or run with --no-lan")
         if not WALL_DIR.joinpath("index.html").is_file():
             raise UsageError(f"the page is missing: {WALL_DIR}/index.html")
         if not WEB_DIR.joinpath("index.html").is_file():
@@ -214,7 +214,7 @@ class Up(SavedStates, Announce):
             self.lan = lan_commands(d, self.args.vms)
         except (FileNotFoundError, OSError) as e:
             raise Failure(f"the guest LAN cannot start: {e} (--no-lan runs without it)") from None
-        for name, argv, log in (("LAN dhcp", self.lan.dhcp, d / "dnsmasq.log"),
+        for name, argv, log in (("LAN dhcp", self.lan.dhcp, d / "kea-dhcp4.log"),
                                 ("LAN switch", self.lan.switch, d / "loco-lan.log")):
             self.children.append(Child(name, argv, log).start())
 

@@ -9,10 +9,12 @@
 //! takes its entries with it, so a VM that reconnects is found again at once. A frame that is too
 //! short or too long is dropped with a reason, never an error that stops the LAN.
 //!
-//! The relay half is RFC 1542's relay agent for the LAN's one DHCP server (dnsmasq, on loopback
+//! The relay half is RFC 1542's relay agent for the LAN's one DHCP server (ISC Kea, on loopback
 //! beside the switch): a client's DHCP request frame becomes a BOOTP payload with `giaddr` set
-//! to the relay's loopback address and a subnet-selection option (RFC 3011) naming the LAN, so
-//! the server picks the LAN's range although it has no interface on it; the server's reply
+//! to the relay's loopback address, a subnet-selection option (RFC 3011) naming the LAN, so the
+//! server picks the LAN's range although it has no interface on it, and the relay agent
+//! information option with an empty relay-source-port sub-option (RFC 8357), so the server
+//! answers to the relay's own port rather than port 67 (no privilege needed); the server's reply
 //! becomes an Ethernet frame from the switch's own MAC and the LAN address, to the client.
 //!
 //! I/O-free: the caller passes the time and owns the sockets. Fuzzed (`fuzz/fuzz_targets/lan_switch.rs`).
@@ -42,6 +44,11 @@ const MAGIC_COOKIE: [u8; 4] = [99, 130, 83, 99];
 const OPT_PAD: u8 = 0;
 const OPT_END: u8 = 255;
 const OPT_SUBNET_SELECTION: u8 = 118;
+const OPT_RELAY_AGENT_INFO: u8 = 82;
+const SUBOPT_RELAY_SOURCE_PORT: u8 = 19;
+/// What the relay adds to a request: subnet selection (6 bytes) and the relay agent information
+/// option with the relay-source-port sub-option (4 bytes).
+pub const RELAY_ADDED: usize = 10;
 const MAX_HOPS: u8 = 4;
 
 /// Why a frame went nowhere.
@@ -259,14 +266,17 @@ fn be16(b: &[u8], at: usize) -> u16 {
     u16::from_be_bytes([b[at], b[at + 1]])
 }
 
-/// The end of a DHCP options field (the index of its END option), or `None` when it is malformed.
-fn options_end(opts: &[u8]) -> Option<usize> {
+/// The end of a DHCP options field (the index of its END option) and whether it holds the
+/// relay agent information option, or `None` when it is malformed.
+fn options_end(opts: &[u8]) -> Option<(usize, bool)> {
     let mut i = 0;
+    let mut relay_info = false;
     while i < opts.len() {
         match opts[i] {
-            OPT_END => return Some(i),
+            OPT_END => return Some((i, relay_info)),
             OPT_PAD => i += 1,
-            _ => {
+            code => {
+                relay_info |= code == OPT_RELAY_AGENT_INFO;
                 let len = *opts.get(i + 1)? as usize;
                 i += 2 + len;
             }
@@ -309,13 +319,18 @@ pub fn relay_request(cfg: &RelayConfig, frame: &[u8]) -> Option<Vec<u8>> {
         return None; // relayed too often, or by another relay already
     }
     let opts = &p[240..];
-    let end = options_end(opts)?;
-    let mut out = Vec::with_capacity(p.len() + 6);
+    let (end, relay_info) = options_end(opts)?;
+    if relay_info {
+        return None; // a client never sends relay agent information (RFC 3046)
+    }
+    let mut out = Vec::with_capacity(p.len() + RELAY_ADDED);
     out.extend_from_slice(&p[..240 + end]);
     out[3] += 1; // hops
     out[24..28].copy_from_slice(&cfg.giaddr);
     out.extend_from_slice(&[OPT_SUBNET_SELECTION, 4]);
     out.extend_from_slice(&cfg.lan_ip);
+    // RFC 3046 says the relay agent information option comes last, before END.
+    out.extend_from_slice(&[OPT_RELAY_AGENT_INFO, 2, SUBOPT_RELAY_SOURCE_PORT, 0]);
     out.push(OPT_END);
     Some(out)
 }
@@ -522,7 +537,7 @@ mod tests {
         assert_eq!(&p[24..28], &[127, 0, 0, 2], "giaddr");
         assert_eq!(&p[28..34], &A);
         let opts = &p[240..];
-        assert_eq!(opts, &[53, 1, 1, OPT_PAD, 12, 3, b'v', b'm', b'1', 118, 4, 10, 98, 0, 1, OPT_END]);
+        assert_eq!(opts, &[53, 1, 1, OPT_PAD, 12, 3, b'v', b'm', b'1', 118, 4, 10, 98, 0, 1, 82, 2, 19, 0, OPT_END]);
         // Without a relay, only switched.
         let mut plain = Switch::new(SwitchConfig::default());
         assert_eq!(plain.frame(s(0), 1, &discover(A, &[])).relay, None);
@@ -540,6 +555,8 @@ mod tests {
         let n = overrun.len();
         overrun[n - 1] = 12; // option 12 with no length byte
         assert_eq!(relay_request(&RELAY, &overrun), None);
+        // A client that sends relay agent information itself.
+        assert_eq!(relay_request(&RELAY, &discover(A, &[82, 2, 1, 0])), None);
         // A reply (op 2), a relayed request (giaddr set), too many hops, a fragment.
         for (at, v) in [(42, 2u8), (42 + 24, 10), (42 + 3, MAX_HOPS)] {
             let mut f = ok.clone();

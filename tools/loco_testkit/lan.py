@@ -1,7 +1,7 @@
-"""The guest LAN on one host: the loco-lan switch on a Unix socket and the LAN's dnsmasq (DHCP
-only, on loopback, reached through the switch's relay), as ./loco up and the tests run them.
-The addresses, names and dnsmasq settings come from packer/guestlan.py (shared with the runner
-and the chart).
+"""The guest LAN on one host: the loco-lan switch on a Unix socket and the LAN's DHCP server
+(ISC Kea's kea-dhcp4, on loopback, reached through the switch's relay; no privilege needed), as
+./loco up and the tests run them. The addresses, names and Kea settings come from
+packer/guestlan.py (shared with the runner and the chart).
 
     lan = GuestLan(workdir, vms=3).start()
     vm = StandinVM("vm1", lan=lan.spec, lan_index=1).start()   # QEMU joins as VM 1: 10.98.0.101
@@ -14,7 +14,6 @@ own children).
 from __future__ import annotations
 
 import os
-import pwd
 import shutil
 import socket
 import subprocess
@@ -29,23 +28,11 @@ from .procs import kill_group, spawn
 from .waits import free_port, wait_until
 
 
-def free_udp_port(*hosts: str) -> int:
-    """A UDP port free on every one of hosts (dnsmasq's port on 127.0.0.1 and the relay's on
-    127.0.0.2 are the same number)."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.bind((hosts[0], 0))
-            port = s.getsockname()[1]
-        ok = True
-        for h in hosts:
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as t:
-                try:
-                    t.bind((h, port))
-                except OSError:
-                    ok = False
-        if ok:
-            return port
-    raise RuntimeError("no free UDP port for the LAN's DHCP server")
+def free_udp_port(host: str = "127.0.0.1") -> int:
+    """A UDP port free on host now (for the DHCP server)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
 
 
 @dataclass
@@ -58,28 +45,29 @@ class LanCommands:
 
 def commands(state_dir: Path, vms: int, *, socket_path: Path | None = None,
              metrics_port: int | None = None, dhcp_port: int | None = None) -> LanCommands:
-    """Writes dnsmasq's configuration into state_dir and returns both command lines."""
-    if shutil.which("dnsmasq") is None:
-        raise FileNotFoundError("dnsmasq is not installed (apt-get install -y dnsmasq-base): the guest LAN's "
-                                "DHCP server")
+    """Writes kea-dhcp4's configuration into state_dir and returns both command lines (the DHCP
+    server's with its environment: where it keeps its pid and lock files)."""
+    kea = shutil.which("kea-dhcp4") or next((p for p in ("/usr/sbin/kea-dhcp4",) if os.path.exists(p)), None)
+    if kea is None:
+        raise FileNotFoundError("kea-dhcp4 is not installed (apt-get install -y kea-dhcp4-server): the guest "
+                                "LAN's DHCP server")
     binary = lan_binary()
     if not binary.is_file():
         raise FileNotFoundError(f"{binary} is not built (./loco build builds it with the agent)")
     state_dir.mkdir(parents=True, exist_ok=True)
-    dhcp_port = dhcp_port or free_udp_port("127.0.0.1", guestlan.RELAY_ADDR)
+    dhcp_port = dhcp_port or free_udp_port()
     metrics_port = metrics_port or free_port()
     sock = socket_path or state_dir / "lan.sock"
     if len(str(sock)) <= 107:  # sun_path
         listen = spec = f"unix:{sock}"
     else:  # too deep for a Unix socket: loopback TCP
         listen = spec = f"tcp:127.0.0.1:{free_port()}"
-    conf = state_dir / "dnsmasq.conf"
-    conf.write_text(guestlan.dnsmasq_conf(vms, state_dir=str(state_dir), dhcp_port=dhcp_port))
-    # As root, dnsmasq would drop to "nobody", who may not write state_dir: stay who we are.
-    user = pwd.getpwuid(os.getuid()).pw_name
-    dhcp = ["dnsmasq", f"--conf-file={conf}", f"--user={user}"]
+    conf = state_dir / "kea-dhcp4.json"
+    conf.write_text(guestlan.kea_conf(vms, dhcp_port=dhcp_port))
+    dhcp = ["env", f"KEA_PIDFILE_DIR={state_dir}", f"KEA_LOCKFILE_DIR={state_dir}",
+            kea, "-c", str(conf), "-p", str(dhcp_port)]
     switch = [str(binary), "--listen", listen, "--dhcp-server", f"127.0.0.1:{dhcp_port}",
-              "--relay-bind", f"{guestlan.RELAY_ADDR}:{dhcp_port}", "--lan-ip", str(guestlan.LAN_IP),
+              "--relay-bind", f"{guestlan.RELAY_ADDR}:0", "--lan-ip", str(guestlan.LAN_IP),
               "--metrics-listen", f"127.0.0.1:{metrics_port}"]
     return LanCommands(switch=switch, dhcp=dhcp, spec=spec, metrics_port=metrics_port)
 
@@ -97,7 +85,7 @@ class GuestLan:
 
     def start(self) -> "GuestLan":
         self.cmds = commands(self.state_dir, self.vms)
-        self.dhcp = spawn(self.cmds.dhcp, log_path=self.state_dir / "dnsmasq.log", name="LAN dnsmasq")
+        self.dhcp = spawn(self.cmds.dhcp, log_path=self.state_dir / "kea-dhcp4.log", name="LAN kea-dhcp4")
         self.start_switch()
         return self
 
@@ -114,7 +102,7 @@ class GuestLan:
         if self.switch.poll() is not None:
             raise RuntimeError(f"loco-lan exited: {(self.state_dir / 'loco-lan.log').read_text()[-2000:]}")
         if self.dhcp.poll() is not None:
-            raise RuntimeError(f"dnsmasq exited: {(self.state_dir / 'dnsmasq.log').read_text()[-2000:]}")
+            raise RuntimeError(f"kea-dhcp4 exited: {(self.state_dir / 'kea-dhcp4.log').read_text()[-2000:]}")
         try:
             return http_request("GET", f"http://127.0.0.1:{self.cmds.metrics_port}/healthz", timeout=2).status == 200
         except OSError:
@@ -129,7 +117,7 @@ class GuestLan:
 
     def log(self) -> str:
         return "".join(p.read_text(errors="replace") for p in (self.state_dir / "loco-lan.log",
-                                                              self.state_dir / "dnsmasq.log") if p.exists())
+                                                              self.state_dir / "kea-dhcp4.log") if p.exists())
 
     def stop(self) -> None:
         self.stop_switch()

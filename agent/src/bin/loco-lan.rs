@@ -2,7 +2,7 @@
 //! stream` client (TCP, or a Unix socket on one host): each frame travels as a 4-byte big-endian
 //! length and the frame. The switching (learning, flooding, ageing, limits) is
 //! [`loco_shared::lan::Switch`]; this file does the sockets, the DHCP relay's UDP socket to the
-//! LAN's dnsmasq, and `/metrics` + `/healthz`.
+//! LAN's DHCP server (kea-dhcp4 beside it), and `/metrics` + `/healthz`.
 //!
 //! A slow or stuck VM never stalls the others: each port has a bounded send queue and frames that
 //! do not fit are dropped (counted). A malformed frame is dropped; a length no QEMU sends (over
@@ -39,13 +39,13 @@ struct Args {
     /// Where VMs connect: tcp:HOST:PORT or unix:PATH (repeatable).
     #[arg(long, required = true)]
     listen: Vec<String>,
-    /// The LAN's DHCP server (dnsmasq with --dhcp-alternate-port) to relay requests to, e.g.
-    /// 127.0.0.1:1067. Without it, DHCP frames are only switched.
+    /// The LAN's DHCP server to relay requests to, e.g. 127.0.0.1:1067 (kea-dhcp4 -p 1067; it
+    /// answers to the relay's own port, RFC 8357). Without it, DHCP frames are only switched.
     #[arg(long)]
     dhcp_server: Option<SocketAddrV4>,
-    /// The relay's UDP socket: the server sends its replies here (giaddr), so it is on loopback
-    /// beside the server, on the server's port.
-    #[arg(long, default_value = "127.0.0.2:1067")]
+    /// The relay's UDP socket: its address is the giaddr the server replies to (on loopback beside
+    /// the server); port 0 takes any free one.
+    #[arg(long, default_value = "127.0.0.2:0")]
     relay_bind: SocketAddrV4,
     /// The switch's address on the LAN: the subnet the server hands out from, and the source of
     /// the replies it relays.
@@ -316,9 +316,8 @@ async fn relay_replies(lan: Arc<Lan>) {
     }
 }
 
-/// The relay's UDP socket. dnsmasq binds its DHCP port on the wildcard address, and the server
-/// port is also where it sends relayed replies (to giaddr), so the relay shares that port on its
-/// own loopback address: SO_REUSEADDR on both sides (dnsmasq sets it too).
+/// The relay's UDP socket. With SO_REUSEADDR, so it may share a port number with a server bound
+/// to the wildcard address (a server without RFC 8357 answers to giaddr on its own port).
 fn relay_socket(addr: SocketAddrV4) -> anyhow::Result<tokio::net::UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
@@ -328,11 +327,19 @@ fn relay_socket(addr: SocketAddrV4) -> anyhow::Result<tokio::net::UdpSocket> {
     Ok(tokio::net::UdpSocket::from_std(s.into())?)
 }
 
-async fn run(args: Args) -> anyhow::Result<()> {
-    let listens = args.listen.iter().map(|s| parse_listen(s)).collect::<anyhow::Result<Vec<_>>>()?;
+/// Mistakes in the arguments that clap cannot see (exit status 2, like clap's own).
+fn check_args(args: &Args) -> anyhow::Result<()> {
+    for l in &args.listen {
+        parse_listen(l)?;
+    }
     if args.max_ports == 0 || args.macs_per_port == 0 || args.ageing_s == 0 {
         bail!("--max-ports, --macs-per-port and --ageing-s must be at least 1");
     }
+    Ok(())
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let listens = args.listen.iter().map(|s| parse_listen(s)).collect::<anyhow::Result<Vec<_>>>()?;
     let relay_cfg = args.dhcp_server.map(|_| RelayConfig {
         mac: SWITCH_MAC,
         lan_ip: args.lan_ip.octets(),
@@ -461,18 +468,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
 }
 
 fn main() {
-    let args = match Args::try_parse() {
-        Ok(a) => a,
-        Err(e) => {
-            if matches!(e.kind(), clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion) {
-                let _ = e.print();
-                std::process::exit(0);
-            }
-            let first = e.to_string().lines().next().unwrap_or("invalid arguments").to_owned();
-            eprintln!("loco-lan: {}", first.trim_start_matches("error: "));
-            std::process::exit(2);
-        }
-    };
+    let args: Args = loco_agent::parse_args_or_exit("loco-lan");
+    if let Err(e) = check_args(&args) {
+        eprintln!("loco-lan: {e}");
+        std::process::exit(2);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("LOCO_LOG")

@@ -99,7 +99,7 @@ address and credentials come from each agent's GET /ice, to viewers with the key
 {{- range .Values.web.extraIceServers -}}{{- if .credential -}}true{{- end -}}{{- end -}}
 {{- end -}}
 
-{{/* Selector of the guest LAN's pod (loco-lan + dnsmasq). */}}
+{{/* Selector of the guest LAN's pod (loco-lan + kea-dhcp4). */}}
 {{- define "loco-vm.lanSelectorLabels" -}}
 {{ include "loco-vm.selectorLabels" . }}
 app.kubernetes.io/component: lan
@@ -107,35 +107,74 @@ app.kubernetes.io/component: lan
 
 {{- define "loco-vm.lanName" -}}{{ include "loco-vm.fullname" . }}-lan{{- end -}}
 
-{{/* The guest LAN pod's fixed, pod-internal DHCP settings: dnsmasq's port on 127.0.0.1 (the relay
-binds the same port on 127.0.0.2, guestlan.RELAY_ADDR) and its state directory (an emptyDir). */}}
+{{/* The guest LAN pod's fixed, pod-internal DHCP settings: kea-dhcp4's UDP port on 127.0.0.1 (its
+-p; loco-lan's relay sends there from 127.0.0.2, any port, guestlan.RELAY_ADDR) and the directory
+for its pid file and logger lock file (KEA_PIDFILE_DIR, KEA_LOCKFILE_DIR; an emptyDir). */}}
 {{- define "loco-vm.lanDhcpPort" -}}1067{{- end -}}
-{{- define "loco-vm.lanStateDir" -}}/run/dnsmasq{{- end -}}
+{{- define "loco-vm.lanStateDir" -}}/run/kea{{- end -}}
 
-{{/* dnsmasq's configuration for the guest LAN: exactly what
-`packer/guestlan.py dnsmasq-conf --vms <replicas> --state-dir /run/dnsmasq --dhcp-port 1067` prints
-(guestlan.dnsmasq_conf, the one place for the LAN's addresses; charts/tests compare the two).
-DHCP only on 127.0.0.1 (no DNS), for requests loco-lan relays; VM n (pod <fullname>-<n-1>) always
-gets MAC 52:54:00:4c:HH:LL's address 10.98.0.(100+n) and the name vmN, with an infinite lease. */}}
-{{- define "loco-vm.dnsmasqConf" -}}
-{{- $port := include "loco-vm.lanDhcpPort" . | int -}}
-{{- $state := include "loco-vm.lanStateDir" . -}}
-# loco guest LAN: DHCP for the VMs, relayed by loco-lan (packer/guestlan.py)
-port=0
-dhcp-alternate-port={{ $port }},{{ add1 $port }}
-listen-address=127.0.0.1
-bind-dynamic
-keep-in-foreground
-log-facility=-
-dhcp-leasefile={{ $state }}/dnsmasq.leases
-pid-file={{ $state }}/dnsmasq.pid
-dhcp-range=10.98.0.20,10.98.0.99,255.255.255.0,infinite
-dhcp-authoritative
-dhcp-option=option:router
-dhcp-option=option:dns-server
-dhcp-option=option:domain-name,lan
-{{- range $i := until (int .Values.replicas) }}
+{{/* ISC Kea's (kea-dhcp4) configuration for the guest LAN: byte for byte what
+`packer/guestlan.py kea-conf --vms <replicas> --dhcp-port 1067` prints (guestlan.kea_conf, the one
+place for the LAN's addresses; charts/tests compare the two). Written out by hand rather than with
+toPrettyJson, which would sort the keys. DHCP on loopback's UDP socket only, for requests loco-lan
+relays (replies go back to the relay's own port, RFC 8357): no raw socket, no port 67, no
+capability. VM n (pod <fullname>-<n-1>) always gets MAC 52:54:00:4c:HH:LL's address 10.98.0.(100+n)
+and the name vmN (option 12 sent always), with an infinite lease kept in memory only. */}}
+{{- define "loco-vm.keaConf" -}}
+{
+  "Dhcp4": {
+    "interfaces-config": {
+      "interfaces": [
+        "lo"
+      ],
+      "dhcp-socket-type": "udp"
+    },
+    "lease-database": {
+      "type": "memfile",
+      "persist": false
+    },
+    "valid-lifetime": 4294967295,
+    "authoritative": true,
+    "subnet4": [
+      {
+        "id": 1,
+        "subnet": "10.98.0.0/24",
+        "pools": [
+          {
+            "pool": "10.98.0.20 - 10.98.0.99"
+          }
+        ],
+        "reservations": [
+{{- $vms := int .Values.replicas }}
+{{- range $i := until $vms }}
 {{- $n := add1 $i }}
-dhcp-host=52:54:00:4c:{{ printf "%02x:%02x" (div $n 256) (mod $n 256) }},10.98.0.{{ add 100 $n }},vm{{ $n }},infinite
+          {
+            "hw-address": "52:54:00:4c:{{ printf "%02x:%02x" (div $n 256) (mod $n 256) }}",
+            "ip-address": "10.98.0.{{ add 100 $n }}",
+            "hostname": "vm{{ $n }}",
+            "option-data": [
+              {
+                "name": "host-name",
+                "data": "vm{{ $n }}",
+                "always-send": true
+              }
+            ]
+          }{{ if lt $n $vms }},{{ end }}
 {{- end }}
+        ]
+      }
+    ],
+    "loggers": [
+      {
+        "name": "kea-dhcp4",
+        "output_options": [
+          {
+            "output": "stderr"
+          }
+        ],
+        "severity": "INFO"
+      }
+    ]
+  }
+}
 {{ end -}}
