@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 from loco_testkit.paths import agent_binary as agent_bin
+from loco_testkit.waits import wait_until
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -653,7 +654,8 @@ def state_dir():
 def test_up_nine_standin_vms_live_from_a_saved_state(runtime_dir, state_dir):
     """`./loco up`'s default, nine stand-in VMs, reaches nine live panels in headless
     Chromium under TCG: the first run boots one VM cold, saves its state and starts all nine from
-    it; the next run starts all nine from the saved state. Ctrl-C leaves nothing behind."""
+    it; the next run starts all nine from the saved state, each VM with its own NIC hot-plugged
+    into the guest LAN and its own DHCP lease. Ctrl-C leaves nothing behind."""
     sd = os.path.join(state_dir, "standin")
     up, first = up_until_live(sd, runtime_dir, 9)
     try:
@@ -675,6 +677,16 @@ def test_up_nine_standin_vms_live_from_a_saved_state(runtime_dir, state_dir):
         assert "vm1 boots cold" not in out and "saving its state" not in out, out
         qemus = [c for c in procs_mentioning(runtime_dir).values() if "qemu-system" in c]
         assert len(qemus) == 9 and all("-incoming file:" in c for c in qemus), qemus
+        # The guest LAN: every restored VM got its own NIC hot-plugged and its own lease (the
+        # state was saved without a NIC), and none has one on its command line.
+        assert "lan    one isolated Ethernet segment: vm1 10.98.0.101 ... vm9 10.98.0.109" in out, out
+        assert not any("-netdev" in c for c in qemus), qemus
+
+        def leases():
+            return all(re.search(rf"loco-standin: lan up \S+ 10\.98\.0\.10{i}/24 vm{i}\b",
+                                 Path(runtime_dir, f"vm{i}", "serial.log").read_text(errors="replace"))
+                       for i in range(1, 10))
+        wait_until(leases, 120, what="every VM's DHCP lease on the guest LAN")
         memory_later = re.search(r"QEMU memory (\d+) MiB", out).group(1)
         stop_cleanly(up, runtime_dir)
     finally:
