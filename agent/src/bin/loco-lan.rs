@@ -83,7 +83,11 @@ fn parse_listen(s: &str) -> anyhow::Result<Listen> {
 struct Metrics {
     registry: Registry,
     ports: IntGauge,
-    frames: IntCounterVec,
+    /// loco_lan_frames_total for each kind and the queue-full drops, looked up once: counted on every frame.
+    unicast: IntCounter,
+    flooded: IntCounter,
+    undelivered: IntCounter,
+    queue_full: IntCounter,
     dropped: IntCounterVec,
     bytes: IntCounter,
     entries: IntGauge,
@@ -118,9 +122,6 @@ impl Metrics {
         registry.register(Box::new(entries.clone()))?;
         registry.register(Box::new(relayed.clone()))?;
         registry.register(Box::new(closed.clone()))?;
-        for k in ["unicast", "flood", "dropped"] {
-            frames.with_label_values(&[k]);
-        }
         for r in DropReason::ALL {
             dropped.with_label_values(&[r.label()]);
         }
@@ -133,7 +134,25 @@ impl Metrics {
         for r in ["eof", "bad_length", "error", "refused"] {
             closed.with_label_values(&[r]);
         }
-        Ok(Self { registry, ports, frames, dropped, bytes, entries, relayed, closed })
+        let (unicast, flooded, undelivered) = (
+            frames.with_label_values(&["unicast"]),
+            frames.with_label_values(&["flood"]),
+            frames.with_label_values(&["dropped"]),
+        );
+        let queue_full = dropped.with_label_values(&["queue_full"]);
+        Ok(Self {
+            registry,
+            ports,
+            unicast,
+            flooded,
+            undelivered,
+            queue_full,
+            dropped,
+            bytes,
+            entries,
+            relayed,
+            closed,
+        })
     }
 
     fn render(&self) -> String {
@@ -173,14 +192,14 @@ impl Lan {
     fn on_frame(&self, port: PortId, frame: &[u8]) {
         self.metrics.bytes.inc_by(frame.len() as u64);
         let now = self.now();
-        let (decision, entries) = {
+        let relay = {
             let mut hub = self.hub();
-            let d = hub.switch.frame(now, port, frame);
-            (d, hub.switch.entries())
+            let decision = hub.switch.frame(now, port, frame);
+            self.metrics.entries.set(hub.switch.entries() as i64);
+            self.deliver(&hub, decision.forward, frame);
+            decision.relay
         };
-        self.metrics.entries.set(entries as i64);
-        self.deliver(decision.forward, frame);
-        if let (Some(payload), Some((sock, server))) = (decision.relay, &self.relay) {
+        if let (Some(payload), Some((sock, server))) = (relay, &self.relay) {
             match sock.try_send_to(&payload, SocketAddr::V4(*server)) {
                 Ok(_) => self.metrics.relayed.with_label_values(&["to_server"]).inc(),
                 Err(e) => {
@@ -191,36 +210,41 @@ impl Lan {
         }
     }
 
-    fn deliver(&self, forward: Forward, frame: &[u8]) {
-        let kind = match forward {
-            Forward::To(_) => "unicast",
-            Forward::Flood { .. } => "flood",
-            Forward::Drop(r) => {
-                self.metrics.dropped.with_label_values(&[r.label()]).inc();
-                "dropped"
+    /// Queues the frame for the ports `forward` names, under the same lock that decided it
+    /// (`try_send` never waits: a full queue drops that copy only).
+    fn deliver(&self, hub: &Hub, forward: Forward, frame: &[u8]) {
+        let m = &self.metrics;
+        let wire = || {
+            let mut wire = Vec::with_capacity(4 + frame.len());
+            wire.extend_from_slice(&(frame.len() as u32).to_be_bytes());
+            wire.extend_from_slice(frame);
+            Bytes::from(wire)
+        };
+        let send = |tx: &mpsc::Sender<Bytes>, wire: Bytes| {
+            if tx.try_send(wire).is_err() {
+                m.queue_full.inc();
             }
         };
-        self.metrics.frames.with_label_values(&[kind]).inc();
-        let targets: Vec<mpsc::Sender<Bytes>> = {
-            let hub = self.hub();
-            match forward {
-                Forward::To(p) => hub.ports.get(&p).cloned().into_iter().collect(),
-                Forward::Flood { except } => {
-                    hub.ports.iter().filter(|(p, _)| Some(**p) != except).map(|(_, tx)| tx.clone()).collect()
+        match forward {
+            Forward::To(p) => {
+                m.unicast.inc();
+                if let Some(tx) = hub.ports.get(&p) {
+                    send(tx, wire());
                 }
-                Forward::Drop(_) => Vec::new(),
             }
-        };
-        if targets.is_empty() {
-            return;
-        }
-        let mut wire = Vec::with_capacity(4 + frame.len());
-        wire.extend_from_slice(&(frame.len() as u32).to_be_bytes());
-        wire.extend_from_slice(frame);
-        let wire = Bytes::from(wire);
-        for tx in targets {
-            if tx.try_send(wire.clone()).is_err() {
-                self.metrics.dropped.with_label_values(&["queue_full"]).inc();
+            Forward::Flood { except } => {
+                m.flooded.inc();
+                let mut others = hub.ports.iter().filter(|(p, _)| Some(**p) != except).peekable();
+                if others.peek().is_some() {
+                    let wire = wire();
+                    for (_, tx) in others {
+                        send(tx, wire.clone());
+                    }
+                }
+            }
+            Forward::Drop(r) => {
+                m.undelivered.inc();
+                m.dropped.with_label_values(&[r.label()]).inc();
             }
         }
     }
@@ -305,8 +329,9 @@ async fn relay_replies(lan: Arc<Lan>) {
         match loco_shared::lan::reply_frame(&cfg, &buf[..n]) {
             Ok(frame) => {
                 lan.metrics.relayed.with_label_values(&["to_client"]).inc();
-                let forward = lan.hub().switch.route_own(lan.now(), &frame);
-                lan.deliver(forward, &frame);
+                let hub = lan.hub();
+                let forward = hub.switch.route_own(lan.now(), &frame);
+                lan.deliver(&hub, forward, &frame);
             }
             Err(e) => {
                 tracing::warn!("DHCP relay: a reply from the server was not passed on: {e}");
