@@ -24,7 +24,7 @@ from .saving import SavedStates
 from .vms import COLD, RESTORE, SAVER, WAIT, VM
 from .keys import Keys, plan_keys
 import guestlan  # packer/, on PYTHONPATH (see up.py)
-from loco_testkit.lan import commands as lan_commands  # tools/, on PYTHONPATH (see up.py)
+from loco_testkit.lan import commands as lan_commands, kea_binary  # tools/, on PYTHONPATH (see up.py)
 from .web import WallServer
 
 
@@ -84,7 +84,7 @@ class Up(SavedStates, Announce):
                 raise UsageError(str(e.args[0] if isinstance(e, KeyError) else e)) from None
         # The guest LAN: for profile guests whose profile names a NIC (not the test-pattern guest).
         self.lan_on = self.profile is not None and not a.no_lan and bool(self.profile_spec.get("lan_nic"))
-        if self.lan_on and not (shutil.which("kea-dhcp4") or os.path.exists("/usr/sbin/kea-dhcp4")):
+        if self.lan_on and kea_binary() is None:
             raise UsageError("the guest LAN needs kea-dhcp4 (./loco deps installs kea-dhcp4-server), or run with --no-lan")
         if not WALL_DIR.joinpath("index.html").is_file():
             raise UsageError(f"the page is missing: {WALL_DIR}/index.html")

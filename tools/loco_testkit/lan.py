@@ -35,6 +35,11 @@ def free_udp_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def kea_binary() -> str | None:
+    """kea-dhcp4 (Debian puts it in /usr/sbin, which a non-root PATH may lack), or None."""
+    return shutil.which("kea-dhcp4") or ("/usr/sbin/kea-dhcp4" if os.path.exists("/usr/sbin/kea-dhcp4") else None)
+
+
 @dataclass
 class LanCommands:
     switch: list[str]
@@ -47,7 +52,7 @@ def commands(state_dir: Path, vms: int, *, socket_path: Path | None = None,
              metrics_port: int | None = None, dhcp_port: int | None = None) -> LanCommands:
     """Writes kea-dhcp4's configuration into state_dir and returns both command lines (the DHCP
     server's with its environment: where it keeps its pid and lock files)."""
-    kea = shutil.which("kea-dhcp4") or next((p for p in ("/usr/sbin/kea-dhcp4",) if os.path.exists(p)), None)
+    kea = kea_binary()
     if kea is None:
         raise FileNotFoundError("kea-dhcp4 is not installed (apt-get install -y kea-dhcp4-server): the guest "
                                 "LAN's DHCP server")
