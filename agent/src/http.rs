@@ -348,6 +348,7 @@ async fn healthz(State(state): State<Arc<AppState>>) -> Response {
         "viewers": state.viewers.count(),
         "encoders": state.pipelines.active_codecs().iter().map(|c| c.label()).collect::<Vec<_>>(),
         "screen_generation": generation,
+        "audio": state.viewers.audio_state().label(),
     });
     let status = if connected { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()

@@ -12,6 +12,7 @@
 //! (`fuzz/`) can drive the real code: the WHEP router ([`http::router`]) and the VNC session
 //! over any byte stream ([`vnc::VncTask::run_stream`]).
 
+pub mod audio;
 pub mod encode;
 pub mod framebuffer;
 pub mod http;
@@ -135,6 +136,16 @@ pub struct Args {
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     session_timeout_s: u64,
 
+    /// The VM's sound: `on` asks the VNC server for it (QEMU's audio extension, QEMU started
+    /// with `-vnc ...,audiodev=ID`) and gives every viewer whose offer has an audio m-line an
+    /// Opus track; `off` streams video only.
+    #[arg(long, default_value = "on", value_parser = parse_on_off)]
+    audio: bool,
+
+    /// Opus bitrate while the VM plays sound, in kbit/s (silence costs next to nothing).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(6..=510))]
+    audio_bitrate_kbps: u32,
+
     /// Longest wait between VNC reconnection attempts, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     max_backoff_ms: u64,
@@ -172,6 +183,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         screen.clone(),
         metrics.clone(),
     );
+    let audio = audio::AudioHub::new(
+        audio::AudioConfig { enabled: args.audio, bitrate_bps: (args.audio_bitrate_kbps * 1000) as i32 },
+        metrics.clone(),
+    );
     let (input_tx, input_rx) = mpsc::channel(1024);
     let factory = peer::PeerFactory::new(peer::IceConfig {
         servers: ice_servers,
@@ -187,7 +202,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         min_bitrate_kbps: args.min_bitrate_kbps.min(args.bitrate_kbps),
         max_bitrate_kbps: args.bitrate_kbps,
     };
-    let viewers = peer::Viewers::new(factory, pipelines.clone(), metrics.clone(), input_tx, screen.clone(), limits);
+    let viewers = peer::Viewers::new(
+        factory,
+        pipelines.clone(),
+        audio.clone(),
+        metrics.clone(),
+        input_tx,
+        screen.clone(),
+        limits,
+    );
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let vnc_task = tokio::spawn(
@@ -201,9 +224,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             },
             screen: screen.clone(),
             pipelines: pipelines.clone(),
+            audio,
             metrics: metrics.clone(),
             input: input_rx,
             shutdown: shutdown_rx.clone(),
+            said_no_audio: false,
         }
         .run(),
     );
@@ -259,6 +284,15 @@ pub fn limit_malloc_arenas() {
     // SAFETY: mallopt only adjusts allocator tuning; called before any other thread exists.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
+/// `on`/`off` (also `true`/`false`, `1`/`0`) for clap.
+fn parse_on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" | "true" | "1" => Ok(true),
+        "off" | "false" | "0" => Ok(false),
+        _ => Err(format!("{s:?} is not on or off")),
     }
 }
 

@@ -33,6 +33,12 @@ pub struct Metrics {
     pub retransmits_dequeued: IntCounterVec,
     pub viewer_rtt_seconds: Histogram,
     pub loss_ratio: prometheus::GaugeVec,
+    pub audio_state: IntGauge,
+    pub audio_chunks: IntCounterVec,
+    pub audio_frames: IntCounterVec,
+    pub audio_packets_sent: IntCounter,
+    pub audio_bytes_sent: IntCounter,
+    pub audio_encode_seconds: Histogram,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(
@@ -213,6 +219,48 @@ impl Metrics {
                     "Viewer sessions ended, by reason: deleted, failed, closed, timeout, shutdown, refused_full",
                     &["reason"],
                 ),
+            ),
+            audio_state: register(
+                reg,
+                IntGauge::new(
+                    "loco_audio_state",
+                    "The VM's sound: -1 off (--audio off), 0 unavailable (the VNC server offers no audio), \
+                     1 available and quiet, 2 a guest program is playing",
+                )
+                .expect("valid metric"),
+            ),
+            audio_chunks: register(
+                reg,
+                counter_vec(
+                    "loco_audio_chunks_total",
+                    "PCM chunks from the VNC server: received, or dropped (the audio encoder was behind)",
+                    &["result"],
+                ),
+            ),
+            audio_frames: register(
+                reg,
+                counter_vec(
+                    "loco_audio_frames_total",
+                    "20 ms audio frames: encoded (Opus), silent (not encoded), dtx (encoded, not sent: Opus \
+                     discontinuous transmission), idle (no viewer listening)",
+                    &["result"],
+                ),
+            ),
+            audio_packets_sent: register(
+                reg,
+                counter("loco_audio_packets_sent_total", "Opus RTP packets written to viewers' audio tracks (per viewer)"),
+            ),
+            audio_bytes_sent: register(
+                reg,
+                counter("loco_audio_bytes_sent_total", "Opus payload bytes written to viewers' audio tracks (per viewer)"),
+            ),
+            audio_encode_seconds: register(
+                reg,
+                Histogram::with_opts(
+                    HistogramOpts::new("loco_audio_encode_seconds", "Time to Opus-encode one 20 ms frame")
+                        .buckets(vec![0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01]),
+                )
+                .expect("valid metric"),
             ),
             registry,
             names: names.into_inner(),

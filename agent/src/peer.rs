@@ -1,8 +1,10 @@
 //! WebRTC viewers: one `RTCPeerConnection` per WHEP session (the `webrtc` crate).
 //!
-//! The viewer offers (a receive-only video m-line and, for control, a data channel labelled
-//! `input`); the agent answers with one video track in the codec chosen for the session, all
-//! its ICE candidates included (no trickle). Frames from the encoder pipeline are packetised
+//! The viewer offers (a receive-only video m-line, optionally an audio one, and, for control, a
+//! data channel labelled `input`); the agent answers with one video track in the codec chosen
+//! for the session and, when the offer has audio and the agent's audio is on, an Opus track
+//! ([`crate::audio`]) in a stream of its own (so the browser does not hold video back to
+//! lip-sync it with audio's deeper jitter buffer), all its ICE candidates included (no trickle). Frames from the encoder pipeline are packetised
 //! here with RTP timestamps taken from the moment they were encoded, so the receiver's jitter
 //! buffer sees real time even though frames come only when the screen changes.
 
@@ -18,7 +20,7 @@ use loco_shared::retransmit::{ntp_middle32, rtt_from_report, Outcome, Retransmit
 use loco_shared::InputMessage;
 use tokio::sync::mpsc;
 use webrtc::api::interceptor_registry::configure_twcc_sender_only;
-use webrtc::api::media_engine::{MediaEngine, MIME_TYPE_H264, MIME_TYPE_VP8};
+use webrtc::api::media_engine::{MediaEngine, MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_VP8};
 use webrtc::api::setting_engine::SettingEngine;
 use webrtc::api::{APIBuilder, API};
 use webrtc::data_channel::RTCDataChannel;
@@ -44,6 +46,7 @@ use webrtc::rtp_transceiver::RTCPFeedback;
 use webrtc::track::track_local::track_local_static_rtp::TrackLocalStaticRTP;
 use webrtc::track::track_local::TrackLocalWriter;
 
+use crate::audio::AudioHub;
 use crate::encode::Codec;
 use crate::metrics::Metrics;
 use crate::pipeline::{lock, FramePacket, KeyframeCause, Pipelines};
@@ -110,6 +113,17 @@ fn capability(codec: Codec, profile: &str) -> RTCRtpCodecCapability {
     }
 }
 
+/// Opus as every browser offers it; `usedtx=1`: silence is not sent.
+fn opus_capability() -> RTCRtpCodecCapability {
+    RTCRtpCodecCapability {
+        mime_type: MIME_TYPE_OPUS.into(),
+        clock_rate: loco_shared::audio::SAMPLE_RATE,
+        channels: 2,
+        sdp_fmtp_line: "minptime=10;useinbandfec=1;stereo=1;sprop-stereo=1;usedtx=1".into(),
+        rtcp_feedback: vec![RTCPFeedback { typ: "transport-cc".into(), parameter: String::new() }],
+    }
+}
+
 /// RTCP reports, as `webrtc`'s defaults but with sender reports every 2 s instead of every
 /// second (on an idle desktop they are most of what is sent); transport-wide sequence numbers
 /// on every packet sent, for viewers' TWCC feedback (see [`loco_shared::twcc::TwccLoss`]); and
@@ -157,6 +171,10 @@ impl PeerFactory {
                     RTPCodecType::Video,
                 )?;
             }
+            media.register_codec(
+                RTCRtpCodecParameters { capability: opus_capability(), payload_type: 111, ..Default::default() },
+                RTPCodecType::Audio,
+            )?;
             let registry = interceptors(&mut media)?;
             let mut settings = SettingEngine::default();
             settings.set_include_loopback_candidate(true);
@@ -216,14 +234,27 @@ pub struct ViewerSession {
     /// shared by the frame writer and the RTCP reader. Times are from `origin`.
     feedback: Arc<Mutex<ViewerFeedback<RtpPacket>>>,
     origin: Instant,
+    /// The session's Opus track, when its offer asked for audio and the agent has it.
+    audio: Option<Arc<TrackLocalStaticRTP>>,
+    /// Set when the session ends (stops its audio writer).
+    ended: tokio::sync::watch::Sender<bool>,
+}
+
+impl ViewerSession {
+    /// Whether the session has an audio track.
+    pub fn has_audio(&self) -> bool {
+        self.audio.is_some()
+    }
 }
 
 type RtpPacket = webrtc::rtp::packet::Packet;
+type RtpSender = webrtc::rtp_transceiver::rtp_sender::RTCRtpSender;
 
 /// All sessions, and what each session needs from the rest of the agent.
 pub struct Viewers {
     factory: PeerFactory,
     pipelines: Arc<Pipelines>,
+    audio: Arc<AudioHub>,
     metrics: Arc<Metrics>,
     input: mpsc::Sender<InputMessage>,
     screen: Arc<crate::pipeline::Screen>,
@@ -236,6 +267,7 @@ impl Viewers {
     pub fn new(
         factory: PeerFactory,
         pipelines: Arc<Pipelines>,
+        audio: Arc<AudioHub>,
         metrics: Arc<Metrics>,
         input: mpsc::Sender<InputMessage>,
         screen: Arc<crate::pipeline::Screen>,
@@ -244,6 +276,7 @@ impl Viewers {
         Arc::new(Self {
             factory,
             pipelines,
+            audio,
             metrics,
             input,
             screen,
@@ -255,6 +288,11 @@ impl Viewers {
 
     pub fn count(&self) -> usize {
         lock(&self.sessions).len()
+    }
+
+    /// What the VM's sound is doing.
+    pub fn audio_state(&self) -> crate::audio::AudioState {
+        self.audio.state()
     }
 
     pub fn ice_servers(&self) -> &crate::turn::IceServers {
@@ -280,11 +318,17 @@ impl Viewers {
             ));
         }
 
+        // Audio when the viewer asks for it (an audio m-line it can receive on) and the agent has it.
+        let wants_audio = self.audio.enabled()
+            && parsed.media_descriptions.iter().any(|m| {
+                m.media_name.media == "audio"
+                    && !m.attributes.iter().any(|a| a.key == "sendonly" || a.key == "inactive")
+            });
         let api = self.factory.apis.get(&codec).ok_or_else(|| SessionError::Internal("no API for codec".into()))?;
         let config = RTCConfiguration { ice_servers: self.factory.ice.servers.agent_now(), ..Default::default() };
         let pc = Arc::new(api.new_peer_connection(config).await.map_err(|e| SessionError::Internal(e.to_string()))?);
-        match self.negotiate(&pc, offer, codec).await {
-            Ok((answer, track, sender)) => {
+        match self.negotiate(&pc, offer, codec, wants_audio).await {
+            Ok((answer, track, sender, audio)) => {
                 let number = self.next_number.fetch_add(1, Ordering::Relaxed);
                 let id = session_id();
                 let session = Arc::new(ViewerSession {
@@ -300,11 +344,18 @@ impl Viewers {
                         self.limits.max_bitrate_kbps,
                     ))),
                     origin: Instant::now(),
+                    audio: audio.as_ref().map(|(track, _)| track.clone()),
+                    ended: tokio::sync::watch::channel(false).0,
                 });
+                if let Some((_, audio_sender)) = audio {
+                    tokio::spawn(crate::audio::drain_rtcp(audio_sender));
+                }
                 self.attach(&session, track, sender, role);
                 lock(&self.sessions).insert(id, session.clone());
                 self.metrics.viewers.set(self.count() as i64);
-                tracing::info!(session = %session.id, %codec, viewers = self.count(), "viewer joined");
+                tracing::info!(
+                    session = %session.id, %codec, audio = session.has_audio(), viewers = self.count(), "viewer joined"
+                );
                 Ok((session, answer))
             }
             Err(e) => {
@@ -319,13 +370,25 @@ impl Viewers {
         pc: &Arc<RTCPeerConnection>,
         offer: RTCSessionDescription,
         codec: Codec,
-    ) -> Result<(String, Arc<TrackLocalStaticRTP>, Arc<webrtc::rtp_transceiver::rtp_sender::RTCRtpSender>), SessionError>
-    {
+        wants_audio: bool,
+    ) -> Result<
+        (String, Arc<TrackLocalStaticRTP>, Arc<RtpSender>, Option<(Arc<TrackLocalStaticRTP>, Arc<RtpSender>)>),
+        SessionError,
+    > {
         let track = Arc::new(TrackLocalStaticRTP::new(capability(codec, "42e01f"), "screen".into(), "loco".into()));
         let sender = pc
             .add_track(track.clone() as Arc<dyn webrtc::track::track_local::TrackLocal + Send + Sync>)
             .await
             .map_err(|e| SessionError::Internal(e.to_string()))?;
+        let mut audio = None;
+        if wants_audio {
+            let track = Arc::new(TrackLocalStaticRTP::new(opus_capability(), "sound".into(), "loco-audio".into()));
+            let sender = pc
+                .add_track(track.clone() as Arc<dyn webrtc::track::track_local::TrackLocal + Send + Sync>)
+                .await
+                .map_err(|e| SessionError::Internal(e.to_string()))?;
+            audio = Some((track, sender));
+        }
         pc.set_remote_description(offer).await.map_err(|e| SessionError::BadOffer(e.to_string()))?;
         let answer = pc.create_answer(None).await.map_err(|e| SessionError::BadOffer(e.to_string()))?;
         let mut gathered = pc.gathering_complete_promise().await;
@@ -338,7 +401,14 @@ impl Viewers {
         if sender.get_parameters().await.rtp_parameters.codecs.is_empty() {
             return Err(SessionError::NoCodec(codec, "try ?codec=h264 or ?codec=vp8".into()));
         }
-        Ok((local.sdp, track, sender))
+        // An audio m-line without Opus: video only for this viewer.
+        if let Some((_, audio_sender)) = &audio {
+            if audio_sender.get_parameters().await.rtp_parameters.codecs.is_empty() {
+                tracing::info!("the viewer's audio m-line has no Opus; sending video only");
+                audio = None;
+            }
+        }
+        Ok((local.sdp, track, sender, audio))
     }
 
     /// Wires a negotiated session: frames out, RTCP and input in, cleanup on close.
@@ -566,6 +636,17 @@ impl Viewers {
         let frames = self.pipelines.subscribe(session.codec, session.number);
         let held = Held { feedback: session.feedback.clone(), origin: session.origin };
         tokio::spawn(write_frames(frames, track, session.codec, self.metrics.clone(), held));
+        if let Some(audio) = &session.audio {
+            let packets = self.audio.subscribe();
+            let mut ended = session.ended.subscribe();
+            let writer = crate::audio::write_packets(packets, audio.clone(), self.metrics.clone());
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = writer => {}
+                    _ = ended.wait_for(|&e| e) => {}
+                }
+            });
+        }
     }
 
     /// Ends a session (DELETE, failure, or shutdown). False when there was no such session.
@@ -574,6 +655,7 @@ impl Viewers {
         let Some(session) = session else { return false };
         self.metrics.sessions_ended.with_label_values(&[reason]).inc();
         session.closed.store(true, Ordering::SeqCst);
+        session.ended.send_replace(true);
         if session.streaming.load(Ordering::SeqCst) {
             self.pipelines.unsubscribe(session.codec, session.number);
         }

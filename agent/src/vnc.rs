@@ -18,7 +18,12 @@ use std::time::{Duration, Instant};
 use loco_shared::{InputMessage, Rect};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, watch};
-use vnc::{ClientKeyEvent, ClientMouseEvent, PixelFormat, VncConnector, VncEncoding, VncEvent, X11Event};
+use vnc::{
+    AudioControl, AudioSample, ClientKeyEvent, ClientMouseEvent, PixelFormat, VncConnector, VncEncoding, VncEvent,
+    X11Event,
+};
+
+use crate::audio::{AudioHub, AudioInput, AudioState};
 
 use crate::framebuffer::Framebuffer;
 use crate::metrics::Metrics;
@@ -90,9 +95,25 @@ pub struct VncTask {
     pub config: VncConfig,
     pub screen: Arc<Screen>,
     pub pipelines: Arc<Pipelines>,
+    pub audio: Arc<AudioHub>,
     pub metrics: Arc<Metrics>,
     pub input: mpsc::Receiver<InputMessage>,
     pub shutdown: watch::Receiver<bool>,
+    /// Whether "no audio from this server" was said (once per process, not per reconnect).
+    pub said_no_audio: bool,
+}
+
+/// What one VNC event was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Applied {
+    /// Pixels from a framebuffer update.
+    Pixels,
+    /// Anything else for the screen (its size from the handshake, the cursor), or nothing.
+    Screen,
+    /// Sound, handed to the audio encoder.
+    Audio,
+    /// The server accepted QEMU's audio extension.
+    AudioAvailable,
 }
 
 /// Why a VNC session ended.
@@ -164,6 +185,10 @@ impl VncTask {
     fn set_disconnected(&self) {
         self.screen.lock().connected = false;
         self.metrics.vnc_connected.set(0);
+        if matches!(self.audio.state(), AudioState::Playing | AudioState::Quiet) {
+            self.audio.input(AudioInput::End(Instant::now()));
+            self.audio.set_state(AudioState::Unavailable);
+        }
     }
 
     async fn session(&mut self, sessions: &mut u64) -> SessionEnd {
@@ -259,6 +284,11 @@ impl VncTask {
         for e in encodings.iter().chain(&[VncEncoding::DesktopSizePseudo]) {
             connector = connector.add_encoding(*e);
         }
+        // QEMU's audio extension: a QEMU started with `-vnc ...,audiodev=ID` acknowledges it
+        // and then sends the guest's sound over this connection; other servers ignore it.
+        if self.audio.enabled() {
+            connector = connector.add_encoding(VncEncoding::QemuAudioPseudo);
+        }
         connector.build()?.try_start().await?.finish()
     }
 
@@ -283,6 +313,9 @@ impl VncTask {
         // Re-ask now and then in case a server dropped a request.
         let mut keepalive = tokio::time::interval(Duration::from_secs(1));
         keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Until the first pixels: whether the server acknowledged audio (QEMU answers the
+        // encodings, sent before the first update request, at once).
+        let mut audio_pending = self.audio.enabled();
         loop {
             let due = request_due;
             tokio::select! {
@@ -294,10 +327,26 @@ impl VncTask {
                     };
                     let mut damage = loco_shared::geom::Damage::default();
                     let mut rects = 0u64;
+                    let mut screen_events = false;
                     // Apply this event and the rest of its update, then report the damage once.
                     loop {
-                        if let Err(end) = self.apply(event, &mut damage, &mut rects) {
-                            return end;
+                        match self.apply(event, &mut damage, &mut rects) {
+                            Err(end) => return end,
+                            Ok(Applied::Screen) => screen_events = true,
+                            Ok(Applied::Pixels) => {
+                                screen_events = true;
+                                // The first update answers a request sent after the encodings.
+                                if std::mem::take(&mut audio_pending) {
+                                    self.no_audio();
+                                }
+                            }
+                            Ok(Applied::Audio) => {}
+                            Ok(Applied::AudioAvailable) => {
+                                audio_pending = false;
+                                if let Err(e) = self.enable_audio(client).await {
+                                    return SessionEnd::Lost(e);
+                                }
+                            }
                         }
                         let next = match client.poll_event().await {
                             Ok(Some(next)) => Some(next),
@@ -318,7 +367,10 @@ impl VncTask {
                         self.metrics.vnc_updates.inc_by(rects);
                         self.pipelines.damage(rect, arrived);
                     }
-                    request_due.get_or_insert(last_request + request_interval);
+                    // Sound alone (a chunk every 10 ms) is no reason to ask for the screen.
+                    if screen_events {
+                        request_due.get_or_insert(last_request + request_interval);
+                    }
                 }
                 _ = tokio::time::sleep_until(due.unwrap_or_else(Instant::now).into()), if due.is_some() => {
                     request_due = None;
@@ -355,12 +407,54 @@ impl VncTask {
         }
     }
 
+    /// Asks the server for 48 kHz stereo S16 and starts its audio.
+    async fn enable_audio(&mut self, client: &vnc::VncClient) -> Result<(), vnc::VncError> {
+        let format = AudioControl::SetFormat {
+            sample: AudioSample::S16,
+            channels: crate::audio::CHANNELS as u8,
+            frequency: loco_shared::audio::SAMPLE_RATE,
+        };
+        client.input(X11Event::Audio(format)).await?;
+        client.input(X11Event::Audio(AudioControl::Enable)).await?;
+        self.audio.set_state(AudioState::Quiet);
+        tracing::info!(vnc = %self.config.addr, "VNC server sends audio (QEMU audio extension)");
+        Ok(())
+    }
+
+    /// The server did not acknowledge the audio extension: say so once per process.
+    fn no_audio(&mut self) {
+        self.audio.set_state(AudioState::Unavailable);
+        if !self.said_no_audio {
+            self.said_no_audio = true;
+            tracing::info!(
+                vnc = %self.config.addr,
+                "the VNC server offers no audio (QEMU needs -vnc ...,audiodev=ID); streaming video only"
+            );
+        }
+    }
+
     fn apply(
         &self,
         event: VncEvent,
         damage: &mut loco_shared::geom::Damage,
         rects: &mut u64,
-    ) -> Result<(), SessionEnd> {
+    ) -> Result<Applied, SessionEnd> {
+        match event {
+            VncEvent::AudioAvailable => return Ok(Applied::AudioAvailable),
+            VncEvent::AudioBegin => {
+                self.audio.input(AudioInput::Begin(Instant::now()));
+                return Ok(Applied::Audio);
+            }
+            VncEvent::AudioData(pcm) => {
+                self.audio.input(AudioInput::Data(pcm, Instant::now()));
+                return Ok(Applied::Audio);
+            }
+            VncEvent::AudioEnd => {
+                self.audio.input(AudioInput::End(Instant::now()));
+                return Ok(Applied::Audio);
+            }
+            _ => {}
+        }
         let mut s = self.screen.lock();
         match event {
             VncEvent::SetResolution(screen) => {
@@ -381,12 +475,14 @@ impl VncTask {
                 s.fb.put_owned(r, pixels).map_err(SessionEnd::BadUpdate)?;
                 damage.add(r);
                 *rects += 1;
+                return Ok(Applied::Pixels);
             }
             VncEvent::Copy(dst, src) => {
                 let r = Rect::new(dst.x.into(), dst.y.into(), dst.width.into(), dst.height.into());
                 s.fb.copy(r, src.x.into(), src.y.into()).map_err(SessionEnd::BadUpdate)?;
                 damage.add(r);
                 *rects += 1;
+                return Ok(Applied::Pixels);
             }
             VncEvent::JpegImage(rect, _) => {
                 // We never ask for JPEG quality levels, so a conforming server never sends this.
@@ -400,7 +496,7 @@ impl VncTask {
             | VncEvent::DesktopUpdate(_) => {}
             _ => {}
         }
-        Ok(())
+        Ok(Applied::Screen)
     }
 }
 
@@ -464,6 +560,16 @@ mod tests {
     /// Plays `server` (then keeps the stream open a while, then closes it) against
     /// `VncTask::run_stream`; returns how the session ended and the screen.
     async fn play(server: Vec<u8>) -> (SessionEnd, Framebuffer, bool, u64) {
+        let (end, fb, connected, rects, _, _) = play_with_audio(server, true).await;
+        (end, fb, connected, rects)
+    }
+
+    /// As [`play`], with the agent's audio on or off; also returns what the client wrote and
+    /// the metrics.
+    async fn play_with_audio(
+        server: Vec<u8>,
+        audio: bool,
+    ) -> (SessionEnd, Framebuffer, bool, u64, Vec<u8>, Arc<Metrics>) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let metrics = Arc::new(Metrics::new());
         let screen = Arc::new(Screen::default());
@@ -484,9 +590,14 @@ mod tests {
             },
             screen: screen.clone(),
             pipelines,
+            audio: crate::audio::AudioHub::new(
+                crate::audio::AudioConfig { enabled: audio, bitrate_bps: 64_000 },
+                metrics.clone(),
+            ),
             metrics: metrics.clone(),
             input: input_rx,
             shutdown: shutdown_rx,
+            said_no_audio: false,
         };
         let (client, server_io) = tokio::io::duplex(64 * 1024);
         let (mut from_client, mut to_client) = tokio::io::split(server_io);
@@ -495,13 +606,80 @@ mod tests {
             tokio::time::sleep(Duration::from_secs(2)).await;
             to_client.shutdown().await.unwrap();
         });
-        tokio::spawn(async move {
+        let written = tokio::spawn(async move {
+            let mut all = Vec::new();
             let mut sink = [0u8; 4096];
-            while from_client.read(&mut sink).await.is_ok_and(|n| n > 0) {}
+            while let Ok(n @ 1..) = from_client.read(&mut sink).await {
+                all.extend_from_slice(&sink[..n]);
+            }
+            all
         });
         let end = task.run_stream(client).await;
+        drop(task);
+        let written = written.await.unwrap_or_default();
         let s = screen.lock();
-        (end, s.fb.clone(), s.connected, metrics.vnc_updates.get())
+        (end, s.fb.clone(), s.connected, metrics.vnc_updates.get(), written, metrics)
+    }
+
+    /// QEMU's audio messages: begin, `n` bytes of data, end.
+    fn qemu_audio(b: &mut Vec<u8>, data: &[u8]) {
+        b.extend_from_slice(&[255, 1, 0, 1]);
+        b.extend_from_slice(&[255, 1, 0, 2]);
+        b.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        b.extend_from_slice(data);
+        b.extend_from_slice(&[255, 1, 0, 0]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn takes_qemu_audio_after_the_acknowledgement() {
+        let mut b = server_hello(4, 2);
+        b.extend_from_slice(&[0, 0, 0, 1]); // QEMU's acknowledgement: a -259 pseudo-rectangle
+        rect_header(&mut b, 0, 0, 4, 2, -259);
+        qemu_audio(&mut b, &[1, 0, 2, 0, 3, 0, 4, 0]);
+        b.extend_from_slice(&[0, 0, 0, 1]);
+        rect_header(&mut b, 0, 0, 1, 1, 0);
+        b.extend_from_slice(&[9, 9, 9, 255]);
+        let (end, fb, _, rects, written, metrics) = play_with_audio(b, true).await;
+        assert!(matches!(end, SessionEnd::Lost(_)), "{end}");
+        assert_eq!(rects, 1);
+        assert_eq!(&fb.bgra()[..4], &[9, 9, 9, 255]);
+        // The agent asked for the extension, then for S16 stereo 48 kHz, then to start.
+        let encodings = written.windows(4).any(|w| w == (-259i32).to_be_bytes());
+        assert!(encodings, "QemuAudio pseudo-encoding not offered");
+        let set_format = [255, 1, 0, 2, 3, 2, 0, 0, 0xbb, 0x80];
+        let enable = [255, 1, 0, 0];
+        let at = |needle: &[u8]| written.windows(needle.len()).position(|w| w == needle);
+        assert!(at(&set_format).is_some() && at(&enable) > at(&set_format), "{written:?}");
+        assert_eq!(metrics.audio_chunks.with_label_values(&["received"]).get(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_server_without_audio_streams_video_and_audio_it_sends_unasked_ends_the_session() {
+        // No acknowledgement (Xvnc): the first update makes the state "unavailable".
+        let mut b = server_hello(4, 2);
+        b.extend_from_slice(&[0, 0, 0, 1]);
+        rect_header(&mut b, 0, 0, 1, 1, 0);
+        b.extend_from_slice(&[9, 9, 9, 255]);
+        let (end, _, _, rects, _, metrics) = play_with_audio(b, true).await;
+        assert!(matches!(end, SessionEnd::Lost(_)), "{end}");
+        assert_eq!(rects, 1);
+        assert_eq!(metrics.audio_state.get(), crate::audio::AudioState::Unavailable as i64);
+        // With audio off, the extension is not offered and QEMU audio messages are invalid.
+        let mut b = server_hello(4, 2);
+        qemu_audio(&mut b, &[0; 4]);
+        let (end, _, _, _, written, metrics) = play_with_audio(b, false).await;
+        assert!(matches!(end, SessionEnd::Server(_)), "{end}");
+        assert!(!written.windows(4).any(|w| w == (-259i32).to_be_bytes()));
+        assert_eq!(metrics.audio_state.get(), -1);
+        // A data message over the size limit (64 MiB announced) ends the session, without
+        // waiting for the bytes.
+        let mut b = server_hello(4, 2);
+        b.extend_from_slice(&[0, 0, 0, 1]);
+        rect_header(&mut b, 0, 0, 4, 2, -259);
+        b.extend_from_slice(&[255, 1, 0, 2]);
+        b.extend_from_slice(&(64u32 << 20).to_be_bytes());
+        let (end, ..) = play_with_audio(b, true).await;
+        assert!(matches!(end, SessionEnd::Server(_) | SessionEnd::Lost(_)), "{end}");
     }
 
     #[tokio::test(start_paused = true)]

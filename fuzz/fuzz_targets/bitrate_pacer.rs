@@ -228,7 +228,10 @@ fuzz_target!(|inp: Input| {
                         let base = recent.map_or(before, |(_, b)| b);
                         let loss = f64::from(lost) / 256.0;
                         if loss > 0.10 {
-                            assert!(v < before && u64::from(v) * 2 + 2 >= u64::from(base), "{base}/{before} -> {v} at loss {loss}");
+                            assert!(
+                                v < before && u64::from(v) * 2 + 2 >= u64::from(base),
+                                "{base}/{before} -> {v} at loss {loss}"
+                            );
                         } else if loss < 0.02 {
                             assert!(recent.is_none(), "grew within a second of {interval:?} at {now:?}");
                             assert!(v > before && f64::from(v) <= (f64::from(before) * 1.08).ceil(), "{before} -> {v}");
@@ -253,7 +256,10 @@ fuzz_target!(|inp: Input| {
                     Some(v) => {
                         assert_eq!(v, after);
                         let base = recent.map_or(before, |(_, b)| b);
-                        assert!(v < before && f64::from(v) >= (f64::from(base) * 0.85).floor() - 1.0, "{base}/{before} -> {v}");
+                        assert!(
+                            v < before && f64::from(v) >= (f64::from(base) * 0.85).floor() - 1.0,
+                            "{base}/{before} -> {v}"
+                        );
                         if recent.is_none() {
                             interval = Some((now, before));
                         }

@@ -17,7 +17,8 @@ fuzz_target!(|data: &[u8]| {
         assert!(config.desktops[..i].iter().all(|o| o.name.trim() != name), "duplicate name {name:?}");
         assert!(!d.whep.chars().any(|c| c.is_whitespace() || c.is_control()), "{d:?}");
         assert!(
-            d.whep.starts_with("http://") || d.whep.starts_with("https://")
+            d.whep.starts_with("http://")
+                || d.whep.starts_with("https://")
                 || (d.whep.starts_with('/') && !d.whep.starts_with("//")),
             "{d:?}"
         );

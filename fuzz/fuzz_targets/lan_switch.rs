@@ -23,7 +23,8 @@ use loco_shared::lan::{
     checksum, reply_frame, DropReason, Forward, RelayConfig, Switch, SwitchConfig, MAX_FRAME, RELAY_ADDED,
 };
 
-const RELAY: RelayConfig = RelayConfig { mac: [2, 0x4c, 0x4f, 0x43, 0x4f, 1], lan_ip: [10, 98, 0, 1], giaddr: [127, 0, 0, 2] };
+const RELAY: RelayConfig =
+    RelayConfig { mac: [2, 0x4c, 0x4f, 0x43, 0x4f, 1], lan_ip: [10, 98, 0, 1], giaddr: [127, 0, 0, 2] };
 const MACS_PER_PORT: usize = 3;
 
 #[derive(Debug, Arbitrary)]

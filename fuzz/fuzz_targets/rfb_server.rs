@@ -9,7 +9,8 @@
 //! - bit 0: the server counts as remote, so the agent also offers Tight and ZRLE (else only
 //!   Raw and CopyRect, as for a server on this host); DesktopSize is always offered;
 //! - bit 1: the agent has a VNC password (VNC authentication, DES challenge);
-//! - bit 2: a viewer's pointer and key events are queued while the session runs.
+//! - bit 2: a viewer's pointer and key events are queued while the session runs;
+//! - bit 3: the agent asks for QEMU's audio extension (audio messages are then valid).
 //!
 //! Checked: no panic, no out-of-bounds access (AddressSanitizer), no hang (libFuzzer's
 //! -timeout); the session ends by itself when the bytes run out, never as "shutdown" nor as
@@ -57,9 +58,16 @@ async fn session(flags: u8, server: &[u8]) {
         },
         screen: screen.clone(),
         pipelines,
+        // Bit 3: the agent asks for QEMU's audio extension (the server's audio messages are
+        // then valid; without it they end the session).
+        audio: loco_agent::audio::AudioHub::new(
+            loco_agent::audio::AudioConfig { enabled: flags & 8 != 0, bitrate_bps: 64_000 },
+            metrics.clone(),
+        ),
         metrics: metrics.clone(),
         input: input_rx,
         shutdown: shutdown_rx,
+        said_no_audio: false,
     };
     if flags & 4 != 0 {
         // Coordinates far outside any desktop: the agent clamps them to the current size.

@@ -85,11 +85,23 @@ fn agent() -> &'static Agent {
                 min_bitrate_kbps: 300,
                 max_bitrate_kbps: 6000,
             };
-            let viewers =
-                Viewers::new(factory, pipelines.clone(), metrics.clone(), input_tx.clone(), screen.clone(), limits);
+            let audio = loco_agent::audio::AudioHub::new(
+                loco_agent::audio::AudioConfig { enabled: true, bitrate_bps: 64_000 },
+                metrics.clone(),
+            );
+            let viewers = Viewers::new(
+                factory,
+                pipelines.clone(),
+                audio.clone(),
+                metrics.clone(),
+                input_tx.clone(),
+                screen.clone(),
+                limits,
+            );
             let no_room = Viewers::new(
                 PeerFactory::new(IceConfig::default()).await.expect("peer factory"),
                 pipelines.clone(),
+                audio,
                 metrics.clone(),
                 input_tx,
                 screen.clone(),

@@ -4,6 +4,7 @@
 //! function or a state machine that takes the current time as an argument, so it compiles to
 //! `wasm32-unknown-unknown` and tests natively without a network.
 //!
+//! - [`audio`]: a VM's PCM stream cut into 20 ms frames with true RTP timing (pauses, DTX).
 //! - [`protocol`]: the JSON messages a viewer sends on the `input` data channel.
 //! - [`bitrate`]: loss-based bitrate control (from TWCC feedback, else the NACKed share), and
 //!   cuts on a standing queue (RTT above the path's base).
@@ -24,6 +25,7 @@
 //! - [`lan`]: the guest LAN's learning switch and DHCP relay rewriting (`loco-lan`).
 #![forbid(unsafe_code)]
 
+pub mod audio;
 pub mod bitrate;
 pub mod config;
 pub mod controller;
