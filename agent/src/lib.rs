@@ -139,7 +139,7 @@ pub struct Args {
     /// The VM's sound: `on` asks the VNC server for it (QEMU's audio extension, QEMU started
     /// with `-vnc ...,audiodev=ID`) and gives every viewer whose offer has an audio m-line an
     /// Opus track; `off` streams video only.
-    #[arg(long, default_value = "on", value_parser = parse_on_off)]
+    #[arg(long, default_value = "on", value_parser = parse_on_off, action = clap::ArgAction::Set)]
     audio: bool,
 
     /// Opus bitrate while the VM plays sound, in kbit/s (silence costs next to nothing).

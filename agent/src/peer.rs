@@ -171,6 +171,9 @@ impl PeerFactory {
                     RTPCodecType::Video,
                 )?;
             }
+            // Opus is always known, also with --audio off: an offer's audio m-line is then
+            // answered without a track (nothing sent) rather than rejected, which some WHEP
+            // clients (aiortc) cannot parse.
             media.register_codec(
                 RTCRtpCodecParameters { capability: opus_capability(), payload_type: 111, ..Default::default() },
                 RTPCodecType::Audio,

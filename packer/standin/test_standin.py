@@ -12,6 +12,8 @@ What is checked:
 - a frame streamed by the agent over WebRTC shows the IceWM desktop, not a console: the
   teal background covers much of the screen and the bottom 26 rows are IceWM's grey win95
   taskbar (checked on the lossless VNC frame too);
+- a 440 Hz tone the guest plays (`loco-tone`) reaches an aiortc viewer as Opus, found by FFT
+  (±5 Hz), and its onset latency (guest's start line → first loud decoded frame) is printed;
 - pointer messages on the agent's data channel put the guest's X pointer there (within
   1 px: QEMU's tablet scaling rounds down)
   (`xdotool getmouselocation`, asked over the serial console), and a click on the start
@@ -66,7 +68,7 @@ def vm(image):
         print(f"\nstand-in desktop up after {boot_s:.1f}s ({sv.accel.upper()})")
         assert (int(m.group(1)), int(m.group(2))) == (W, H), f"X runs at {m.group(0)}"
         yield {"dir": sv.work, "vnc": str(sv.vnc_path), "console": sv.console, "proc": sv.proc, "accel": sv.accel,
-               "boot_s": boot_s}
+               "boot_s": boot_s, "vm": sv}
     finally:
         sv.stop()
 
@@ -151,3 +153,33 @@ def test_click_on_start_button_opens_the_menu(vm, viewer):
     # Close it again (Escape), so a re-run starts from the plain desktop.
     viewer.send({"type": "key", "keysym": 0xFF1B, "down": True})
     viewer.send({"type": "key", "keysym": 0xFF1B, "down": False})
+
+
+def test_guest_tone_reaches_a_viewer(vm, agent):
+    from loco_testkit.audio import dominant_hz, rms
+    from loco_testkit.whep_aiortc import LoopThread, SyncViewer
+
+    lt = LoopThread()
+    v = SyncViewer.connect(lt, agent["url"], name="standin-listener", codec="h264", audio=True)
+    try:
+        v.wait_frame(timeout=30)
+        onsets, heard = [], []
+        for _ in range(3):
+            t_on = vm["vm"].tone(440, 1.0)
+            vm["vm"].wait_tone_end(30)
+            time.sleep(0.3)
+            frames = [(t, p) for t, p in list(v.v.audio_frames) if t >= t_on - 0.05]
+            loud = [(t, p) for t, p in frames if rms(p) > 1000]
+            assert loud, f"no loud audio after the tone started ({len(frames)} frames; {v.describe()})"
+            onsets.append(loud[0][0] - t_on)
+            heard.append(np.concatenate([p for _, p in loud]))
+        pcm, rate = heard[-1], v.v.audio_rate
+        hz = dominant_hz(pcm[len(pcm) // 4: 3 * len(pcm) // 4], rate)
+        print(f"\nstand-in tone: {hz:.1f} Hz (want 440), onset latency "
+              f"{', '.join(f'{1000 * o:.0f}' for o in onsets)} ms ({vm['accel'].upper()})")
+        assert abs(hz - 440) <= 5, f"dominant frequency {hz:.1f} Hz"
+    finally:
+        try:
+            v.close()
+        finally:
+            lt.stop()

@@ -10,10 +10,12 @@ say() { echo "LOCO-TESTGUEST: $*"; }
 
 period=@PERIOD@
 static=
+tone=
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
         loco.period=*) period="${arg#loco.period=}" ;;
         loco.static=*) static="${arg#loco.static=}" ;;
+        loco.tone=*) tone="${arg#loco.tone=}" ;;
     esac
 done
 
@@ -59,6 +61,60 @@ if [ "$size" != "@WIDTH@,@HEIGHT@" ] || [ "$bpp" != "@BPP@" ] || [ "$stride" != 
     say "ERROR framebuffer is not @WIDTH@x@HEIGHT@x@BPP@ stride @STRIDE@"
 fi
 
+# Sound, when QEMU has an ES1370 (testguest.qemu_command(audio=True)): load snd-ens1370 and
+# the OSS emulation, then play loco.tone=HZ (continuous) or HZ,ON_MS,OFF_MS (bursts) as
+# S16_LE mono @RATE@ Hz on /dev/dsp (dspsetup sets the format on fd 3; closing fd 3 waits
+# until the samples have played). No loco.tone: the device stays closed, i.e. silent.
+tsay() { echo "LOCO-TONE: $*"; }
+has_es1370() {
+    for d in /sys/bus/pci/devices/*; do
+        read -r v < "$d/vendor" && read -r p < "$d/device" || continue
+        [ "$v" = 0x1274 ] && [ "$p" = 0x5000 ] && return 0
+    done
+    return 1
+}
+tone_samples() { # HZ SAMPLES FADE_SAMPLES > raw
+    awk -v hz="$1" -v n="$2" -v fade="$3" -v rate=@RATE@ -v amp=@AMPLITUDE@ -f /tone.awk | xxd -r -p
+}
+ms_to_s() { echo "$(($1 / 1000)).$(($1 % 1000 / 100))$(($1 % 100 / 10))$(($1 % 10))"; }
+sound() {
+    if ! has_es1370; then
+        [ -z "$tone" ] || tsay "ERROR loco.tone=$tone but no ES1370 sound device"
+        return
+    fi
+    for m in $(cat /lib/modules/sound.order); do
+        insmod /lib/modules/$m.ko || say "insmod $m failed"
+    done
+    n=0
+    while [ ! -e /dev/dsp ] && [ $n -lt 100 ]; do sleep 0.05; n=$((n + 1)); done
+    if [ ! -e /dev/dsp ]; then
+        say "ERROR sound: no /dev/dsp"
+        [ -z "$tone" ] || tsay "ERROR no /dev/dsp"
+        return
+    fi
+    say "sound: ES1370 /dev/dsp ready"
+    [ -n "$tone" ] || return
+    old_ifs=$IFS; IFS=,; set -- $tone; IFS=$old_ifs
+    hz=$1 on=${2:-} off=${3:-0}
+    case "$hz$on$off" in *[!0-9]*|"") tsay "ERROR bad loco.tone=$tone (HZ or HZ,ON_MS,OFF_MS)"; return ;; esac
+    if [ -z "$on" ]; then
+        # One second holds exactly HZ periods: looping it is seamless.
+        tone_samples "$hz" @RATE@ 0 > /tmp/tone.raw
+        tsay "on $hz"
+        { dspsetup || { tsay "ERROR dspsetup status $?"; exit 1; }; while cat /tmp/tone.raw; do :; done >&3; } 3>/dev/dsp 4>/dev/mixer
+        tsay "off"
+        return
+    fi
+    tone_samples "$hz" $((on * @RATE@ / 1000)) $((@FADE_MS@ * @RATE@ / 1000)) > /tmp/tone.raw
+    off_s=$(ms_to_s "$off")
+    while :; do
+        tsay "on $hz"
+        { dspsetup || { tsay "ERROR dspsetup status $?"; exit 1; }; cat /tmp/tone.raw >&3; } 3>/dev/dsp 4>/dev/mixer || return
+        tsay "off"
+        sleep "$off_s"
+    done
+}
+
 if [ -n "$static" ]; then
     list="$static"
     msg="READY static pattern $static"
@@ -71,7 +127,11 @@ fi
 while :; do
     for i in $list; do
         cat /patterns/$i.raw > /dev/fb0
-        if [ -n "$msg" ]; then say "$msg"; msg=; fi
+        if [ -n "$msg" ]; then
+            say "$msg"
+            msg=
+            sound &
+        fi
         sleep "$period"
         unbind_fbcon
     done

@@ -10,8 +10,10 @@ writes into OUTDIR:
                     has a PVH entry note (QEMU boots it directly: no real-mode
                     setup, no in-guest decompression -> ~3 s faster under TCG)
     initrd.img      gzip'd newc cpio: busybox, /init, /patterns/N.raw (BGRX),
-                    bochs DRM module + dependencies (for the PVH boot path)
-    manifest.json   geometry, period, kernel/QEMU args, patterns as rectangles
+                    bochs DRM module + dependencies (for the PVH boot path),
+                    snd-ens1370 + OSS emulation modules, /bin/dspsetup, tone.awk
+    manifest.json   geometry, period, kernel/QEMU args, patterns as rectangles,
+                    sound (loco.tone)
     pattern-N.png   reference image of pattern N (RGB)
 build.sh copies the bzImage itself to OUTDIR/vmlinuz.
 
@@ -52,6 +54,15 @@ KERNEL_CMDLINE = (
 QEMU_VGA_DEVICE = f"VGA,xres={WIDTH},yres={HEIGHT}"
 # DRM driver for QEMU's std VGA (loaded with its dependencies from modules.dep).
 FB_MODULE = "bochs"
+
+# Sound (qemu_command(audio=True): QEMU's ES1370): the ALSA driver and its OSS emulation, so
+# busybox alone can play PCM by writing /dev/dsp. Loaded by /init when the ES1370 is present.
+SOUND_MODULES = ["snd_ens1370", "snd_pcm_oss"]
+# PCM the guest plays: S16_LE mono at 44100 Hz. 44100 = 1411200 / 32 is a rate the ES1370's
+# DAC2 makes exactly (and QEMU's default audiodev rate), so nothing resamples it in the guest.
+SOUND_RATE = 44100
+SOUND_AMPLITUDE = 16384  # -6 dBFS
+SOUND_FADE_MS = 5  # linear fade in/out of each burst (no clicks); a continuous tone has none
 
 # Saturated colours; each is its own complement's opposite so that
 # "bars" and "bars_inv" differ by 255 in every channel of every pixel.
@@ -322,8 +333,164 @@ def read_module(path):
     return data
 
 
+class _Asm:
+    """Just enough x86-64 for dspsetup_elf(): 32-bit moves, RIP-relative operands, rel32 jumps."""
+
+    REG = {"eax": 0, "ebx": 3, "esi": 6, "edi": 7}
+
+    def __init__(self):
+        self.code = bytearray()
+        self.labels = {}
+        self.fixups = []  # (position of a rel32, label, address the rel32 is relative to)
+
+    def _rel(self, label, end_extra=0):
+        # The rel32 is at the current end; it counts from the end of the instruction.
+        self.fixups.append((len(self.code), label, len(self.code) + 4 + end_extra))
+        self.code += b"\0\0\0\0"
+
+    def label(self, name):
+        self.labels[name] = len(self.code)
+
+    def mov(self, reg, imm):  # mov r32, imm32
+        self.code += bytes([0xB8 + self.REG[reg]]) + struct.pack("<I", imm)
+
+    def lea_rdx(self, label):  # lea rdx, [rip + label]
+        self.code += b"\x48\x8d\x15"
+        self._rel(label)
+
+    def cmp_mem(self, label, imm):  # cmp dword [rip + label], imm32
+        self.code += b"\x81\x3d"
+        self._rel(label, end_extra=4)
+        self.code += struct.pack("<I", imm)
+
+    def js(self, label):
+        self.code += b"\x0f\x88"
+        self._rel(label)
+
+    def jne(self, label):
+        self.code += b"\x0f\x85"
+        self._rel(label)
+
+    def raw(self, b):
+        self.code += b
+
+    def long(self, name, value):
+        self.label(name)
+        self.code += struct.pack("<I", value)
+
+    def link(self):
+        for pos, label, base in self.fixups:
+            struct.pack_into("<i", self.code, pos, self.labels[label] - base)
+        return bytes(self.code)
+
+
+def dspsetup_elf(rate=SOUND_RATE):
+    """A tiny static x86-64 Linux ELF (361 bytes): the OSS ioctls busybox has no applet for.
+
+    On fd 3 (open /dev/dsp there): SNDCTL_DSP_SETFMT AFMT_S16_LE, SNDCTL_DSP_CHANNELS 1,
+    SNDCTL_DSP_SPEED `rate`; exit 1/2/3 when that ioctl fails or the driver answers a different
+    format/channels/rate. Then, best effort, on fd 4 (/dev/mixer):
+    SOUND_MIXER_WRITE_VOLUME and SOUND_MIXER_WRITE_PCM 100/100, so that a codec which applies
+    its mixer is not left muted or quiet (with it, QEMU's ES1370 passes the samples on unchanged:
+    test_audio.py). Exit 0. OSS settings belong to the open file, so the shell keeps fd 3 open and
+    writes the samples to it afterwards:  { dspsetup && cat tone.raw >&3; } 3>/dev/dsp 4>/dev/mixer
+    """
+    SYS_IOCTL, SYS_EXIT = 16, 60
+    a = _Asm()
+
+    def ioctl(fd, request, arg):
+        a.mov("edi", fd)
+        a.mov("esi", request)
+        a.lea_rdx(arg)
+        a.mov("eax", SYS_IOCTL)
+        a.raw(b"\x0f\x05")  # syscall
+
+    checks = [
+        (0xC0045005, "fmt", 0x10),  # SNDCTL_DSP_SETFMT, AFMT_S16_LE
+        (0xC0045006, "chans", 1),  # SNDCTL_DSP_CHANNELS
+        (0xC0045002, "rate", rate),  # SNDCTL_DSP_SPEED
+    ]
+    for status, (request, arg, want) in enumerate(checks, 1):
+        ioctl(3, request, arg)
+        a.mov("ebx", status)
+        a.raw(b"\x48\x85\xc0")  # test rax, rax
+        a.js("exit")
+        a.cmp_mem(arg, want)
+        a.jne("exit")
+    ioctl(4, 0xC0044D00, "vol")  # SOUND_MIXER_WRITE_VOLUME (errors ignored)
+    ioctl(4, 0xC0044D04, "pcm")  # SOUND_MIXER_WRITE_PCM
+    a.raw(b"\x31\xdb")  # xor ebx, ebx
+    a.label("exit")
+    a.raw(b"\x89\xdf")  # mov edi, ebx
+    a.mov("eax", SYS_EXIT)
+    a.raw(b"\x0f\x05")  # syscall
+    for _, arg, want in checks:
+        a.long(arg, want)
+    a.long("vol", 100 | 100 << 8)
+    a.long("pcm", 100 | 100 << 8)
+    code = a.link()
+
+    # One RWX PT_LOAD holding the whole file (the ioctls write their answers into the data).
+    base, ehsize, phsize = 0x400000, 64, 56
+    size = ehsize + phsize + len(code)
+    ehdr = struct.pack(
+        "<16sHHIQQQIHHHHHH",
+        b"\x7fELF\x02\x01\x01" + bytes(9), 2, 0x3E, 1, base + ehsize + phsize, ehsize, 0, 0,
+        ehsize, phsize, 1, 0, 0, 0,
+    )
+    phdr = struct.pack("<IIQQQQQQ", 1, 7, 0, base, base, size, size, 0x1000)
+    return ehdr + phdr + code
+
+
 # Applets the /init script uses (symlinked to /bin/busybox).
-APPLETS = ["sh", "mount", "cat", "sleep", "echo", "grep", "ls", "dmesg", "poweroff", "insmod"]
+APPLETS = ["sh", "mount", "cat", "sleep", "echo", "grep", "ls", "dmesg", "poweroff", "insmod", "awk", "xxd"]
+
+
+# Sine samples for /init, in busybox awk (Debian's is built without libm: no sin(), no ^).
+# sin() from its Taylor series at a run's start, then the recurrence
+# s[i+1] = 2 cos(w) s[i] - s[i-1]: within 1 LSB of round-toward-zero(amp * sin). At
+# 44.1 kHz a tone of HZ repeats exactly every p = 44100 / gcd(HZ, 44100) samples (2205 for
+# 440 Hz), so only one period is computed and then copied (awk is ~100x slower under TCG:
+# ~0.5 s for 440 Hz, but ~10 s for a prime HZ such as 523, whose period is a whole second).
+# Writes S16_LE as hex text for `xxd -r -p` (awk cannot print NUL bytes). fade: samples of
+# linear fade in and out.
+#   awk -v hz=440 -v n=44100 -v fade=220 -v rate=44100 -v amp=16384 -f /tone.awk | xxd -r -p
+TONE_AWK = r"""
+function tsin(x,  t, s, k) { t = x; s = x; for (k = 1; k < 40; k++) { t = -t * x * x / ((2 * k) * (2 * k + 1)); s += t } return s }
+function gcd(a, b,  t) { while (b) { t = a % b; a = b; b = t } return a }
+# Samples [a, b) as hex, 64 a line, printed (keep: returned); faded: with the fade in/out gain.
+function run(a, b, faded, keep,  ph, s0, s1, s2, i, g, v, line, out) {
+    ph = 2 * PI * ((hz * a) % rate) / rate
+    s0 = tsin(ph); s1 = tsin(ph + w); line = ""; out = ""
+    for (i = a; i < b; i++) {
+        g = 1
+        if (faded) { if (i < fade) g = i / fade; else if (n - 1 - i < fade) g = (n - 1 - i) / fade }
+        v = int(amp * g * s0); if (v < 0) v += 65536
+        line = line hex[v % 256] hex[int(v / 256)]
+        if ((i - a) % 64 == 63) { if (keep) out = out line; else print line; line = "" }
+        s2 = c2 * s1 - s0; s0 = s1; s1 = s2
+    }
+    if (keep) return out line
+    print line
+}
+BEGIN {
+    PI = 3.141592653589793
+    for (v = 0; v < 256; v++) hex[v] = sprintf("%02x", v)
+    w = 2 * PI * hz / rate; h = tsin(w / 2); c2 = 2 * (1 - 2 * h * h)
+    if (2 * fade > n) fade = int(n / 2)
+    p = rate / gcd(hz, rate)
+    run(0, fade, 1, 0)
+    if (p > 4410) run(fade, n - fade, 0, 0)
+    else {
+        cyc = run(0, p, 0, 1)
+        for (i = fade; i < n - fade; i += m) {
+            k = i % p; m = p - k; if (m > n - fade - i) m = n - fade - i
+            print substr(cyc, 4 * k + 1, 4 * m)
+        }
+    }
+    run(n - fade, n, 1, 0)
+}
+"""
 
 
 def main():
@@ -350,7 +517,7 @@ def main():
 
     os.makedirs(a.outdir, exist_ok=True)
     cp = Cpio()
-    for d in ("bin", "dev", "proc", "sys", "patterns"):
+    for d in ("bin", "dev", "proc", "sys", "patterns", "tmp"):
         cp.dir(d)
     cp.chardev("dev/console", 5, 1)
     cp.chardev("dev/null", 1, 3, 0o666)
@@ -366,6 +533,8 @@ def main():
     init = init.replace(b"@WIDTH@", str(WIDTH).encode()).replace(b"@HEIGHT@", str(HEIGHT).encode())
     init = init.replace(b"@BPP@", str(BPP).encode()).replace(b"@STRIDE@", str(STRIDE).encode())
     init = init.replace(b"@PERIOD@", str(PERIOD_S).encode()).replace(b"@COUNT@", str(n).encode())
+    init = init.replace(b"@RATE@", str(SOUND_RATE).encode()).replace(b"@AMPLITUDE@", str(SOUND_AMPLITUDE).encode())
+    init = init.replace(b"@FADE_MS@", str(SOUND_FADE_MS).encode())
     cp.file("init", init, 0o755)
 
     # bochs DRM + deps (only loaded by /init when no firmware framebuffer exists).
@@ -380,6 +549,21 @@ def main():
         print(f"mkguest: no {FB_MODULE} module ({e}); only the bzImage/vesafb boot will work", file=sys.stderr)
         load_order = []
     cp.file("lib/modules/load.order", ("\n".join(load_order) + "\n").encode() if load_order else b"")
+
+    # Sound: snd-ens1370 and the OSS emulation, with their dependencies, each module once.
+    sound_order = []
+    try:
+        for top in SOUND_MODULES:
+            for name, path in module_chain(moddir, top):
+                if name not in sound_order and name not in load_order:
+                    cp.file(f"lib/modules/{name}.ko", read_module(path))
+                    sound_order.append(name)
+    except (OSError, subprocess.CalledProcessError) as e:
+        print(f"mkguest: no sound modules ({e}); the guest will have no sound", file=sys.stderr)
+        sound_order = []
+    cp.file("lib/modules/sound.order", ("\n".join(sound_order) + "\n").encode() if sound_order else b"")
+    cp.file("bin/dspsetup", dspsetup_elf(), 0o755)
+    cp.file("tone.awk", TONE_AWK.encode())
 
     boot, kernel_file = "bzimage", "vmlinuz"
     if load_order and not a.no_pvh:
@@ -415,6 +599,17 @@ def main():
         "sequence": "patterns are shown in index order 0..N-1, repeating; each for period_s "
         "(kernel arg loco.period=SECONDS overrides; loco.static=N shows only pattern N)",
         "serial_ready_marker": "LOCO-TESTGUEST: READY",
+        "sound": {
+            "qemu_device": "ES1370",
+            "modules": sound_order,
+            "pcm": {"rate": SOUND_RATE, "format": "S16_LE", "channels": 1,
+                    "amplitude": SOUND_AMPLITUDE, "fade_ms": SOUND_FADE_MS},
+            "tone": "kernel arg loco.tone=HZ (continuous) or loco.tone=HZ,ON_MS,OFF_MS (bursts); "
+            "the serial console says 'LOCO-TONE: on HZ' right before each burst and 'LOCO-TONE: off' "
+            "once it has played out; no loco.tone: the sound device stays silent",
+            "serial_on_marker": "LOCO-TONE: on",
+            "serial_off_marker": "LOCO-TONE: off",
+        },
         "patterns": [
             {"index": i, "name": p["name"], "png": f"pattern-{i}.png", "rects": p["rects"]}
             for i, p in enumerate(PATTERNS)

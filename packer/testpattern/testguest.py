@@ -5,6 +5,7 @@ through known full-screen patterns (see README.md in this directory).
     import testguest
     paths = testguest.build()                      # cached; builds on first use
     cmd = testguest.qemu_command(paths, vnc_port=5901, serial_log="/tmp/s.log")
+    cmd = testguest.qemu_command(paths, vnc_port=5901, audio=True, tone=(440, 1000, 1000))
     idx, psnr = testguest.match_pattern(rgb)       # rgb: (768, 1024, 3) uint8
 
     with testguest.Guest(vnc_unix="/tmp/loco-vnc.sock") as g:   # start + wait READY
@@ -27,6 +28,9 @@ from dataclasses import dataclass, field
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 READY_MARKER = "LOCO-TESTGUEST: READY"
+TONE_ON_MARKER = "LOCO-TONE: on"  # + " HZ", right before each burst (or the continuous tone) starts
+TONE_OFF_MARKER = "LOCO-TONE: off"  # after a burst has played out
+AUDIODEV_ID = "snd0"
 
 
 @dataclass
@@ -123,6 +127,9 @@ def qemu_command(
     memory_mb=256,
     boot=None,
     qemu="qemu-system-x86_64",
+    audio=False,
+    tone=None,
+    audiodev="none",
 ):
     """QEMU argv that boots the guest with its screen on VNC.
 
@@ -133,6 +140,16 @@ def qemu_command(
     pattern N, forever. boot: None (manifest default, normally 'pvh': the
     extracted vmlinux + bochs DRM, ~3 s faster under TCG) or 'bzimage' (the
     Debian vmlinuz + vesafb via vga=0x344).
+
+    audio: give the guest a sound card (ES1370; the guest loads snd-ens1370) on
+    `-audiodev AUDIODEV,id=snd0`, and hand that audiodev to the VNC server
+    (`-vnc ...,audiodev=snd0`), which then offers the guest's sound to VNC clients
+    that ask for it (QEMU audio extension). audiodev: the backend spec without its
+    id, default "none" (VNC only); e.g. "wav,path=/tmp/guest.wav" records it.
+    tone: what the guest plays (needs audio): HZ (continuous) or (HZ, ON_MS, OFF_MS)
+    (bursts, repeating); the guest's serial says "LOCO-TONE: on HZ" right before each
+    burst and "LOCO-TONE: off" when it has played out. None: the card stays silent.
+    Without audio the command is exactly what it was before sound existed.
     """
     if vnc_port is not None and vnc_unix is not None:
         raise ValueError("give vnc_port or vnc_unix, not both")
@@ -149,6 +166,17 @@ def qemu_command(
         append += f" loco.period={period}"
     if static is not None:
         append += f" loco.static={int(static)}"
+    if not audio and audiodev != "none":
+        raise ValueError("audiodev needs audio=True")
+    if tone is not None:
+        if not audio:
+            raise ValueError("tone needs audio=True")
+        append += f" loco.tone={tone_arg(tone)}"
+    if audio:
+        if not audiodev or any(p.startswith("id=") for p in audiodev.split(",")[1:]):
+            raise ValueError(f"audiodev is the backend spec without id=, e.g. 'wav,path=x.wav', not {audiodev!r}")
+        if vnc:
+            vnc += f",audiodev={AUDIODEV_ID}"
     if boot is None:
         kernel = paths.kernel
     elif boot == "bzimage":
@@ -162,11 +190,30 @@ def qemu_command(
     cmd = [qemu, "-name", "loco-testguest", "-nodefaults", "-no-user-config", "-no-reboot"]
     cmd += accel_args(accel)
     cmd += ["-m", str(memory_mb), "-smp", "1", "-device", paths.manifest["qemu_vga_device"], "-display", "none"]
+    if audio:
+        cmd += ["-audiodev", f"{audiodev},id={AUDIODEV_ID}", "-device", f"ES1370,audiodev={AUDIODEV_ID}"]
     if vnc:
         cmd += ["-vnc", vnc]
     cmd += ["-serial", f"file:{serial_log}" if serial_log else "null"]
     cmd += ["-kernel", kernel, "-initrd", paths.initrd, "-append", append]
     return cmd
+
+
+def tone_arg(tone):
+    """loco.tone's value for HZ or (HZ, ON_MS, OFF_MS): '440' or '440,1000,1000'."""
+    parts = [tone] if isinstance(tone, (int, float)) else list(tone)
+    if len(parts) not in (1, 3):
+        raise ValueError(f"tone is HZ or (HZ, ON_MS, OFF_MS), not {tone!r}")
+    vals = []
+    for v in parts:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or int(v) != v:
+            raise ValueError(f"tone values are whole numbers, not {tone!r}")
+        vals.append(int(v))
+    if not 20 <= vals[0] <= 20000:
+        raise ValueError(f"tone frequency must be 20..20000 Hz, not {vals[0]}")
+    if len(vals) == 3 and (vals[1] < 20 or vals[2] < 0):
+        raise ValueError(f"tone bursts need ON_MS >= 20 and OFF_MS >= 0, not {tone!r}")
+    return ",".join(str(v) for v in vals)
 
 
 _PATTERN_CACHE = {}
@@ -254,7 +301,7 @@ class Guest:
     """Runs the guest under QEMU; `with Guest(...) as g:` starts it and waits for READY."""
 
     def __init__(self, paths=None, vnc_port=None, vnc_unix=None, accel=None, period=None, static=None,
-                 boot=None, workdir=None, ready_timeout=120.0):
+                 boot=None, workdir=None, ready_timeout=120.0, audio=False, tone=None, audiodev="none"):
         self.paths = paths or build()
         self._tmp = None
         if workdir is None:
@@ -268,7 +315,8 @@ class Guest:
         self.qemu_log = os.path.join(workdir, "qemu.log")
         self.accel = accel or ("kvm" if kvm_usable() else "tcg")
         self.cmd = qemu_command(self.paths, vnc_port=vnc_port, vnc_unix=vnc_unix, serial_log=self.serial_log,
-                                accel=self.accel, period=period, static=static, boot=boot)
+                                accel=self.accel, period=period, static=static, boot=boot,
+                                audio=audio, tone=tone, audiodev=audiodev)
         self.ready_timeout = ready_timeout
         self.proc = None
         self.t_start = None
@@ -417,6 +465,9 @@ def main():
     c.add_argument("--period", type=float)
     c.add_argument("--static", type=int)
     c.add_argument("--boot", choices=["pvh", "bzimage"])
+    c.add_argument("--audio", action="store_true", help="ES1370 sound card, offered to VNC clients")
+    c.add_argument("--audiodev", default="none", help="QEMU audiodev spec without id (with --audio)")
+    c.add_argument("--tone", help="HZ or HZ,ON_MS,OFF_MS for the guest to play (with --audio)")
     k = sub.add_parser("check", help="boot it, time the first pattern, sample frames over VNC")
     k.add_argument("--accel", choices=["kvm", "tcg"])
     k.add_argument("--vnc-port", type=int)
@@ -434,7 +485,9 @@ def main():
     if a.cmd == "cmd":
         p = build(a.cache_dir)
         print(shlex.join(qemu_command(p, vnc_port=a.vnc_port, vnc_unix=a.vnc_unix, serial_log=a.serial_log,
-                                      accel=a.accel, period=a.period, static=a.static, boot=a.boot)))
+                                      accel=a.accel, period=a.period, static=a.static, boot=a.boot,
+                                      audio=a.audio, audiodev=a.audiodev,
+                                      tone=tuple(int(v) for v in a.tone.split(",")) if a.tone else None)))
         return 0
     return _check(a)
 

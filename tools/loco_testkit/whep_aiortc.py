@@ -95,8 +95,14 @@ def _filter_remote_candidates(sdp: str) -> tuple[str, list[str]]:
 class WhepViewer:
     QUEUE_MAX = 30
 
-    def __init__(self, base_url: str, codec: str | None, token: str | None):
+    def __init__(self, base_url: str, codec: str | None, token: str | None, audio: bool = False):
         self.base_url = base_url.rstrip("/")
+        self.audio = audio
+        # Decoded audio: (time.monotonic() at decode, int16 array of shape (samples, channels)),
+        # the newest ~60 s at 20 ms a frame; and the sample rate aiortc decoded at.
+        self.audio_frames: collections.deque[tuple[float, np.ndarray]] = collections.deque(maxlen=3000)
+        self.audio_rate = 48000
+        self.audio_track_seen = False
         self.codec_requested = codec
         self.token = token
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))  # no STUN: local only
@@ -146,8 +152,13 @@ class WhepViewer:
         def _on_track(track):
             if track.kind == "video":
                 self._tasks.append(asyncio.ensure_future(self._consume(track)))
+            elif track.kind == "audio":
+                self.audio_track_seen = True
+                self._tasks.append(asyncio.ensure_future(self._consume_audio(track)))
 
         tr = self.pc.addTransceiver("video", direction="recvonly")
+        if self.audio:
+            self.pc.addTransceiver("audio", direction="recvonly")
         if self.codec_requested and restrict_codecs:
             want = "video/" + self.codec_requested.lower()
             caps = RTCRtpReceiver.getCapabilities("video").codecs
@@ -233,6 +244,19 @@ class WhepViewer:
             with self._cond:
                 self._cond.notify_all()
 
+    async def _consume_audio(self, track) -> None:
+        try:
+            while True:
+                frame = await track.recv()
+                pcm = frame.to_ndarray()  # packed s16: shape (1, samples * channels)
+                channels = len(frame.layout.channels)
+                self.audio_rate = frame.sample_rate
+                self.audio_frames.append((time.monotonic(), pcm.reshape(-1, channels).copy()))
+        except MediaStreamError:
+            pass
+        except Exception:  # noqa: BLE001
+            log.exception("audio track consumer failed")
+
     # -- input -----------------------------------------------------------------------
     async def wait_channel_open(self, timeout: float = 10.0) -> None:
         await asyncio.wait_for(self.dc_open.wait(), timeout)
@@ -280,10 +304,11 @@ class WhepViewer:
 
 
 async def connect(url: str, codec: str | None = None, token: str | None = None,
-                  restrict_codecs: bool = True, timeout: float = 15.0) -> WhepViewer:
+                  restrict_codecs: bool = True, timeout: float = 15.0, audio: bool = False) -> WhepViewer:
     """WHEP-connect to the agent at base `url`; `codec` both restricts what aiortc offers and
-    is passed as ?codec= (restrict_codecs=False offers every codec and only sends ?codec=)."""
-    v = WhepViewer(url, codec, token)
+    is passed as ?codec= (restrict_codecs=False offers every codec and only sends ?codec=).
+    audio=True also offers to receive audio (decoded PCM in WhepViewer.audio_frames)."""
+    v = WhepViewer(url, codec, token, audio)
     try:
         await v._start(restrict_codecs, timeout)
     except BaseException:
@@ -409,6 +434,13 @@ class SyncViewer:
                     raise AssertionError(f"{self.name}: no {what} within {timeout}s "
                                          f"({self.describe()}{extra})")
                 self.v._cond.wait(min(left, 0.5))
+
+    def audio_since(self, t0: float) -> tuple[np.ndarray, int]:
+        """Audio decoded after time.monotonic() t0: (int16 samples x channels, sample rate)."""
+        chunks = [pcm for t, pcm in list(self.v.audio_frames) if t >= t0]
+        if not chunks:
+            return np.zeros((0, 2), dtype=np.int16), self.v.audio_rate
+        return np.concatenate(chunks), self.v.audio_rate
 
     def wait_frames(self, n: int, timeout: float = 15.0) -> Frame:
         """Wait until at least n more frames than now have been decoded."""

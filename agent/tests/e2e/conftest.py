@@ -167,25 +167,26 @@ class QemuGuest:
     proc: subprocess.Popen
     log_path: Path
     module: object = field(repr=False)
+    serial_path: Path | None = None
 
     def match_pattern(self, rgb):
         return self.module.match_pattern(rgb)
 
 
-@pytest.fixture
-def qemu_guest(guest_build, tmp_path, request):
-    """The QEMU test-pattern guest with its VNC server on a free port."""
+def _start_guest(guest_build, tmp_path, request, name: str = "qemu", **guest_kw) -> QemuGuest:
+    """Boots the test-pattern guest (qemu_command's keyword arguments, e.g. audio=True,
+    tone=440) with VNC on a free port and waits for its READY marker."""
     tg, paths = guest_build
     vnc_port = free_port()
     while vnc_port < 5900:
         vnc_port = free_port()
-    serial = tmp_path / "qemu-serial.log"
-    argv = [str(a) for a in tg.qemu_command(paths, vnc_port=vnc_port, serial_log=str(serial))]
-    log = tmp_path / "qemu.log"
+    serial = tmp_path / f"{name}-serial.log"
+    argv = [str(a) for a in tg.qemu_command(paths, vnc_port=vnc_port, serial_log=str(serial), **guest_kw)]
+    log = tmp_path / f"{name}.log"
     log.write_text("$ " + " ".join(argv) + "\n")
-    _attach(request, "QEMU log", log)
-    _attach(request, "QEMU guest serial console", serial)
-    proc = spawn(argv, log_path=log, name="qemu")
+    _attach(request, f"{name} log", log)
+    _attach(request, f"{name} serial console", serial)
+    proc = spawn(argv, log_path=log, name=name)
     t0 = time.monotonic()
     try:
         wait_port(vnc_port, 60, proc, what=f"QEMU VNC port {vnc_port}")
@@ -199,9 +200,31 @@ def qemu_guest(guest_build, tmp_path, request):
     except (ProcessExited, TimeoutError) as e:
         kill_group(proc)
         pytest.fail(f"{e}\n--- QEMU log ---\n{tail(log)}\n--- serial ---\n{tail(serial)}", pytrace=False)
-    print(f"[guest] ready after {time.monotonic() - t0:.1f}s")
-    yield QemuGuest(vnc_port, proc, log, tg)
-    kill_group(proc, grace=3)
+    print(f"[guest] {name} ready after {time.monotonic() - t0:.1f}s")
+    return QemuGuest(vnc_port, proc, log, tg, serial)
+
+
+@pytest.fixture
+def qemu_guest(guest_build, tmp_path, request):
+    """The QEMU test-pattern guest with its VNC server on a free port."""
+    g = _start_guest(guest_build, tmp_path, request)
+    yield g
+    kill_group(g.proc, grace=3)
+
+
+@pytest.fixture
+def qemu_guests(guest_build, tmp_path, request):
+    """Factory: qemu_guests(**qemu_command keywords) boots another test-pattern guest, e.g.
+    qemu_guests(audio=True, tone=(440, 1000, 1000)); all are stopped at teardown."""
+    made: list[QemuGuest] = []
+
+    def start(**kw) -> QemuGuest:
+        g = _start_guest(guest_build, tmp_path, request, name=f"qemu{len(made)}", **kw)
+        made.append(g)
+        return g
+    yield start
+    for g in made:
+        kill_group(g.proc, grace=3)
 
 
 # ------------------------------------------------------------------ WebRTC viewers
