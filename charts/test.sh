@@ -159,6 +159,7 @@ CASES=(
   "lan-nodhcp|--set lan.dhcp.enabled=false --set lan.port=9000 --set lan.metricsPort=9001"
   "lan-metrics|--set-json networkPolicy.metricsFrom=[{\"namespaceSelector\":{\"matchLabels\":{\"kubernetes.io/metadata.name\":\"monitoring\"}}}]"
   "lan-replicas-64|--set replicas=64"
+  "audio-off|--set audio.enabled=false"
 )
 for c in "${CASES[@]}"; do
   name=${c%%|*} args=${c#*|}
@@ -206,6 +207,7 @@ REJECT=(
   "at '/lan/port': minimum: got 80|-f $MIN --set lan.port=80"
   "at '/lan/enabled': got string, want boolean|-f $MIN --set-string lan.enabled=yes"
   "at '/lan/dhcp/resources/limits': missing property 'memory'|-f $MIN --set lan.dhcp.resources.limits.memory=null"
+  "at '/audio/enabled': got string, want boolean|-f $MIN --set-string audio.enabled=yes"
 )
 for c in "${REJECT[@]}"; do
   want=${c%%|*} args=${c#*|}

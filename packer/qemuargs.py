@@ -11,10 +11,14 @@ CLI (for shell runners such as runner/start.sh): prints the argv, one argument p
 
     packer/qemuargs.py standin --disk D --image-dir DIR --accel tcg --vnc unix:/tmp/v.sock
     packer/qemuargs.py win98 --disk D --accel kvm --vnc unix:/run/loco/vnc.sock \
-        --qmp unix:/tmp/qmp.sock,server=on,wait=off --memory 512 --cpus 1 --nic none --nul
+        --qmp unix:/tmp/qmp.sock,server=on,wait=off --memory 512 --cpus 1 --nic none --audio off --nul
     packer/qemuargs.py --list          # the profile names
 
 --lan tcp:HOST:PORT (or unix:PATH) --lan-index N joins the guest LAN (packer/guestlan.py) as VM N.
+Every VM gets its profile's sound card (`sound` in the JSON) playing into `-audiodev none,id=snd0`;
+--audio on (the default) appends `,audiodev=snd0` to the -vnc value, so QEMU's VNC server carries
+the sound to the agent; --audio off leaves -vnc without it (the hardware is the same either way, so
+a saved state fits both). --audio-backend replaces the `none` backend (e.g. wav,path=OUT.wav).
 --memory, --cpus and --nic override the profile's -m, -smp and -nic. For a profile that boots with
 -kernel/-initrd (kernel_boot), the files are looked for in --image-dir (default: the disk's
 directory), and the CLI exits 2 naming the one that is missing. Exit status 2 for bad input.
@@ -63,18 +67,49 @@ def kernel_files(name: str, *, disk: str, image_dir: str | None = None,
     return [base / kb["kernel"], base / kb["initrd"]]
 
 
+AUDIO_BACKEND = "none"  # the sound card plays into nothing unless VNC (audio on) or the caller takes it
+
+
+def parse_on_off(value, what: str = "audio") -> bool:
+    """True for "on", False for "off" (and bools as they are); ValueError, in words, otherwise."""
+    if isinstance(value, bool):
+        return value
+    if value in ("on", "off"):
+        return value == "on"
+    raise ValueError(f"{what} must be 'on' or 'off', not {value!r}")
+
+
+def sound_args(p: dict, backend: str = AUDIO_BACKEND) -> list[str]:
+    """-audiodev BACKEND,id=ID and the profile's sound card ([] for a profile without `sound`)."""
+    snd = p.get("sound")
+    if not snd:
+        return []
+    driver, *opts = (backend or "").split(",")
+    if not driver or "=" in driver:
+        raise ValueError(f"audio_backend must be a QEMU -audiodev driver and its options (none, or "
+                         f"wav,path=OUT.wav), not {backend!r}")
+    if any(o.startswith("id=") for o in opts):
+        raise ValueError(f"audio_backend {backend!r} must not set id= (the profile's audiodev id is {snd['audiodev']})")
+    return ["-audiodev", f"{backend},id={snd['audiodev']}"] + [str(x) for x in snd["device"]]
+
+
 def qemu_argv(name: str, *, disk: str, image_dir: str | None = None, accel: str = "tcg",
               vnc: str | None = None, serial: str | None = None, qemu_name: str | None = None,
               qemu: str = QEMU, path: Path | str = ARGS_FILE, memory_mb: int | None = None,
               smp: int | None = None, qmp: str | None = None, nic: str | None = None,
-              lan: str | None = None, lan_index: int | None = None) -> list[str]:
+              lan: str | None = None, lan_index: int | None = None, audio: bool | str = True,
+              audio_backend: str = AUDIO_BACKEND) -> list[str]:
     """Full argv for one VM of profile `name`. vnc is QEMU's -vnc value ("unix:PATH" or "127.0.0.1:N");
     serial is QEMU's -serial value (default "null"); image_dir holds a kernel_boot profile's kernel
     and initrd (default: the disk's directory). memory_mb, smp and nic (QEMU's -nic value, e.g.
     "none" or "user,model=ne2k_pci") override the profile's; qmp is QEMU's -qmp value (none by
     default), e.g. "unix:/tmp/qmp.sock,server=on,wait=off". lan ("unix:PATH" or "tcp:HOST:PORT", the
     loco-lan switch) joins the guest LAN as VM lan_index (its MAC, so DHCP gives it its address) with
-    the profile's lan_nic (packer/guestlan.py); it cannot be combined with nic."""
+    the profile's lan_nic (packer/guestlan.py); it cannot be combined with nic. The profile's sound
+    card always plays into -audiodev audio_backend (default "none", e.g. "wav,path=OUT.wav");
+    audio (True/"on", the default, or False/"off") says whether vnc gets ",audiodev=ID", which
+    lets QEMU's VNC server carry the sound to its client."""
+    audio = parse_on_off(audio)
     if accel not in ("kvm", "tcg"):
         raise ValueError(f"accel must be 'kvm' or 'tcg', not {accel!r}")
     for what, v, least in (("memory_mb", memory_mb, 16), ("smp", smp, 1)):
@@ -102,6 +137,7 @@ def qemu_argv(name: str, *, disk: str, image_dir: str | None = None, accel: str 
     argv += flatten(extra)
     argv += lan_args
     argv += flatten(p["devices"])
+    argv += sound_args(p, audio_backend)
     d = p["disk"]
     argv += ["-drive", f"file={disk},if={d['interface']},format={d['format']}"]
     kb = p.get("kernel_boot")
@@ -110,6 +146,8 @@ def qemu_argv(name: str, *, disk: str, image_dir: str | None = None, accel: str 
         argv += ["-kernel", str(kernel), "-initrd", str(initrd), "-append", kb["append"]]
     argv += ["-display", "none"]
     if vnc:
+        if audio and p.get("sound"):
+            vnc = f"{vnc},audiodev={p['sound']['audiodev']}"
         argv += ["-vnc", vnc]
     argv += ["-serial", serial or "null", "-monitor", "none"]
     if qmp:
@@ -129,6 +167,13 @@ def _at_least(least: int):
     return conv
 
 
+def _on_off(s: str) -> bool:
+    try:
+        return parse_on_off(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be on or off, not {s!r}") from None
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="Print the QEMU command line for a loco guest image.")
     ap.add_argument("profile", nargs="?", help="standin | win98")
@@ -146,6 +191,11 @@ def main(argv=None) -> int:
     ap.add_argument("--lan", metavar="unix:PATH|tcp:HOST:PORT",
                     help="join the guest LAN (the loco-lan switch at this address) as VM --lan-index")
     ap.add_argument("--lan-index", type=_at_least(1), metavar="N", help="the VM's number on the LAN (its MAC and address)")
+    ap.add_argument("--audio", type=_on_off, default=True, metavar="on|off",
+                    help="on (default): QEMU's VNC server carries the sound card's audio to the agent (-vnc ...,"
+                         "audiodev=ID); off: it does not (the sound card is there either way)")
+    ap.add_argument("--audio-backend", default=AUDIO_BACKEND, metavar="DRIVER[,OPTS]",
+                    help="the -audiodev the sound card plays into, without id= (default none; e.g. wav,path=OUT.wav)")
     ap.add_argument("--qemu", default=QEMU, help=f"the QEMU binary, argv[0] (default {QEMU})")
     ap.add_argument("--field", help="print one field of the profile (image, ready_marker, ...) and exit")
     fmt = ap.add_mutually_exclusive_group()
@@ -176,7 +226,8 @@ def main(argv=None) -> int:
     try:
         out = qemu_argv(a.profile, disk=a.disk, image_dir=a.image_dir, accel=a.accel, vnc=a.vnc,
                         serial=a.serial, qemu_name=a.name, qemu=a.qemu, memory_mb=a.memory, smp=a.cpus,
-                        qmp=a.qmp, nic=a.nic, lan=a.lan, lan_index=a.lan_index)
+                        qmp=a.qmp, nic=a.nic, lan=a.lan, lan_index=a.lan_index, audio=a.audio,
+                        audio_backend=a.audio_backend)
     except ValueError as e:
         print(f"qemuargs: {e}", file=sys.stderr)
         return 2

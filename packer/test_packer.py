@@ -261,7 +261,83 @@ def test_win98_runtime_options():
     assert flat[flat.index("-vga") + 1] == "std"  # Bochs VBE, what SoftGPU drives
     assert "-usb" in flat  # UHCI: Win98 has no xHCI driver
     assert p["disk"]["interface"] == "ide"
-    assert not any("audiodev" in x or x in ("sb16", "ac97", "AC97") for x in flat)  # audio off
+    assert not any("audiodev" in x for x in flat)  # the sound card is in `sound`, not in devices
+
+
+# ----------------------------------------------------------------------------- sound
+# Every profile's sound card plays into -audiodev none; audio on only appends ,audiodev=ID to -vnc.
+
+SOUND_CARDS = {"win98": "sb16", "standin": "ES1370"}
+
+
+def test_sound_entries():
+    for name, card in SOUND_CARDS.items():
+        snd = ARGS["profiles"][name]["sound"]
+        assert snd["audiodev"] == "snd0"
+        group = snd["device"]
+        assert group[0] == "-device" and len(group) == 2, group
+        model, *opts = group[1].split(",")
+        assert model == card, (name, model)
+        assert f"audiodev={snd['audiodev']}" in opts, f"{name}: the card is not bound to its audiodev"
+    # Windows 98 SE's in-box Sound Blaster 16 driver, at the card's factory (and QEMU's default) resources.
+    opts = dict(o.split("=") for o in ARGS["profiles"]["win98"]["sound"]["device"][1].split(",")[1:])
+    assert opts == {"audiodev": "snd0", "iobase": "0x220", "irq": "5", "dma": "1", "dma16": "5"}, opts
+    assert "sound" in " ".join(ARGS["_doc"])
+
+
+@pytest.mark.parametrize("name", sorted(SOUND_CARDS))
+def test_qemuargs_always_has_the_sound_card_and_audio_switches_only_vnc(name, tmp_path):
+    kw = dict(disk=str(tmp_path / "o.qcow2"), image_dir=str(tmp_path), vnc="unix:/tmp/v.sock", qemu_name="t")
+    on = qemuargs.qemu_argv(name, **kw)
+    off = qemuargs.qemu_argv(name, audio=False, **kw)
+    assert on == qemuargs.qemu_argv(name, audio="on", **kw) and off == qemuargs.qemu_argv(name, audio="off", **kw)
+    for argv in (on, off):
+        assert argv[argv.index("-audiodev") + 1] == "none,id=snd0"
+        assert argv.count("-audiodev") == 1
+        assert argv[argv.index("-audiodev") + 2:argv.index("-audiodev") + 4] == ARGS["profiles"][name]["sound"]["device"]
+    assert on[on.index("-vnc") + 1] == "unix:/tmp/v.sock,audiodev=snd0"
+    assert off[off.index("-vnc") + 1] == "unix:/tmp/v.sock"
+    assert [a for a in on if a != "unix:/tmp/v.sock,audiodev=snd0"] == [a for a in off if a != "unix:/tmp/v.sock"]
+    # A TCP VNC display takes the option the same way; no -vnc, nothing to append.
+    tcp = qemuargs.qemu_argv(name, **{**kw, "vnc": "127.0.0.1:3"})
+    assert tcp[tcp.index("-vnc") + 1] == "127.0.0.1:3,audiodev=snd0"
+    assert "-vnc" not in qemuargs.qemu_argv(name, **{**kw, "vnc": None})
+    # The backend can be replaced (the sound test records into a WAV file); the id stays the profile's.
+    wav = qemuargs.qemu_argv(name, audio_backend="wav,path=/tmp/o.wav", **kw)
+    assert wav[wav.index("-audiodev") + 1] == "wav,path=/tmp/o.wav,id=snd0"
+
+
+def test_qemuargs_rejects_bad_audio_values():
+    for bad in ("maybe", "", "ON", 1, None):
+        with pytest.raises(ValueError, match="audio must be 'on' or 'off'"):
+            qemuargs.qemu_argv("standin", disk="d", audio=bad)
+    for bad in ("", "id=x", "wav,id=x", "=wav"):
+        with pytest.raises(ValueError, match="audio_backend"):
+            qemuargs.qemu_argv("standin", disk="d", audio_backend=bad)
+
+
+def test_saved_state_key_fits_audio_on_and_off_but_not_the_old_hardware(tmp_path):
+    import vmstate
+    kw = dict(disk="/d/o.qcow2", image_dir="/c", accel="tcg", serial="file:/s", qmp="unix:/q,server=on,wait=off")
+    on = vmstate.shape_of(qemuargs.qemu_argv("standin", vnc="unix:/a/vnc.sock", **kw))
+    off = vmstate.shape_of(qemuargs.qemu_argv("standin", vnc="unix:/b/vnc.sock", audio=False, **kw))
+    assert on == off, "audio on/off must not change the hardware a saved state was made on"
+    assert "ES1370,audiodev=snd0" in on
+    # A state saved before the sound card (the same command line without it) does not fit.
+    old = qemuargs.qemu_argv("standin", vnc="unix:/a/vnc.sock", audio=False, **kw)
+    i = old.index("-audiodev")
+    assert old[i:i + 4] == ["-audiodev", "none,id=snd0", "-device", "ES1370,audiodev=snd0"]
+    del old[i:i + 4]
+    assert vmstate.shape_of(old) != on
+
+
+def test_build_vm_has_the_sound_card():
+    doc = parse(WIN98)
+    loc = _locals(doc)
+    assert "local.build_sound" in loc["qemuargs"], "the build VM has no sound card: Setup would not install its driver"
+    groups = [[unq(x) for x in g] if isinstance(g, list) else unq(g) for g in loc["build_sound"]]
+    assert groups[0] == ["-audiodev", "none,id=${local.rt.sound.audiodev}"], groups
+    assert groups[1] == "${local.rt.sound.device}", groups
 
 
 def test_qemuargs_builds_valid_command_lines(tmp_path):
@@ -270,7 +346,7 @@ def test_qemuargs_builds_valid_command_lines(tmp_path):
                                   accel="tcg", vnc="unix:/tmp/x.sock", serial="file:/tmp/s.log", qemu_name="t")
         assert argv[0] == "qemu-system-x86_64"
         assert argv[argv.index("-accel") + 1] == "tcg"
-        assert argv[argv.index("-vnc") + 1] == "unix:/tmp/x.sock"
+        assert argv[argv.index("-vnc") + 1] == "unix:/tmp/x.sock,audiodev=snd0"  # audio on by default
         drive = argv[argv.index("-drive") + 1]
         assert drive.startswith(f"file={tmp_path}/overlay.qcow2,")
         if ARGS["profiles"][name].get("kernel_boot"):
@@ -318,6 +394,13 @@ def test_cli_nul_matches_the_library_with_runner_overrides(tmp_path):
     # --nic replaces the profile's -nic none (QEMU would otherwise get both).
     nics = [argv[i + 1] for i, x in enumerate(argv) if x == "-nic"]
     assert nics == ["user,model=ne2k_pci"]
+    # --audio off: -vnc without the audiodev; the sound card is there all the same.
+    r = cli("win98", "--disk", str(disk), "--vnc", "unix:/run/loco/vnc.sock", "--audio", "off", "--nul")
+    assert r.returncode == 0, r.stderr
+    off = r.stdout.decode().split("\0")[:-1]
+    assert off[off.index("-vnc") + 1] == "unix:/run/loco/vnc.sock" and "-audiodev" in off
+    assert off == qemuargs.qemu_argv("win98", disk=str(disk), vnc="unix:/run/loco/vnc.sock", audio=False)
+    assert argv[argv.index("-vnc") + 1] == "unix:/run/loco/vnc.sock,audiodev=snd0"  # on by default
     # --lines refuses what it cannot print unambiguously.
     r = cli("win98", "--disk", str(disk), "--lines")
     assert r.returncode == 2 and b"--nul" in r.stderr
@@ -364,6 +447,8 @@ def test_cli_kernel_boot_files_next_to_the_base_image(tmp_path):
     (["win98", "--disk", "d", "--accel", "hvf"], b"--accel: invalid choice"),
     (["nope", "--disk", "d"], b"no QEMU profile 'nope'"),
     (["win98"], b"--disk is required"),
+    (["win98", "--disk", "d", "--audio", "maybe"], b"--audio: must be on or off, not 'maybe'"),
+    (["win98", "--disk", "d", "--audio-backend", "wav,id=x"], b"must not set id="),
 ])
 def test_cli_bad_input_exits_2(args, message):
     r = cli(*args)

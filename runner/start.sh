@@ -7,7 +7,8 @@
 # QEMU's command line comes from packer/qemu-args.json, the one place for the guests' run-time
 # options (shared with ./loco up and the Packer template): `qemuargs.py VM_PROFILE --disk
 # OVERLAY --accel kvm|tcg --vnc unix:VNC_SOCKET --qmp ... --nul` prints it, and this script
-# only adds QEMU_EXTRA_ARGS.
+# only adds QEMU_EXTRA_ARGS. The guest's sound card is always there (qemuargs.py); LOCO_AUDIO says
+# whether its sound reaches the agent.
 #
 # Environment (defaults in brackets):
 #   VM_PROFILE          the guest's profile in qemu-args.json: win98 or standin  [win98]
@@ -28,6 +29,11 @@
 #   VM_INDEX            the VM's number on the LAN, 1-150 (its MAC 52:54:00:4c:00:NN, address
 #                       10.98.0.(100+N), name vmN)            [the StatefulSet ordinal + 1,
 #                       from HOSTNAME's trailing -N: pod loco-vm-0 is vm1; needed with LOCO_LAN]
+#   LOCO_AUDIO          1: the guest's sound card (the profile's `sound`) reaches the agent: QEMU's
+#                       VNC server carries it (-vnc unix:VNC_SOCKET,audiodev=snd0) and the agent
+#                       started here gets --audio on; 0: no audio (no audiodev on -vnc, agent
+#                       --audio off). The card is in the VM either way (-audiodev none), so the
+#                       guest's hardware does not change with it  [1]
 #   QEMU_EXTRA_ARGS     extra QEMU arguments, split on spaces []
 #   QEMU                the QEMU binary                       [qemu-system-x86_64]
 #   QEMUARGS            packer/qemuargs.py (qemu-args.json beside it)
@@ -41,6 +47,8 @@
 #   LOCO_AGENT          the agent binary                      [loco-agent, on PATH]
 #   LOCO_TOKEN_FILE     passed to the agent as --token-file   [unset]
 #   AGENT_EXTRA_ARGS    extra agent arguments, split on spaces (e.g. --codec vp8) []
+#                       (the agent gets --audio on|off from LOCO_AUDIO; in the Helm chart the
+#                       sidecar gets the same from audio.enabled)
 #   (LOCO_TOKEN, LOCO_VIEW_TOKEN, LOCO_LOG, LOCO_TURN_* reach the agent through the environment.)
 #
 # With ACCEL=auto, KVM is used when /dev/kvm can be opened read-write (device plugin, or
@@ -80,6 +88,7 @@ VM_NIC=${VM_NIC:-none}
 LOCO_LAN=${LOCO_LAN:-}
 VM_INDEX=${VM_INDEX:-}
 QEMU_EXTRA_ARGS=${QEMU_EXTRA_ARGS:-}
+LOCO_AUDIO=${LOCO_AUDIO:-1}
 POWERDOWN_GRACE_S=${POWERDOWN_GRACE_S:-20}
 KILL_GRACE_S=${KILL_GRACE_S:-5}
 ACCEL=${ACCEL:-auto}
@@ -123,6 +132,11 @@ if [ -n "$LOCO_LAN" ]; then
   fi
   VM_INDEX=$((10#$VM_INDEX))
 fi
+case $LOCO_AUDIO in
+  1) audio=on ;;
+  0) audio=off ;;
+  *) die "LOCO_AUDIO must be 1 (the VM's sound reaches the agent) or 0 (no audio), not '$LOCO_AUDIO'" ;;
+esac
 is_uint "$POWERDOWN_GRACE_S" || die "POWERDOWN_GRACE_S must be a whole number of seconds (got '$POWERDOWN_GRACE_S')"
 is_uint "$KILL_GRACE_S" || die "KILL_GRACE_S must be a whole number of seconds (got '$KILL_GRACE_S')"
 case $BASE_FORMAT in qcow2 | raw) ;; *) die "BASE_FORMAT must be qcow2 or raw (got '$BASE_FORMAT')" ;; esac
@@ -182,7 +196,7 @@ extra=()
 # in a path). Read from a process substitution: `wait $!` gives qemuargs.py's exit status.
 qargs=("$VM_PROFILE" --disk "$overlay" --image-dir "$(dirname "$BASE_IMAGE")" --accel "$accel"
   --vnc "unix:$VNC_SOCKET" --qmp "unix:$QMP_SOCKET,server=on,wait=off" --serial none
-  --name "$VM_NAME" --qemu "$QEMU" --nul)
+  --name "$VM_NAME" --qemu "$QEMU" --audio "$audio" --nul)
 if [ -n "$LOCO_LAN" ]; then
   qargs+=(--lan "$LOCO_LAN" --lan-index "$VM_INDEX")
   log "guest LAN: $LOCO_LAN as VM $VM_INDEX"
@@ -257,7 +271,7 @@ if [ -n "$AGENT_LISTEN" ]; then
   done
   if [ "$stopping" = 0 ] && kill -0 "$qemu_pid" 2>/dev/null; then
     [ -S "$VNC_SOCKET" ] || log "no VNC socket after ${VNC_WAIT_S}s: starting the agent anyway (it retries)"
-    agent_cmd=("$LOCO_AGENT" --vnc "unix:$VNC_SOCKET" --listen "$AGENT_LISTEN")
+    agent_cmd=("$LOCO_AGENT" --vnc "unix:$VNC_SOCKET" --listen "$AGENT_LISTEN" --audio "$audio")
     [ -z "$LOCO_TOKEN_FILE" ] || agent_cmd+=(--token-file "$LOCO_TOKEN_FILE")
     # shellcheck disable=SC2206  # splitting AGENT_EXTRA_ARGS on spaces is the documented behaviour
     [ -z "$AGENT_EXTRA_ARGS" ] || agent_cmd+=($AGENT_EXTRA_ARGS)

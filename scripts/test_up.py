@@ -226,6 +226,15 @@ def test_default_is_nine_vms():
     assert r.returncode == 0 and "default 9" in r.stdout, r.stdout
 
 
+def test_audio_is_on_unless_no_audio():
+    from loco_up.args import parse_args
+
+    assert parse_args([]).no_audio is False
+    assert parse_args(["--no-audio"]).no_audio is True
+    r = subprocess.run([sys.executable, str(UP), "--help"], capture_output=True, text=True, timeout=60, env=up_env())
+    assert r.returncode == 0 and "--no-audio" in r.stdout, r.stdout
+
+
 @needs_agent
 @needs_qemu
 def test_missing_image():
@@ -677,6 +686,11 @@ def test_up_nine_standin_vms_live_from_a_saved_state(runtime_dir, state_dir):
         assert "vm1 boots cold" not in out and "saving its state" not in out, out
         qemus = [c for c in procs_mentioning(runtime_dir).values() if "qemu-system" in c]
         assert len(qemus) == 9 and all("-incoming file:" in c for c in qemus), qemus
+        # Sound on by default: each VM has its sound card, QEMU's VNC server carries it, the agent asks for it.
+        assert all("-audiodev none,id=snd0 -device ES1370,audiodev=snd0" in c and "/vnc.sock,audiodev=snd0" in c
+                   for c in qemus), qemus
+        agents = [c for c in procs_mentioning(runtime_dir).values() if "loco-agent" in c and "--vnc" in c]
+        assert len(agents) == 9 and all("--audio on" in c for c in agents), agents
         # The guest LAN: every restored VM got its own NIC hot-plugged and its own lease (the
         # state was saved without a NIC), and none has one on its command line.
         assert "lan    one isolated Ethernet segment: vm1 10.98.0.101 ... vm9 10.98.0.109" in out, out

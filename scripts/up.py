@@ -3,7 +3,7 @@
 
     ./loco up [--vms N] [--codec h264|vp8] [--port P] [--host ADDR] [--image DISK | --test-pattern]
               [--key-file FILE] [--view-key | --view-key-file FILE]
-              [--cold | --save-state | --from-state] [--state-dir DIR] [--boot-timeout S]
+              [--cold | --save-state | --from-state] [--state-dir DIR] [--boot-timeout S] [--no-lan] [--no-audio]
 
 N VMs (default 9, the most; --vms 1 for one).
 
@@ -23,6 +23,12 @@ packer/win98/); with --test-pattern, the tiny test-pattern guest (packer/testpat
 stand-in and --image VMs each run on their own copy-on-write overlay (the image itself is never
 written; the overlays are deleted at exit), with the QEMU options of the image's profile in
 packer/qemu-args.json (shared with the VM runner).
+
+Sound: every stand-in and --image VM has its profile's sound card (packer/qemu-args.json `sound`),
+and QEMU's VNC server carries its audio to the VM's agent (`-vnc ...,audiodev=snd0`, agent
+`--audio on`), which sends it to the page. --no-audio turns that off (no audiodev on -vnc, agents
+`--audio off`); the card stays in the VMs, so a saved state fits either way. The test-pattern
+guest has no sound card (its agents get `--audio off`).
 
 Saved state (packer/vmstate.py): the stand-in's first run boots one VM cold, saves its running
 state once its desktop is up, and starts every VM from that state; later runs restore all N in

@@ -4,7 +4,8 @@
 # pod, then SIGTERM. Then start.sh with AGENT_LISTEN (it starts the agent itself, as in one
 # container or on a plain host): /healthz says vnc_connected, SIGTERM stops both, exit 0; the
 # agent killed: start.sh stops QEMU and exits non-zero. Then VM_PROFILE=standin takes its
-# -kernel/-initrd from the base image's directory. Usage: runner_test.sh AGENT_BIN WORKDIR
+# -kernel/-initrd from the base image's directory. LOCO_AUDIO: on by default (sound card, audiodev on
+# -vnc, agent --audio on), 0 leaves -vnc without it, a bad value is refused. Usage: runner_test.sh AGENT_BIN WORKDIR
 set -euo pipefail
 AGENT=$1 W=$2
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -57,6 +58,16 @@ BASE_IMAGE=$W/images/base.qcow2 OVERLAY_DIR=$W/overlay VNC_SOCKET=$W/run/vnc.soc
   VM_MEMORY_MB=8 bash "$ROOT/runner/start.sh" >"$W/runner2.log" 2>&1 && { echo "VM_MEMORY_MB=8 accepted"; exit 1; }
 grep -q "VM_MEMORY_MB must be a whole number of MiB >= 16" "$W/runner2.log" || { cat "$W/runner2.log"; exit 1; }
 echo "VM_MEMORY_MB=8 refused"
+BASE_IMAGE=$W/images/base.qcow2 OVERLAY_DIR=$W/overlay VNC_SOCKET=$W/run/vnc.sock QMP_SOCKET=$W/tmp/qmp.sock \
+  LOCO_AUDIO=maybe bash "$ROOT/runner/start.sh" >"$W/runner2.log" 2>&1 && { echo "LOCO_AUDIO=maybe accepted"; exit 1; }
+grep -q "LOCO_AUDIO must be 1 (the VM's sound reaches the agent) or 0 (no audio), not 'maybe'" "$W/runner2.log" ||
+  { cat "$W/runner2.log"; exit 1; }
+echo "LOCO_AUDIO=maybe refused"
+# Audio on by default: the profile's sound card, and QEMU's VNC server carries its sound.
+if ! grep -q -- "-audiodev none,id=snd0 -device sb16,audiodev=snd0" "$W/runner.log" ||
+  ! grep -q -- "-vnc unix:$W/run/vnc.sock,audiodev=snd0 " "$W/runner.log"; then
+  cat "$W/runner.log"; echo "no sound card, or no audiodev on -vnc, by default"; exit 1
+fi
 
 # --- AGENT_LISTEN: start.sh starts the agent beside QEMU and stops both on SIGTERM.
 healthy() { # healthy PORT: wait up to 15 s for /healthz with vnc_connected
@@ -81,6 +92,8 @@ for case in sigterm agent-dies; do
     bash "$ROOT/runner/start.sh" >"$log" 2>&1 &
   runner=$!
   health=$(healthy "$port") || { cat "$log"; echo "$case: agent started by start.sh: $health"; exit 1; }
+  grep -q -- "starting: $AGENT --vnc unix:$W/run/vnc.sock --listen 127.0.0.1:$port --audio on " "$log" ||
+    { cat "$log"; echo "$case: the agent was not started with --audio on"; exit 1; }
   echo "$case: agent started by start.sh: $health"
   code=$(curl -s -o /dev/null -w '%{http_code}' -X POST -H 'Content-Type: application/sdp' --data 'v=0' "http://127.0.0.1:$port/whep")
   [ "$code" = 401 ] || { cat "$log"; echo "$case: WHEP without the token gave $code, want 401 (LOCO_TOKEN_FILE not passed?)"; exit 1; }
@@ -114,14 +127,19 @@ BASE_IMAGE=$W/images/base.qcow2 OVERLAY_DIR=$W/overlay VNC_SOCKET=$W/run/vnc.soc
 grep -q "$W/images/vmlinuz is missing" "$W/runner-standin.log" || { cat "$W/runner-standin.log"; echo "standin: no message naming the kernel"; exit 1; }
 : >"$W/images/vmlinuz"
 : >"$W/images/initrd.img"
-# Empty files are no kernel: QEMU refuses them at once, after start.sh passed them on.
+# Empty files are no kernel: QEMU refuses them at once, after start.sh passed them on. LOCO_AUDIO=0:
+# the sound card is still there, -vnc has no audiodev.
 status=0
 BASE_IMAGE=$W/images/base.qcow2 OVERLAY_DIR=$W/overlay VNC_SOCKET=$W/run/vnc.sock QMP_SOCKET=$W/tmp/qmp.sock \
-  VM_PROFILE=standin VM_MEMORY_MB=64 VM_NAME=$name-standin \
+  VM_PROFILE=standin VM_MEMORY_MB=64 VM_NAME=$name-standin LOCO_AUDIO=0 \
   timeout 30 bash "$ROOT/runner/start.sh" >"$W/runner-standin.log" 2>&1 || status=$?
 if ! grep -q -- "-kernel $W/images/vmlinuz -initrd $W/images/initrd.img -append root=/dev/vda" "$W/runner-standin.log" ||
   ! grep -q -- "-drive file=$W/overlay/overlay.qcow2,if=virtio" "$W/runner-standin.log"; then
   cat "$W/runner-standin.log"; echo "standin: not the standin profile's command line"; exit 1
+fi
+if ! grep -q -- "-audiodev none,id=snd0 -device ES1370,audiodev=snd0" "$W/runner-standin.log" ||
+  ! grep -q -- "-vnc unix:$W/run/vnc.sock -serial" "$W/runner-standin.log"; then
+  cat "$W/runner-standin.log"; echo "standin, LOCO_AUDIO=0: want the sound card and -vnc without audiodev"; exit 1
 fi
 if [ "$status" = 0 ] || [ "$status" = 124 ]; then cat "$W/runner-standin.log"; echo "standin: status $status, want QEMU's refusal"; exit 1; fi
 echo "standin profile: kernel and initrd from the base image's directory"

@@ -601,6 +601,29 @@ def lan_off_renders_nothing_of_it():
     assert env["VM_NIC"] == "user,model=ne2k_pci" and "LOCO_LAN" not in env
 
 
+@test
+def audio_on_by_default_and_off_with_audio_enabled_false():
+    for case, flag, env_value in (("default", "on", "1"), ("audio-off", "off", "0")):
+        sts = one(load(case), "StatefulSet")
+        args = container(sts, "agent")["args"]
+        assert args.count("--audio") == 1 and args[args.index("--audio") + 1] == flag, (case, args)
+        env = {e["name"]: e.get("value") for e in container(sts, "runner")["env"]}
+        assert env["LOCO_AUDIO"] == env_value, (case, env)
+    # Nothing else changes: the guest's hardware (the sound card) is the runner's, not the chart's.
+    strip = lambda docs: [d for d in docs if d["kind"] != "Secret"]
+    on, off = strip(load("default")), strip(load("audio-off"))
+    for docs in (on, off):
+        for d in docs:
+            if d["kind"] == "StatefulSet":
+                for c in d["spec"]["template"]["spec"]["containers"]:
+                    if c["name"] == "runner":
+                        c["env"] = [e for e in c["env"] if e["name"] != "LOCO_AUDIO"]
+                    if c["name"] == "agent":
+                        i = c["args"].index("--audio")
+                        del c["args"][i:i + 2]
+    assert on == off, "audio.enabled=false changed more than LOCO_AUDIO and --audio"
+
+
 failed = 0
 for t in TESTS:
     try:

@@ -53,8 +53,8 @@ if [ -f "$out/.recipe-hash" ] && [ "$(cat "$out/.recipe-hash")" = "$recipe_hash"
 fi
 
 [ "$(id -u)" = 0 ] || die "needs root for debootstrap and chroot (run: sudo $0 ${1:-})"
-for t in debootstrap mke2fs qemu-img chroot flock; do
-    command -v "$t" >/dev/null || die "no $t (apt-get install -y debootstrap e2fsprogs qemu-utils util-linux)"
+for t in debootstrap mke2fs qemu-img chroot flock modprobe depmod; do
+    command -v "$t" >/dev/null || die "no $t (apt-get install -y debootstrap e2fsprogs qemu-utils util-linux kmod)"
 done
 
 echo "standin/build.sh: building $out (recipe $recipe_hash) from $mirror $suite; takes several minutes" >&2
@@ -99,7 +99,7 @@ chroot "$root" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin DEBIAN_FRONTEN
     apt-get install -y -q --no-install-recommends \
         -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
         $(grep -v "^#" /dev/stdin)
-    useradd -m -s /bin/sh -G video,input,dialout loco
+    useradd -m -s /bin/sh -G video,input,dialout,audio loco
     passwd -d root >/dev/null
 ' <"$here/packages.txt" >&2
 cp -n "$root"/var/cache/apt/archives/*.deb "$out.debs/" 2>/dev/null || true
@@ -132,10 +132,18 @@ find "$kmod/drivers/net/ethernet" -mindepth 1 -maxdepth 1 ! -name 8390 -exec rm 
 for d in drivers/net/wireless drivers/infiniband drivers/media drivers/staging \
     drivers/gpu/drm/amd drivers/gpu/drm/nouveau drivers/gpu/drm/i915 drivers/gpu/drm/radeon \
     drivers/isdn drivers/bluetooth drivers/scsi drivers/target drivers/iio drivers/mtd drivers/md \
-    drivers/net/can drivers/net/usb drivers/hwmon drivers/watchdog sound net/wireless net/mac80211 \
+    drivers/net/can drivers/net/usb drivers/hwmon drivers/watchdog net/wireless net/mac80211 \
     net/bluetooth fs/btrfs fs/xfs fs/ocfs2 fs/gfs2 fs/nfs fs/nfsd fs/ceph fs/smb fs/cifs fs/f2fs; do
     rm -rf "${kmod:?}/$d"
 done
+# Of the sound drivers only snd-ens1370 and the modules it needs stay (modprobe --show-depends: snd,
+# snd-pcm, snd-timer, snd-rawmidi, snd-seq-device, soundcore; the AK4531 codec is built in): the
+# ES1370 is the profile's sound card (sound in packer/qemu-args.json), and udev loads its driver.
+keep="$(modprobe -d "$root" -S "$kver" --show-depends snd-ens1370 |
+    awk '$1 == "insmod" { sub(".*/lib/modules/[^/]*/kernel/", "", $2); print $2 }')"
+grep -qx 'sound/pci/snd-ens1370.ko.*' <<<"$keep" || die "no snd-ens1370 in kernel $kver (modprobe says: $keep)"
+(cd "$kmod" && find sound -type f) | grep -vxF "$keep" | (cd "$kmod" && xargs -r rm -f)
+find "$kmod/sound" -depth -type d -empty -delete
 depmod -b "$root" "$kver"
 # Mesa's DRI drivers and the LLVM they load (~160 MiB): only OpenGL clients use them; Xorg runs
 # without glamor (rootfs/etc/X11/xorg.conf.d/10-loco.conf) and no app here uses GL.

@@ -5,7 +5,7 @@
 #   packer build -var-file=my-win98.pkrvars.hcl packer/win98
 #
 # See packer/README.md for what you supply, what happens, and how long it takes. The virtual
-# hardware (machine, CPU, memory, display, pointer, the guest LAN's NIC) comes from
+# hardware (machine, CPU, memory, display, pointer, sound card, the guest LAN's NIC) comes from
 # packer/qemu-args.json, the same file scripts/up.py and the VM runner read, so the image is built
 # on what it runs on.
 
@@ -122,9 +122,18 @@ locals {
     ["-device", "${local.rt.lan_nic},netdev=user.0"],
   ]
 
+  # The sound card (sound: the ISA Sound Blaster 16 at 220h, IRQ 5, DMA 1/5) is in the build VM too, so
+  # Setup's legacy-hardware detection finds it and installs Windows 98's own driver for it (packer/
+  # README.md, "Sound (Windows 98)"). It plays into nothing (-audiodev none), as at run time.
+  build_sound = [
+    ["-audiodev", "none,id=${local.rt.sound.audiodev}"],
+    local.rt.sound.device,
+  ]
+
   qemuargs = concat(
     [["-machine", local.rt.machine], ["-cpu", local.rt.cpu], ["-m", tostring(local.rt.memory_mb)]],
     local.rt.devices,
+    local.build_sound,
     local.build_nic,
     local.bios_args,
   )

@@ -69,6 +69,10 @@ def parse_args(argv):
     ap.add_argument("--no-lan", action="store_true",
                     help="no guest LAN: each VM without a network (by default the VMs share one isolated "
                          "Ethernet segment, loco-lan, and take 10.98.0.101... by DHCP; packer/guestlan.py)")
+    ap.add_argument("--no-audio", action="store_true",
+                    help="no sound: QEMU's VNC server does not carry the VMs' audio and the agents send none (by "
+                         "default every VM's sound card reaches the page through its agent; the card is in the VM "
+                         "either way, so saved states fit both)")
     ap.add_argument("--runtime-dir", metavar="DIR",
                     help="where sockets, logs and overlays go (default: a new private temp dir, "
                          "removed at a clean exit)")

@@ -47,6 +47,7 @@ class Up(SavedStates, Announce):
         self.t_announced = self.t0
         self.lan = None      # loco_testkit.lan.LanCommands once the guest LAN is planned
         self.lan_on = False
+        self.audio_on = False  # the VMs' sound reaches their agents (not --no-audio, a guest with a sound card)
 
     def on_signal(self, signum, _frame):
         if self.stop_signal is not None:
@@ -82,6 +83,9 @@ class Up(SavedStates, Announce):
                 self.profile_spec = qemu_profiles().profile(self.profile)
             except (KeyError, OSError, ValueError) as e:
                 raise UsageError(str(e.args[0] if isinstance(e, KeyError) else e)) from None
+        # Sound: every profile guest has its profile's sound card; its audio reaches the agent over
+        # VNC unless --no-audio (the test-pattern guest has no sound card: its agent gets --audio off).
+        self.audio_on = self.profile is not None and not a.no_audio and bool(self.profile_spec.get("sound"))
         # The guest LAN: for profile guests whose profile names a NIC (not the test-pattern guest).
         self.lan_on = self.profile is not None and not a.no_lan and bool(self.profile_spec.get("lan_nic"))
         if self.lan_on and kea_binary() is None:
@@ -146,6 +150,7 @@ class Up(SavedStates, Announce):
         port = a.port + i
         agent = Child(f"vm{i} agent", [str(self.agent), "--vnc", vnc,
                                        "--listen", f"{url_host(self.bind_addr)}:{port}", "--codec", a.codec,
+                                       "--audio", "on" if self.audio_on else "off",
                                        *self.keys.agent_args()],
                       d / "agent.log")
         if self.image is None:

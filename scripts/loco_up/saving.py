@@ -21,7 +21,8 @@ class SavedStates:
         return qemu_profiles().qemu_argv(self.profile, disk=str(disk), image_dir=self.image_dir, accel=self.accel,
                                          vnc=vnc, serial=f"file:{serial}", qemu_name=name, qemu=QEMU,
                                          qmp=f"unix:{qmp},server=on,wait=off" if qmp else None,
-                                         lan=lan, lan_index=lan_index if lan else None)
+                                         lan=lan, lan_index=lan_index if lan else None,
+                                         audio=self.audio_on)
 
     def plan_state(self):
         """Whether the VMs start from a saved state (RESTORE), make one first (SAVER), or boot cold."""

@@ -1,8 +1,10 @@
 """A guest's serial port through QEMU's Unix-socket chardev (`-serial unix:PATH,server=on,wait=off`):
-collects what the guest prints, waits for a pattern, and runs shell commands where the guest keeps
-a shell on it (the stand-in does: user loco, DISPLAY=:0; packer/standin/rootfs/usr/sbin/loco-init)."""
+collects what the guest prints (with the host time each piece arrived), waits for a pattern, and
+runs shell commands where the guest keeps a shell on it (the stand-in does: user loco, DISPLAY=:0;
+packer/standin/rootfs/usr/sbin/loco-init)."""
 from __future__ import annotations
 
+import bisect
 import re
 import socket
 import threading
@@ -19,6 +21,9 @@ class ConsoleTimeout(AssertionError, TimeoutError):
 class SerialConsole:
     def __init__(self, path: str, connect_timeout: float = 10.0):
         self.buf, self.lock, self.n = "", threading.Lock(), 0
+        # Arrival times: self.total characters received so far; self.ends[i] is the total after the
+        # i-th chunk, which arrived at host monotonic time self.times[i] (the chunks still in buf).
+        self.total, self.ends, self.times = 0, [], []
         deadline = time.monotonic() + connect_timeout
         while True:
             try:
@@ -40,8 +45,16 @@ class SerialConsole:
                 return
             if not d:
                 return
+            t = time.monotonic()
+            text = d.decode(errors="replace")
             with self.lock:
-                self.buf = (self.buf + d.decode(errors="replace"))[-KEEP:]
+                self.buf = (self.buf + text)[-KEEP:]
+                self.total += len(text)
+                self.ends.append(self.total)
+                self.times.append(t)
+                drop = bisect.bisect_right(self.ends, self.total - len(self.buf))
+                if drop > 1000:
+                    del self.ends[:drop], self.times[:drop]
 
     def text(self) -> str:
         with self.lock:
@@ -56,6 +69,33 @@ class SerialConsole:
             if not alive():
                 break
             time.sleep(0.1)
+        raise ConsoleTimeout(f"no {pattern!r} on the serial console within {timeout:.0f}s; it ends:\n"
+                             + self.text()[-3000:])
+
+    def mark(self) -> int:
+        """A position in the output (characters received so far): wait_for_at(since=mark()) only
+        looks at what comes after it."""
+        with self.lock:
+            return self.total
+
+    def wait_for_at(self, pattern: str, timeout: float, since: int = 0,
+                    alive=lambda: True) -> tuple[re.Match, float]:
+        """Waits for pattern in the output received after position `since` (mark()); returns the
+        match and the host's time.monotonic() at which the text that completed it arrived from QEMU
+        (the socket read, not this poll)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self.lock:
+                start = self.total - len(self.buf)
+                text = self.buf[max(0, since - start):]
+                base = max(since, start)
+                m = re.search(pattern, text, re.S)
+                if m:
+                    i = bisect.bisect_left(self.ends, base + m.end())
+                    return m, self.times[min(i, len(self.times) - 1)]
+            if time.monotonic() >= deadline or not alive():
+                break
+            time.sleep(0.01)
         raise ConsoleTimeout(f"no {pattern!r} on the serial console within {timeout:.0f}s; it ends:\n"
                              + self.text()[-3000:])
 
