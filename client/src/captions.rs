@@ -1,7 +1,8 @@
 //! The text of each panel's caption (name, state, size or error, retry countdown, keyboard
-//! focus) and of its HUD line (fps, bitrate, round-trip time, frames). Pure: the shell draws
-//! the strings into textures, and only when they change.
+//! focus, sound) and of its HUD line (fps, bitrate, round-trip time, frames, sound level).
+//! Pure: the shell draws the strings into textures, and only when they change.
 
+use crate::audio::AudioStatus;
 use crate::scene::StreamState;
 
 /// What a caption says about one panel.
@@ -17,9 +18,12 @@ pub struct CaptionInput<'a> {
     pub retry_in_ms: f64,
     /// The keyboard types into this panel.
     pub focused: bool,
+    /// Its sound: playing or muted is shown (a click on the caption toggles muting).
+    pub audio: AudioStatus,
 }
 
-/// `vm1  ·  live  ·  1024×768  ·  keyboard`, `vm2  ·  down  ·  connection lost  ·  retry in 4 s`.
+/// `vm1  ·  live  ·  1024×768  ·  keyboard  ·  ♪ playing`, `vm2  ·  down  ·  connection lost  ·
+/// retry in 4 s`, `vm3  ·  live  ·  1024×768  ·  muted`.
 pub fn caption(c: &CaptionInput) -> String {
     let mut label = format!("{}  ·  {}", c.name, c.state.as_str());
     match c.state {
@@ -46,7 +50,25 @@ pub fn caption(c: &CaptionInput) -> String {
     if c.focused {
         label.push_str("  ·  keyboard");
     }
+    match c.audio {
+        AudioStatus::Playing => label.push_str("  ·  ♪ playing"),
+        AudioStatus::Muted => label.push_str("  ·  muted"),
+        AudioStatus::Silent | AudioStatus::None => {}
+    }
     label
+}
+
+/// The HUD's sound part: `♪ −23 dB` (playing, the level heard), `silent`, `muted`, or nothing
+/// without an audio track.
+pub fn hud_audio(status: AudioStatus, level_db: Option<f32>) -> Option<String> {
+    match status {
+        AudioStatus::None => None,
+        AudioStatus::Muted => Some("muted".into()),
+        AudioStatus::Silent => Some("silent".into()),
+        AudioStatus::Playing => {
+            Some(level_db.map(|l| format!("♪ {:.0} dB", l).replace('-', "−")).unwrap_or_else(|| "♪".into()))
+        }
+    }
 }
 
 /// The statistics line: `30 fps  ·  1200 kbit/s  ·  rtt 3 ms  ·  450 frames`.
@@ -70,7 +92,15 @@ mod tests {
     use super::*;
 
     fn input(state: StreamState) -> CaptionInput<'static> {
-        CaptionInput { name: "vm1", state, video_size: (1280, 800), error: None, retry_in_ms: 0.0, focused: false }
+        CaptionInput {
+            name: "vm1",
+            state,
+            video_size: (1280, 800),
+            error: None,
+            retry_in_ms: 0.0,
+            focused: false,
+            audio: AudioStatus::None,
+        }
     }
 
     #[test]
@@ -91,6 +121,21 @@ mod tests {
         assert_eq!(caption(&due), "vm1  ·  down  ·  connection lost");
         let negative = CaptionInput { retry_in_ms: -500.0, error: None, ..down };
         assert_eq!(caption(&negative), "vm1  ·  down");
+        let playing = CaptionInput { audio: AudioStatus::Playing, ..focused };
+        assert_eq!(caption(&playing), "vm1  ·  live  ·  1280×800  ·  keyboard  ·  ♪ playing");
+        let muted = CaptionInput { audio: AudioStatus::Muted, ..input(StreamState::Live) };
+        assert_eq!(caption(&muted), "vm1  ·  live  ·  1280×800  ·  muted");
+        let silent = CaptionInput { audio: AudioStatus::Silent, ..input(StreamState::Live) };
+        assert_eq!(caption(&silent), "vm1  ·  live  ·  1280×800");
+    }
+
+    #[test]
+    fn hud_sound() {
+        assert_eq!(hud_audio(AudioStatus::None, Some(-3.0)), None);
+        assert_eq!(hud_audio(AudioStatus::Silent, None).as_deref(), Some("silent"));
+        assert_eq!(hud_audio(AudioStatus::Muted, Some(-20.0)).as_deref(), Some("muted"));
+        assert_eq!(hud_audio(AudioStatus::Playing, Some(-23.4)).as_deref(), Some("♪ −23 dB"));
+        assert_eq!(hud_audio(AudioStatus::Playing, None).as_deref(), Some("♪"));
     }
 
     #[test]

@@ -41,6 +41,8 @@ pub struct PanelSnapshot {
     pub input_open: bool,
     /// The desktop image's corners, TL/TR/BR/BL.
     pub corners: Vec<Point>,
+    /// The caption's corners, TL/TR/BR/BL (a click or trigger on it toggles the panel's sound).
+    pub caption_corners: Vec<Point>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -49,6 +51,36 @@ pub struct XrSnapshot {
     pub active: bool,
     /// The XR device's backend while a session runs (`null` otherwise).
     pub backend: Option<&'static str>,
+}
+
+/// One panel's sound.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PanelAudioSnapshot {
+    /// The session has an audio track and it feeds the graph.
+    pub track: bool,
+    pub muted: bool,
+    /// The focus level the gain is set to (0, or `audio-unfocused-db`), muted or not.
+    pub gain_db: f64,
+    /// The panel's own sound is above the playing threshold (held through short gaps).
+    pub playing: bool,
+    /// RMS dBFS after the gain (what is heard of it, before the panner); `null` without a track.
+    pub level: Option<f64>,
+    /// RMS dBFS of the track itself, before the gain.
+    pub source_level: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AudioSnapshot {
+    /// Audio is offered to the agents (`audio=off` makes this false).
+    pub enabled: bool,
+    /// The AudioContext's state (`suspended`, `running`, `closed`), `null` before the first
+    /// click or Enter VR.
+    pub context: Option<String>,
+    pub sample_rate: Option<f64>,
+    pub unfocused_db: f64,
+    pub panels: Vec<PanelAudioSnapshot>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -68,6 +100,7 @@ pub struct Snapshot {
     pub all_live_at_ms: Option<f64>,
     pub frames: u64,
     pub all_live_ms: Option<f64>,
+    pub audio: AudioSnapshot,
 }
 
 impl Snapshot {
@@ -163,6 +196,7 @@ mod tests {
                 error: None,
                 input_open: true,
                 corners: vec![Vec3::new(0.5, 1.0, -2.0).into()],
+                caption_corners: vec![],
             }],
             xr: XrSnapshot { supported: true, active: false, backend: None },
             focus: Some(0),
@@ -177,6 +211,20 @@ mod tests {
             all_live_at_ms: Some(1200.0),
             frames: 7,
             all_live_ms: Some(1000.0),
+            audio: AudioSnapshot {
+                enabled: true,
+                context: Some("running".into()),
+                sample_rate: Some(48000.0),
+                unfocused_db: -12.0,
+                panels: vec![PanelAudioSnapshot {
+                    track: true,
+                    muted: false,
+                    gain_db: 0.0,
+                    playing: true,
+                    level: Some(-20.0),
+                    source_level: None,
+                }],
+            },
         };
         let v: serde_json::Value = serde_json::from_str(&s.to_json()).unwrap();
         let keys = |v: &serde_json::Value| {
@@ -186,15 +234,17 @@ mod tests {
         };
         assert_eq!(
             keys(&v),
-            "allLiveAtMs,allLiveMs,backend,error,focus,frameMs,frameMsP50,frameMsP95,frames,hud,panels,\
+            "allLiveAtMs,allLiveMs,audio,backend,error,focus,frameMs,frameMsP50,frameMsP95,frames,hud,panels,\
              uploadMs,uploadsPerFrame,xr"
         );
         assert_eq!(
             keys(&v["panels"][0]),
-            "attempts,corners,error,fps,framesDecoded,framesPresented,framesUploaded,inputOpen,kbps,name,\
+            "attempts,captionCorners,corners,error,fps,framesDecoded,framesPresented,framesUploaded,inputOpen,kbps,name,\
              rttMs,state,videoHeight,videoWidth,whep"
         );
         assert_eq!(keys(&v["xr"]), "active,backend,supported");
+        assert_eq!(keys(&v["audio"]), "context,enabled,panels,sampleRate,unfocusedDb");
+        assert_eq!(keys(&v["audio"]["panels"][0]), "gainDb,level,muted,playing,sourceLevel,track");
         assert_eq!(v["panels"][0]["corners"][0], serde_json::json!({"x": 0.5, "y": 1.0, "z": -2.0}));
         assert_eq!(v["panels"][0]["rttMs"], serde_json::Value::Null);
     }

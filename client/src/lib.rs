@@ -6,13 +6,15 @@
 //!   [`link`] (each panel's connect/backoff/probe/live/down state machine), [`pointer`] (mouse
 //!   and XR-hand routing with capture), [`captions`] (caption and HUD text), [`hook`] (the
 //!   `window.__loco` snapshot type), [`access`] (the page's key: from `#key=`, who sends it, the
-//!   key form's text).
+//!   key form's text), [`audio`] (focus/mute gains, panner and listener placement, levels,
+//!   which panel plays, the dominant frequency).
 //! - `web` (wasm32 only): the thin shell — config, WHEP sessions, video upload, WebXR and flat
 //!   view, DOM input, the `window.__loco` getter — that carries out the core's decisions.
 //!
 //! The layout, ray picking and button/key mapping live in `loco-shared`, tested natively.
 
 pub mod access;
+pub mod audio;
 pub mod budget;
 pub mod camera;
 pub mod captions;

@@ -120,6 +120,8 @@ pub struct Hand {
     pub hover: Option<usize>,
     hud_button: bool,
     recentre_button: bool,
+    /// The trigger as the caption gesture last saw it (with the buttons' hysteresis).
+    caption_trigger: bool,
 }
 
 /// A controller's buttons in one frame.
@@ -201,6 +203,20 @@ impl Hand {
             }
         }
         out
+    }
+
+    /// The caption gesture: a trigger press that starts while the ray points at panel `caption`'s
+    /// caption (and at no panel, and the hand holds none) toggles that panel's sound. Call it
+    /// before [`Hand::frame`] each frame, with the caption the ray hits, if any.
+    pub fn caption_press(&mut self, caption: Option<usize>, pad: &Pad) -> Option<usize> {
+        let held = if self.caption_trigger { pad.pad.trigger > 0.4 } else { pad.pad.trigger >= 0.6 };
+        let edge = held && !self.caption_trigger;
+        self.caption_trigger = held;
+        if edge && self.captured.is_none() {
+            caption
+        } else {
+            None
+        }
     }
 
     /// The controller went away: it releases what it held, at `last` (the last position sent
@@ -371,6 +387,27 @@ mod tests {
         h.frame(t, &panels, &sizes, o, d, pad(1.0));
         h.panel_down(3);
         assert_eq!((h.captured, h.buttons.mask()), (None, 0));
+    }
+
+    #[test]
+    fn a_trigger_press_on_a_caption_toggles_once() {
+        let (panels, sizes) = wall();
+        let mut h = Hand::default();
+        let t = Duration::ZERO;
+        let o = WallOrigin::default().eye;
+        assert_eq!(h.caption_press(Some(2), &pad(0.0)), None);
+        assert_eq!(h.caption_press(Some(2), &pad(1.0)), Some(2), "the press");
+        h.frame(t, &panels, &sizes, o, Vec3::Y, pad(1.0));
+        assert_eq!(h.caption_press(Some(2), &pad(0.5)), None, "held (hysteresis): no second toggle");
+        assert_eq!(h.caption_press(Some(2), &pad(0.3)), None, "released");
+        assert_eq!(h.caption_press(None, &pad(1.0)), None, "a press on no caption");
+        h.caption_press(None, &pad(0.0));
+        // A drag that started on a panel and slid onto a caption toggles nothing.
+        let (o2, d2) = ray(&panels, 2, 0.5, 0.5);
+        h.frame(t, &panels, &sizes, o2, d2, pad(1.0));
+        assert_eq!(h.captured, Some(2));
+        h.caption_press(None, &pad(0.0));
+        assert_eq!(h.caption_press(Some(2), &pad(1.0)), None);
     }
 
     #[test]

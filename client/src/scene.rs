@@ -119,6 +119,34 @@ const CURSOR_M: f32 = 0.014;
 /// Overlays and cursors sit this far in front of the panel plane.
 const LIFT_M: f32 = 0.002;
 
+/// Where panel `panel`'s caption (a strip of width/height ratio `aspect`) is drawn: in the gap
+/// below the panel, in its plane, as wide as the panel at most. Corners TL, TR, BR, BL.
+pub fn caption_corners(panel: &Panel, aspect: f32) -> [Vec3; 4] {
+    let top_left = panel.corners()[3] - panel.up * LABEL_GAP_M;
+    let w = (LABEL_HEIGHT_M * aspect).min(panel.width_m);
+    let (r, d) = (panel.right * w, -panel.up * (w / aspect));
+    [top_left, top_left + r, top_left + r + d, top_left + d]
+}
+
+/// The caption a ray hits (the nearest, when several are), with the point: captions of
+/// `aspect` (see [`caption_corners`]) under each of `panels`. Clicking a caption toggles its
+/// panel's sound.
+pub fn pick_caption(panels: &[Panel], aspect: f32, origin: Vec3, dir: Vec3) -> Option<(usize, Vec3)> {
+    panels
+        .iter()
+        .enumerate()
+        .filter_map(|(i, p)| {
+            let hit = p.intersect_plane(origin, dir)?;
+            let c = caption_corners(p, aspect);
+            let local = hit.point - c[0];
+            let (w, h) = (c[1].distance(c[0]), c[3].distance(c[0]));
+            let (u, v) = (local.dot(p.right) / w, -local.dot(p.up) / h);
+            ((0.0..=1.0).contains(&u) && (0.0..=1.0).contains(&v)).then_some((i, hit.distance_m, hit.point))
+        })
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .map(|(i, _, point)| (i, point))
+}
+
 fn rect(center: Vec3, right: Vec3, up: Vec3, half_w: f32, half_h: f32) -> [Vec3; 4] {
     let (r, u) = (right * half_w, up * half_h);
     [center - r + u, center + r + u, center + r - u, center - r - u]
@@ -168,7 +196,12 @@ pub fn build(input: &SceneInput) -> Vec<Quad> {
             quads.push(strip(Tex::Hud(i), aspect, height, corners[0] + n * LIFT_M));
         }
         if let Some(aspect) = p.label_aspect {
-            quads.push(strip(Tex::Label(i), aspect, LABEL_HEIGHT_M, corners[3] - panel.up * LABEL_GAP_M));
+            quads.push(Quad {
+                corners: caption_corners(panel, aspect),
+                uv: FULL_UV,
+                color: [1.0; 4],
+                tex: Tex::Label(i),
+            });
         }
     }
     for ptr in &input.pointers {
@@ -255,6 +288,27 @@ mod tests {
         let top_of_4 = p[4].panel.corners()[0].y;
         assert!(label.corners[0].y < bottom_of_1);
         assert!(label.corners[3].y > top_of_4, "{} <= {}", label.corners[3].y, top_of_4);
+    }
+
+    #[test]
+    fn a_ray_through_a_caption_picks_it_and_nothing_else() {
+        let p = panels(9);
+        let layout: Vec<Panel> = p.iter().map(|v| v.panel).collect();
+        let quads = build(&SceneInput { panels: p, ..Default::default() });
+        let eye = loco_shared::layout::WallOrigin::default().eye;
+        for i in [0, 4, 8] {
+            let label = quads.iter().find(|q| q.tex == Tex::Label(i)).unwrap();
+            // The quad drawn is the caption picked.
+            assert_eq!(label.corners, caption_corners(&layout[i], 20.0));
+            let centre = (label.corners[0] + label.corners[2]) / 2.0;
+            let (hit, point) = pick_caption(&layout, 20.0, eye, (centre - eye).normalize()).unwrap();
+            assert_eq!(hit, i);
+            assert!(point.distance(centre) < 1e-4);
+            // Not a panel: the ray passes between the rows.
+            assert_eq!(loco_shared::layout::pick(&layout, eye, (centre - eye).normalize()), None);
+        }
+        // The middle of a panel is no caption.
+        assert_eq!(pick_caption(&layout, 20.0, eye, (layout[4].center - eye).normalize()), None);
     }
 
     #[test]

@@ -2,7 +2,8 @@
  * Playwright fixtures: the shared rig of real peers (worker scope), the static server, and a page
  * with IWER's Quest 3 runtime injected before the page's own scripts.
  *
- *   rig.guest      QEMU test-pattern guest (video that changes every 0.5 s)
+ *   rig.guest      QEMU test-pattern guest (video that changes every 0.5 s; a sound card playing a
+ *                  continuous RIG_TONE_HZ tone, which its agent streams as Opus)
  *   rig.screens    three Xvnc desktops (pointer and keys read back with xdotool / xev / xterm)
  *   rig.agents     four loco-agents: [0] on the guest, [1..3] on screens[0..2]
  *   rig.desktops() the desktops.json entries for those four panels, in that order
@@ -20,6 +21,9 @@ import { IWER_INIT } from './xr';
 import { Xvnc } from './xvnc';
 
 export { expect };
+
+/** The tone the rig's guest plays without end (tests/audio.spec.ts listens for it). */
+export const RIG_TONE_HZ = 440;
 
 export interface Desktop {
   name: string;
@@ -142,7 +146,7 @@ export const test = base.extend<TestFixtures, WorkerFixtures>({
     const t0 = Date.now();
     // Start everything at once; if one part fails, stop the parts that did start.
     const settled = await Promise.allSettled([
-      QemuGuest.start(workdir),
+      QemuGuest.start(workdir, { audio: true, tone: RIG_TONE_HZ }),
       Xvnc.create(workdir, 'x1'),
       Xvnc.create(workdir, 'x2'),
       Xvnc.create(workdir, 'x3'),

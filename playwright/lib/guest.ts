@@ -24,7 +24,13 @@ export class QemuGuest {
     readonly bootSeconds: number,
   ) {}
 
-  static async start(workdir: string): Promise<QemuGuest> {
+  /**
+   * opts.audio: an ES1370 sound card whose output QEMU's VNC server offers to the agent (audiodev
+   * "none", `-vnc ...,audiodev=snd0`). opts.tone (needs audio): what the guest plays, HZ
+   * (continuous) or [HZ, ON_MS, OFF_MS] (bursts); its serial log says `LOCO-TONE: on HZ` right
+   * before each burst and `LOCO-TONE: off` after it (see testguest.py). No opts: no sound card.
+   */
+  static async start(workdir: string, opts?: { audio?: boolean; tone?: [number, number, number] | number }): Promise<QemuGuest> {
     requireTools({ 'qemu-system-x86_64': 'qemu-system-x86', busybox: 'busybox-static' });
     if (!fs.existsSync(path.join(GUEST_DIR, 'testguest.py'))) {
       throw new Error(`${GUEST_DIR}/testguest.py is missing: the QEMU test-pattern guest is needed for video`);
@@ -34,12 +40,17 @@ export class QemuGuest {
     const serial = path.join(workdir, 'qemu-serial.log');
     const log = path.join(workdir, 'qemu.log');
     // build() is cached (recipe hash); the first build takes a few seconds.
+    // sys.argv[4]: JSON of the sound options ({} = none), passed as qemu_command(audio=, tone=).
+    const sound: { audio?: boolean; tone?: [number, number, number] | number } = {};
+    if (opts?.audio) sound.audio = true;
+    if (opts?.tone !== undefined) sound.tone = opts.tone;
     const script =
       'import json, sys; sys.path.insert(0, sys.argv[1]); import testguest as t; p = t.build(); ' +
-      'print(json.dumps([str(a) for a in t.qemu_command(p, vnc_port=int(sys.argv[2]), serial_log=sys.argv[3])]))';
+      'print(json.dumps([str(a) for a in t.qemu_command(p, vnc_port=int(sys.argv[2]), serial_log=sys.argv[3], ' +
+      '**json.loads(sys.argv[4]))]))';
     let argv: string[];
     try {
-      const out = await run([python(), '-c', script, GUEST_DIR, String(port), serial], { timeoutMs: 300000 });
+      const out = await run([python(), '-c', script, GUEST_DIR, String(port), serial, JSON.stringify(sound)], { timeoutMs: 300000 });
       argv = JSON.parse(out.trim().split('\n').pop() as string);
     } catch (e) {
       throw new Error(`building / describing the test-pattern guest failed: ${(e as Error).message}`);
@@ -57,6 +68,11 @@ export class QemuGuest {
       throw new Error(`${(e as Error).message}\n--- QEMU log ---\n${tail(log)}\n--- serial ---\n${tail(serial)}`);
     }
     return new QemuGuest(port, proc, log, serial, (Date.now() - t0) / 1000);
+  }
+
+  /** The guest's serial console so far (`LOCO-TESTGUEST: ...`, `LOCO-TONE: on HZ` / `off`). */
+  serial(): string {
+    return fs.existsSync(this.serialPath) ? fs.readFileSync(this.serialPath, 'utf8') : '';
   }
 
   async stop(): Promise<void> {

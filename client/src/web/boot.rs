@@ -152,6 +152,10 @@ pub(super) async fn run() -> Result<(), String> {
         started_at: now_ms(),
         all_live_at: None,
         pointers: Vec::new(),
+        sound: super::audio::Sound::new(crate::audio::AudioSettings::from_params(
+            query_param("audio").as_deref(),
+            query_param("audio-unfocused-db").as_deref(),
+        )),
     }));
     install_hook(&shared);
 
@@ -229,6 +233,7 @@ pub(super) async fn run() -> Result<(), String> {
                 last_pointer: None,
                 _frame_cb: frame_cb,
             });
+            app.sound.add_panel();
         }
         app.config = Some(config);
         app.relayout();

@@ -61,6 +61,8 @@ pub(super) fn install_input(shared: &Shared) {
                     1 => {
                         ev.prevent_default();
                         let _ = c.focus();
+                        // The first click starts the sound (autoplay rules); later ones resume it.
+                        app.sound.gesture();
                         // A click on the page also lets muted videos start where autoplay was refused.
                         for panel in &app.panels {
                             if panel.video.paused() && panel.session.is_some() {
@@ -115,6 +117,11 @@ pub(super) fn install_input(shared: &Shared) {
             name,
             Box::new(move |ev| {
                 let ev: KeyboardEvent = ev.unchecked_into();
+                if down {
+                    if let Ok(mut app) = s.try_borrow_mut() {
+                        app.sound.gesture();
+                    }
+                }
                 // Keys aimed at a page control (the Enter VR button) stay with it.
                 if let Some(active) = document().active_element() {
                     let tag = active.tag_name().to_ascii_lowercase();
@@ -149,6 +156,7 @@ pub(super) fn install_input(shared: &Shared) {
                 "click",
                 Box::new(move |_| {
                     if let Ok(mut app) = s.try_borrow_mut() {
+                        app.sound.gesture();
                         action(&mut app);
                     }
                 }),

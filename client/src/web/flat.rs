@@ -12,7 +12,8 @@ use wasm_bindgen::JsCast;
 use web_sys::KeyboardEvent;
 
 use super::util::{now_ms, window};
-use super::{App, Looping, PanelRt, Shared};
+use super::{App, Looping, PanelRt, Shared, LABEL_H, LABEL_W};
+use crate::audio::Listener;
 use crate::camera::FlatCamera;
 use crate::pointer::{self, Aim};
 use crate::render::View;
@@ -36,6 +37,7 @@ impl App {
             }
         }
         let camera = self.flat.camera;
+        self.sound.set_listener(Listener::flat(self.origin.eye, camera.rotation()));
         let dpr = window().device_pixel_ratio().clamp(1.0, 2.0);
         let size = ((cw as f64 * dpr).round() as u32, (ch as f64 * dpr).round() as u32);
         if self.gfx.as_ref().is_some_and(|g| g.size() != size) {
@@ -116,6 +118,14 @@ impl App {
         };
         if down {
             let target = self.flat_target(point, self.flat.pointer.captured);
+            // A click on a caption (not on a desktop, nothing held) toggles that panel's sound.
+            if target.is_none() && self.flat.pointer.captured.is_none() && bit == buttons::LEFT {
+                if let Some(i) = self.flat_ray(point).and_then(|(o, d)| caption_at(&self.layout, o, d)).map(|(i, _)| i)
+                {
+                    self.toggle_mute(i);
+                    return;
+                }
+            }
             match self.flat.pointer.press(target.as_ref(), bit) {
                 Some(send) => {
                     self.set_focus(Some(send.0));
@@ -147,6 +157,14 @@ impl App {
         self.panels[i].send(InputMessage::Key { keysym: sym, down });
         true
     }
+}
+
+/// The caption a ray hits (and the point), when it hits no desktop first.
+pub(super) fn caption_at(layout: &[loco_shared::layout::Panel], origin: Vec3, dir: Vec3) -> Option<(usize, Vec3)> {
+    if loco_shared::layout::pick(layout, origin, dir).is_some() {
+        return None;
+    }
+    scene::pick_caption(layout, LABEL_W as f32 / LABEL_H as f32, origin, dir)
 }
 
 pub(super) fn start_flat_loop(shared: &Shared) {

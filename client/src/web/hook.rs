@@ -1,11 +1,11 @@
 //! `window.__loco`: a getter returning a frozen [`crate::hook::Snapshot`] plus
-//! `screenPoint(i, u, v)` and `capture()`.
+//! `screenPoint(i, u, v)`, `capture()` and `audioSpectrum()`.
 
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
 
 use super::util::{set, window};
-use super::{App, Shared};
+use super::{App, Shared, LABEL_H, LABEL_W};
 use crate::hook::{PanelSnapshot, Snapshot, XrSnapshot};
 use crate::render::View;
 use crate::scene;
@@ -32,6 +32,11 @@ impl App {
                 error: p.link.error().map(str::to_owned),
                 input_open: p.session.as_ref().is_some_and(|s| s.input_open()),
                 corners: self.layout.get(i).map(|l| l.corners().map(Into::into).to_vec()).unwrap_or_default(),
+                caption_corners: self
+                    .layout
+                    .get(i)
+                    .map(|l| scene::caption_corners(l, LABEL_W as f32 / LABEL_H as f32).map(Into::into).to_vec())
+                    .unwrap_or_default(),
             })
             .collect();
         let snapshot = Snapshot {
@@ -56,6 +61,7 @@ impl App {
             all_live_at_ms: self.all_live_at,
             frames: self.frame_times.frames,
             all_live_ms: self.all_live_at.map(|t| t - self.started_at),
+            audio: self.sound.snapshot(),
         };
         js_sys::JSON::parse(&snapshot.to_json()).unwrap_or(JsValue::NULL)
     }
@@ -101,6 +107,12 @@ pub(super) fn install_hook(shared: &Shared) {
             wasm_bindgen_futures::future_to_promise(capture(s3.clone()))
         });
         set(&snap, "capture", capture_fn.into_js_value());
+        let s4 = s.clone();
+        let spectrum = Closure::<dyn Fn() -> JsValue>::new(move || match s4.try_borrow() {
+            Ok(app) => app.sound.spectrum(),
+            Err(_) => JsValue::NULL,
+        });
+        set(&snap, "audioSpectrum", spectrum.into_js_value());
         deep_freeze(&snap);
         snap
     });

@@ -18,9 +18,15 @@ impl App {
                 error: p.link.error(),
                 retry_in_ms: p.link.retry_in_ms(now),
                 focused: self.focus == Some(i),
+                audio: self.sound.panels[i].status(),
             });
             let hud = if self.hud {
-                captions::hud_line(p.stats.fps, p.kbps, p.stats.rtt_ms, p.stats.frames_decoded)
+                let line = captions::hud_line(p.stats.fps, p.kbps, p.stats.rtt_ms, p.stats.frames_decoded);
+                let sound = &self.sound.panels[i];
+                match captions::hud_audio(sound.status(), sound.level()) {
+                    Some(a) => format!("{line}  ·  {a}"),
+                    None => line,
+                }
             } else {
                 String::new()
             };

@@ -45,8 +45,9 @@ impl App {
                     let ice = self.config.as_ref().map(|c| c.ice_servers.clone()).unwrap_or_default();
                     let base = self.base_url.clone();
                     let shared = shared.clone();
+                    let audio = self.sound.settings.enabled;
                     spawn_local(async move {
-                        let result = whep::connect(&desktop, &base, &ice, &video).await;
+                        let result = whep::connect(&desktop, &base, &ice, &video, audio).await;
                         if let Ok(mut app) = shared.try_borrow_mut() {
                             app.connected(i, generation, result);
                         } else if let Ok(s) = result {
@@ -88,6 +89,12 @@ impl App {
         if relayout {
             self.relayout();
         }
+        // Sound: tracks that arrived or went, levels, who plays.
+        for i in 0..self.panels.len() {
+            let track = self.panels[i].session.as_ref().and_then(|s| s.audio.borrow().clone());
+            self.sound.track(i, track);
+        }
+        self.sound.measure(now);
         if self.all_live_at.is_none()
             && !self.panels.is_empty()
             && self.panels.iter().all(|p| p.link.state() == StreamState::Live)
@@ -112,8 +119,10 @@ impl App {
         };
         match negotiated {
             Negotiated::Keep => {
+                let track = session.as_ref().and_then(|s| s.audio.borrow().clone());
                 p.session = session;
                 p.last_pointer = None;
+                self.sound.track(i, track);
             }
             Negotiated::Stale => {
                 if let Some(s) = session {
@@ -159,6 +168,8 @@ impl App {
             s.close();
         }
         p.video.set_src_object(None);
+        self.sound.track(i, None);
+        let p = &mut self.panels[i];
         p.stats = Default::default();
         p.stats_at = 0.0;
         p.kbps = 0.0;

@@ -5,6 +5,7 @@
 //! captions), the flat view's `requestAnimationFrame` or the XR session's, DOM input events,
 //! and each video's `requestVideoFrameCallback` (which only marks the panel's texture stale).
 
+mod audio;
 mod boot;
 mod dom;
 mod flat;
@@ -158,6 +159,8 @@ struct App {
     started_at: f64,
     all_live_at: Option<f64>,
     pointers: Vec<Pointer>,
+    /// The Web Audio graph and each panel's part of it (`panels[i]` ↔ `sound.panels[i]`).
+    sound: audio::Sound,
 }
 
 impl App {
@@ -171,6 +174,7 @@ impl App {
             })
             .collect();
         self.layout = layout(&self.wall, &self.origin, &aspects);
+        self.sound.place(&self.layout);
         self.redraw = true;
     }
 
@@ -186,8 +190,16 @@ impl App {
     fn set_focus(&mut self, focus: Option<usize>) {
         if self.focus != focus {
             self.focus = focus;
+            self.sound.set_focus(focus);
             self.redraw = true;
         }
+    }
+
+    /// The caption gesture: panel `i`'s sound on or off.
+    fn toggle_mute(&mut self, i: usize) {
+        self.sound.toggle_mute(i);
+        self.update_labels();
+        self.redraw = true;
     }
 
     fn scene(&self) -> SceneInput {

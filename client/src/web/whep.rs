@@ -1,10 +1,12 @@
-//! One WHEP session with a loco-agent: a receive-only video track into a `<video>` element
-//! and the `input` data channel (docs/protocol.md).
+//! One WHEP session with a loco-agent: a receive-only video track into a `<video>` element,
+//! unless `audio=off` a receive-only audio track (Opus; handed to `web/audio.rs`), and the
+//! `input` data channel (docs/protocol.md). An agent without sound leaves the audio m-line
+//! unused (no audio track arrives) and the session is video-only, as before.
 //!
 //! Non-trickle: the offer is POSTed once ICE gathering is complete (or after a short wait), the
 //! `201` answer carries the agent's candidates, and `Location` names the session for `DELETE`.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use loco_shared::config::{Desktop, IceServer};
@@ -13,9 +15,9 @@ use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::JsFuture;
 use web_sys::{
-    HtmlVideoElement, MediaStream, RtcDataChannel, RtcDataChannelInit, RtcDataChannelState, RtcIceGatheringState,
-    RtcPeerConnection, RtcRtpTransceiverDirection, RtcRtpTransceiverInit, RtcSdpType, RtcSessionDescriptionInit,
-    RtcTrackEvent,
+    HtmlVideoElement, MediaStream, MediaStreamTrack, RtcDataChannel, RtcDataChannelInit, RtcDataChannelState,
+    RtcIceGatheringState, RtcPeerConnection, RtcRtpTransceiverDirection, RtcRtpTransceiverInit, RtcSdpType,
+    RtcSessionDescriptionInit, RtcTrackEvent,
 };
 
 use super::util::{fetch, js_error, now_ms, set, sleep};
@@ -50,6 +52,8 @@ pub struct Session {
     /// Absolute URL of the session resource, for `DELETE`.
     pub location: Option<String>,
     token: Option<String>,
+    /// The agent's audio track, once `ontrack` has seen it (set during `setRemoteDescription`).
+    pub audio: Rc<RefCell<Option<MediaStreamTrack>>>,
     _on_track: Closure<dyn FnMut(RtcTrackEvent)>,
 }
 
@@ -108,13 +112,14 @@ fn rtc_configuration(ice_servers: &[IceServer]) -> JsValue {
     cfg.into()
 }
 
-/// Opens a session with `desktop`'s agent, playing its video in `video`. `frames` counts
-/// nothing here; the caller's frame callback does.
+/// Opens a session with `desktop`'s agent, playing its video in `video`; with `audio`, the offer
+/// asks for sound too. `frames` counts nothing here; the caller's frame callback does.
 pub async fn connect(
     desktop: &Desktop,
     base_url: &str,
     ice_servers: &[IceServer],
     video: &HtmlVideoElement,
+    audio: bool,
 ) -> Result<Session, Failed> {
     let whep_url = web_sys::Url::new_with_base(&desktop.whep, base_url)
         .map(|u| u.href())
@@ -127,7 +132,7 @@ pub async fn connect(
     servers.extend(ice_servers.iter().cloned());
     let pc = RtcPeerConnection::new_with_configuration(&rtc_configuration(&servers).unchecked_into())
         .map_err(|e| format!("cannot create a peer connection: {}", js_error(&e)))?;
-    let result = negotiate(&pc, desktop, base_url, video).await;
+    let result = negotiate(&pc, desktop, base_url, video, audio).await;
     if result.is_err() {
         pc.close();
     }
@@ -172,17 +177,30 @@ async fn negotiate(
     desktop: &Desktop,
     base_url: &str,
     video: &HtmlVideoElement,
+    audio: bool,
 ) -> Result<Session, Failed> {
     let init = RtcRtpTransceiverInit::new();
     init.set_direction(RtcRtpTransceiverDirection::Recvonly);
     pc.add_transceiver_with_str_and_init("video", &init);
+    if audio {
+        // Opus 48 kHz stereo is Chromium's first audio codec; the agent answers with it.
+        pc.add_transceiver_with_str_and_init("audio", &init);
+    }
     let dc_init = RtcDataChannelInit::new();
     dc_init.set_ordered(true);
     let dc = pc.create_data_channel_with_data_channel_dict(INPUT_CHANNEL_LABEL, &dc_init);
 
     let played = Rc::new(Cell::new(false));
     let video_for_track = video.clone();
+    let audio_track: Rc<RefCell<Option<MediaStreamTrack>>> = Rc::new(RefCell::new(None));
+    let audio_slot = audio_track.clone();
     let on_track = Closure::<dyn FnMut(RtcTrackEvent)>::new(move |ev: RtcTrackEvent| {
+        // Sound goes to the Web Audio graph (`web/audio.rs`), whichever stream the agent put it
+        // in; only video tracks touch the `<video>`.
+        if ev.track().kind() == "audio" {
+            *audio_slot.borrow_mut() = Some(ev.track());
+            return;
+        }
         let stream: MediaStream = match ev.streams().get(0).dyn_into::<MediaStream>() {
             Ok(s) => s,
             Err(_) => {
@@ -263,7 +281,7 @@ async fn negotiate(
     JsFuture::from(pc.set_remote_description(&answer))
         .await
         .map_err(|e| format!("the agent's answer was not accepted: {}", js_error(&e)))?;
-    Ok(Session { pc: pc.clone(), dc, location, token: desktop.token.clone(), _on_track: on_track })
+    Ok(Session { pc: pc.clone(), dc, location, token: desktop.token.clone(), audio: audio_track, _on_track: on_track })
 }
 
 /// What `getStats` says about the video: frames decoded, bytes received, decoder fps and the

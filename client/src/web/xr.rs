@@ -14,7 +14,7 @@ use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::{spawn_local, JsFuture};
 use web_sys::{HtmlCanvasElement, HtmlElement, XrFrame, XrReferenceSpace, XrSession, XrWebGlLayer};
 
-use super::flat::start_flat_loop;
+use super::flat::{caption_at, start_flat_loop};
 use super::gfx::{Backend, Gfx};
 use super::util::{document, js_error, now_ms, window};
 use super::{App, Looping, Shared, Xr};
@@ -38,6 +38,7 @@ impl App {
                 x.recentred = true;
             }
         }
+        self.sound.set_listener(crate::audio::Listener::from_pose(head_pos, head_rot));
         self.xr_input(frame, &space, head_pos, head_rot);
         self.upload_videos(true);
         let quads = scene::build(&self.scene());
@@ -90,6 +91,7 @@ impl App {
         let mut focus = None;
         let (mut toggle_hud, mut recentre) = (false, false);
         let mut seen = [false; 2];
+        let mut mutes = Vec::new();
         for k in 0..sources.length() {
             let Some(src) = sources.get(k) else { continue };
             let slot = match src.handedness() {
@@ -105,7 +107,16 @@ impl App {
             let origin = point3(&t.position());
             let dir = quat(&t.orientation()) * Vec3::NEG_Z;
             let pad = src.gamepad().map(|g| gamepad_state(&g)).unwrap_or_default();
-            let out = xr.hands[slot].frame(now, &self.layout, &sizes, origin, dir, pad);
+            let caption = caption_at(&self.layout, origin, dir);
+            mutes.extend(xr.hands[slot].caption_press(caption.map(|c| c.0), &pad));
+            let mut out = xr.hands[slot].frame(now, &self.layout, &sizes, origin, dir, pad);
+            // A ray on a caption ends there, with a cursor (the trigger toggles its sound).
+            if let (Some((i, point)), Some(p)) = (caption, out.pointer.as_mut()) {
+                if p.hit.is_none() && xr.hands[slot].captured.is_none() {
+                    p.end = point;
+                    p.hit = Some((point, self.layout[i].normal()));
+                }
+            }
             sends.extend(out.sends);
             focus = out.focus.or(focus);
             toggle_hud |= out.toggle_hud;
@@ -119,6 +130,9 @@ impl App {
             }
         }
         self.send_all(sends);
+        for i in mutes {
+            self.toggle_mute(i);
+        }
         if focus.is_some() {
             self.set_focus(focus);
         }
@@ -185,6 +199,10 @@ pub(super) fn setup_xr_button(shared: &Shared) {
     });
     let s = shared.clone();
     let click = Closure::<dyn FnMut()>::new(move || {
+        // The click is the gesture that lets sound start (autoplay rules).
+        if let Ok(mut app) = s.try_borrow_mut() {
+            app.sound.gesture();
+        }
         let s = s.clone();
         spawn_local(async move {
             let active = s.borrow().xr.as_ref().map(|x| x.session.clone());
