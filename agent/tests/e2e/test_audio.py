@@ -8,70 +8,18 @@ serial line to the first loud decoded frame, audio bitrate playing and silent, t
 thread CPU."""
 from __future__ import annotations
 
-import os
 import re
-import threading
 import time
 
 import numpy as np
 import pytest
 
-from loco_testkit.audio import dominant_hz, rms
+from loco_testkit.audio import SerialWatch, dominant_hz, rms, thread_cpu_seconds
 
 pytestmark = [pytest.mark.qemu]
 
 # RTP 12 + SRTP tag 10 + UDP 8 + IPv4 20 bytes on top of each Opus payload.
 PACKET_OVERHEAD = 50
-
-
-class SerialWatch:
-    """Polls a serial log file every 2 ms and notes the host time each new line appeared."""
-
-    def __init__(self, path):
-        self.path, self.lines, self._stop = path, [], threading.Event()
-        self._t = threading.Thread(target=self._run, daemon=True)
-        self._t.start()
-
-    def _run(self):
-        seen = 0
-        buf = ""
-        while not self._stop.is_set():
-            try:
-                with open(self.path, "rb") as f:
-                    f.seek(seen)
-                    data = f.read()
-            except FileNotFoundError:
-                data = b""
-            if data:
-                now = time.monotonic()
-                seen += len(data)
-                buf += data.decode(errors="replace")
-                *done, buf = buf.split("\n")
-                self.lines.extend((now, line.strip()) for line in done)
-            time.sleep(0.002)
-
-    def times(self, prefix: str) -> list[float]:
-        return [t for t, line in list(self.lines) if line.startswith(prefix)]
-
-    def stop(self):
-        self._stop.set()
-        self._t.join(2)
-
-
-def thread_cpu_seconds(pid: int, name: str) -> float:
-    """utime+stime of the process's threads called `name`."""
-    total = 0
-    tick = os.sysconf("SC_CLK_TCK")
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            comm = open(f"/proc/{pid}/task/{tid}/comm").read().strip()
-            if comm != name:
-                continue
-            fields = open(f"/proc/{pid}/task/{tid}/stat").read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-    return total / tick
 
 
 def audio_bits_per_second(a, since: tuple[float, float, float]) -> float:
