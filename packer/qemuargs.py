@@ -98,7 +98,7 @@ def qemu_argv(name: str, *, disk: str, image_dir: str | None = None, accel: str 
               qemu: str = QEMU, path: Path | str = ARGS_FILE, memory_mb: int | None = None,
               smp: int | None = None, qmp: str | None = None, nic: str | None = None,
               lan: str | None = None, lan_index: int | None = None, audio: bool | str = True,
-              audio_backend: str = AUDIO_BACKEND) -> list[str]:
+              audio_backend: str = AUDIO_BACKEND, no_shutdown: bool = True) -> list[str]:
     """Full argv for one VM of profile `name`. vnc is QEMU's -vnc value ("unix:PATH" or "127.0.0.1:N");
     serial is QEMU's -serial value (default "null"); image_dir holds a kernel_boot profile's kernel
     and initrd (default: the disk's directory). memory_mb, smp and nic (QEMU's -nic value, e.g.
@@ -108,7 +108,12 @@ def qemu_argv(name: str, *, disk: str, image_dir: str | None = None, accel: str 
     the profile's lan_nic (packer/guestlan.py); it cannot be combined with nic. The profile's sound
     card always plays into -audiodev audio_backend (default "none", e.g. "wav,path=OUT.wav");
     audio (True/"on", the default, or False/"off") says whether vnc gets ",audiodev=ID", which
-    lets QEMU's VNC server carry the sound to its client."""
+    lets QEMU's VNC server carry the sound to its client. qmp may also be a list of -qmp values:
+    QEMU serves one client per QMP socket, so the VM's loco-agent (VM control) gets one of its own.
+    no_shutdown (default True) adds -no-shutdown: a guest that powers itself off (or an ACPI
+    power-off from the agent) leaves QEMU running, stopped in status "shutdown", so the agent can
+    power it on again; whoever stops the VM for good sends QMP `quit` (or `set-action
+    shutdown=poweroff` before powering it down)."""
     audio = parse_on_off(audio)
     if accel not in ("kvm", "tcg"):
         raise ValueError(f"accel must be 'kvm' or 'tcg', not {accel!r}")
@@ -150,8 +155,10 @@ def qemu_argv(name: str, *, disk: str, image_dir: str | None = None, accel: str 
             vnc = f"{vnc},audiodev={p['sound']['audiodev']}"
         argv += ["-vnc", vnc]
     argv += ["-serial", serial or "null", "-monitor", "none"]
-    if qmp:
-        argv += ["-qmp", qmp]
+    if no_shutdown:
+        argv += ["-no-shutdown"]
+    for q in [qmp] if isinstance(qmp, str) else (qmp or []):
+        argv += ["-qmp", q]
     return argv
 
 
@@ -184,7 +191,12 @@ def main(argv=None) -> int:
     ap.add_argument("--vnc", help="QEMU -vnc value, e.g. unix:/run/loco/vm1.sock or 127.0.0.1:1")
     ap.add_argument("--serial", help="QEMU -serial value (default null)")
     ap.add_argument("--name", help="QEMU -name (default loco-PROFILE)")
-    ap.add_argument("--qmp", help="QEMU -qmp value, e.g. unix:/tmp/qmp.sock,server=on,wait=off (default: none)")
+    ap.add_argument("--qmp", action="append",
+                    help="QEMU -qmp value, e.g. unix:/tmp/qmp.sock,server=on,wait=off (default: none); repeatable "
+                         "(QEMU serves one client per QMP socket: the agent gets its own)")
+    ap.add_argument("--exit-on-poweroff", action="store_true",
+                    help="leave out -no-shutdown: QEMU exits when the guest powers off (by default it stays, "
+                         "stopped in status shutdown, so the agent can power the VM on again)")
     ap.add_argument("--memory", type=_at_least(16), metavar="MB", help="guest memory in MiB (default: the profile's)")
     ap.add_argument("--cpus", type=_at_least(1), metavar="N", help="guest CPUs, -smp (default: the profile's)")
     ap.add_argument("--nic", help="QEMU -nic value replacing the profile's, e.g. none or user,model=ne2k_pci")
@@ -227,7 +239,7 @@ def main(argv=None) -> int:
         out = qemu_argv(a.profile, disk=a.disk, image_dir=a.image_dir, accel=a.accel, vnc=a.vnc,
                         serial=a.serial, qemu_name=a.name, qemu=a.qemu, memory_mb=a.memory, smp=a.cpus,
                         qmp=a.qmp, nic=a.nic, lan=a.lan, lan_index=a.lan_index, audio=a.audio,
-                        audio_backend=a.audio_backend)
+                        audio_backend=a.audio_backend, no_shutdown=not a.exit_on_poweroff)
     except ValueError as e:
         print(f"qemuargs: {e}", file=sys.stderr)
         return 2

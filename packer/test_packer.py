@@ -472,3 +472,42 @@ def test_runner_builds_its_command_line_from_the_shared_file():
     # qemuargs.py imports guestlan.py (the guest LAN), so the image carries all three.
     assert re.search(r"^COPY .*packer/qemu-args\.json packer/qemuargs\.py packer/guestlan\.py /opt/loco/", docker, re.M)
     assert "QEMUARGS=/opt/loco/qemuargs.py" in docker and " python3" in docker
+
+
+# ----------------------------------------------------------------------------- VM control
+# QEMU stays alive when the guest powers off (-no-shutdown), so the agent can power it on again;
+# the agent gets a QMP socket of its own beside whoever else speaks QMP (QEMU serves one client
+# per socket).
+
+def test_qemuargs_no_shutdown_and_a_second_qmp_socket(tmp_path):
+    kw = dict(disk=str(tmp_path / "o.qcow2"), image_dir=str(tmp_path), vnc="unix:/tmp/v.sock")
+    for name in ARGS["profiles"]:
+        argv = qemuargs.qemu_argv(name, qmp=["unix:/a/qmp,server=on,wait=off", "unix:/b/aq,server=on,wait=off"], **kw)
+        assert argv.count("-no-shutdown") == 1
+        assert [argv[i + 1] for i, x in enumerate(argv) if x == "-qmp"] == ["unix:/a/qmp,server=on,wait=off",
+                                                                          "unix:/b/aq,server=on,wait=off"]
+        one = qemuargs.qemu_argv(name, qmp="unix:/a/qmp,server=on,wait=off", **kw)
+        assert argv == one + ["-qmp", "unix:/b/aq,server=on,wait=off"], (one, argv)
+        assert "-no-shutdown" not in qemuargs.qemu_argv(name, no_shutdown=False, **kw)
+    # The CLI: --qmp repeats; --exit-on-poweroff leaves -no-shutdown out.
+    for f in ("vmlinuz", "initrd.img"):
+        (tmp_path / f).write_bytes(b"")
+    r = cli("standin", "--disk", kw["disk"], "--image-dir", kw["image_dir"], "--qmp", "unix:/a/q,server=on,wait=off",
+            "--qmp", "unix:/b/q,server=on,wait=off", "--nul")
+    assert r.returncode == 0, r.stderr
+    argv = r.stdout.decode().split("\0")[:-1]
+    assert argv == qemuargs.qemu_argv("standin", disk=kw["disk"], image_dir=kw["image_dir"],
+                                      qmp=["unix:/a/q,server=on,wait=off", "unix:/b/q,server=on,wait=off"])
+    r = cli("standin", "--disk", kw["disk"], "--image-dir", kw["image_dir"], "--exit-on-poweroff", "--nul")
+    assert r.returncode == 0 and b"-no-shutdown" not in r.stdout, r.stderr
+
+
+def test_saved_state_key_ignores_the_qmp_sockets(tmp_path):
+    import vmstate
+    kw = dict(disk="/d/o.qcow2", image_dir="/c", accel="tcg", serial="file:/s", vnc="unix:/a/vnc.sock")
+    one = vmstate.shape_of(qemuargs.qemu_argv("standin", qmp="unix:/q1,server=on,wait=off", **kw))
+    two = vmstate.shape_of(qemuargs.qemu_argv("standin", qmp=["unix:/q2,server=on,wait=off",
+                                                              "unix:/aq,server=on,wait=off"], **kw))
+    # -qmp values are per VM; a state saved with one socket is restored with two (./loco up).
+    assert [a for a in one if a != "-qmp"] == [a for a in two if a != "-qmp"]
+    assert "-no-shutdown" in one

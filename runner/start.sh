@@ -18,6 +18,10 @@
 #   OVERLAY_DIR         writable dir for this VM's overlay    [/var/lib/loco]
 #   VNC_SOCKET          VNC Unix socket (shared emptyDir)     [/run/loco/vnc.sock]
 #   QMP_SOCKET          QMP Unix socket (private)             [${TMPDIR:-/tmp}/loco-qmp.sock]
+#   AGENT_QMP_SOCKET    a second QMP Unix socket, the agent's (VM control: reset, power, revert;
+#                       loco-agent --qmp unix:PATH); beside VNC_SOCKET on the shared volume, never
+#                       on the network. QEMU serves one client per QMP socket, so this script's
+#                       own stays private. "none": no VM control  [$(dirname VNC_SOCKET)/qmp.sock]
 #   VM_NAME             QEMU -name                            [$HOSTNAME, else loco-vm]
 #   VM_MEMORY_MB        guest memory in MiB                   [the profile's memory_mb]
 #   VM_CPUS             guest CPUs                            [the profile's smp]
@@ -43,7 +47,8 @@
 #   KILL_GRACE_S        seconds between SIGTERM and SIGKILL to QEMU after that,
 #                       and to the agent after SIGTERM                             [5]
 #   AGENT_LISTEN        if set (e.g. 0.0.0.0:8080): start loco-agent --vnc unix:VNC_SOCKET
-#                       --listen AGENT_LISTEN once the VNC socket is there      [unset: no agent]
+#                       --listen AGENT_LISTEN (--qmp unix:AGENT_QMP_SOCKET) once the VNC socket
+#                       is there                                               [unset: no agent]
 #   LOCO_AGENT          the agent binary                      [loco-agent, on PATH]
 #   LOCO_TOKEN_FILE     passed to the agent as --token-file   [unset]
 #   AGENT_EXTRA_ARGS    extra agent arguments, split on spaces (e.g. --codec vp8) []
@@ -54,9 +59,14 @@
 # With ACCEL=auto, KVM is used when /dev/kvm can be opened read-write (device plugin, or
 # hostPath with a privileged container); otherwise QEMU runs with TCG and says so in the log.
 #
+# QEMU runs with -no-shutdown (qemuargs.py): a guest that powers itself off (or is powered off
+# from its panel through the agent) leaves QEMU stopped in status "shutdown", and the agent can
+# power it on again; the pod keeps running.
+#
 # On SIGTERM/SIGINT the agent (if any) gets SIGTERM (SIGKILL after KILL_GRACE_S) and the guest
-# an ACPI power-button press (QMP system_powerdown), so Windows 98 or Linux shuts down and
-# flushes its disk; QEMU is killed only after the grace period. The script exits with QEMU's
+# an ACPI power-button press (QMP system_powerdown, after `set-action shutdown=poweroff` so the
+# guest's power-off ends QEMU after all; a guest already off: QMP quit), so Windows 98 or Linux
+# shuts down and flushes its disk; QEMU is killed only after the grace period. The script exits with QEMU's
 # exit status (128+signal if QEMU died of a signal). If the agent exits on its own, the VM is
 # powered down the same way and the script exits non-zero (QEMU's status if that is non-zero,
 # else the agent's, else 1); if QEMU exits on its own, the agent is stopped and the script exits
@@ -80,6 +90,8 @@ BASE_FORMAT=${BASE_FORMAT:-qcow2}
 OVERLAY_DIR=${OVERLAY_DIR:-/var/lib/loco}
 VNC_SOCKET=${VNC_SOCKET:-/run/loco/vnc.sock}
 QMP_SOCKET=${QMP_SOCKET:-${TMPDIR:-/tmp}/loco-qmp.sock}
+AGENT_QMP_SOCKET=${AGENT_QMP_SOCKET:-$(dirname "$VNC_SOCKET")/qmp.sock}
+[ "$AGENT_QMP_SOCKET" != none ] || AGENT_QMP_SOCKET=
 VM_NAME=${VM_NAME:-${HOSTNAME:-loco-vm}}
 VM_PROFILE=${VM_PROFILE:-win98}
 VM_MEMORY_MB=${VM_MEMORY_MB:-}
@@ -153,7 +165,7 @@ fi
 # connect (connecting to a Unix socket needs write permission on it).
 umask 007
 mkdir -p "$OVERLAY_DIR" "$(dirname "$VNC_SOCKET")" "$(dirname "$QMP_SOCKET")"
-rm -f "$VNC_SOCKET" "$QMP_SOCKET"
+rm -f "$VNC_SOCKET" "$QMP_SOCKET" ${AGENT_QMP_SOCKET:+"$AGENT_QMP_SOCKET"}
 
 # The overlay persists with the VM's volume: a restarted pod keeps the guest's disk. It is
 # created once, from the base image; if the base image is replaced, delete the overlay
@@ -197,6 +209,7 @@ extra=()
 qargs=("$VM_PROFILE" --disk "$overlay" --image-dir "$(dirname "$BASE_IMAGE")" --accel "$accel"
   --vnc "unix:$VNC_SOCKET" --qmp "unix:$QMP_SOCKET,server=on,wait=off" --serial none
   --name "$VM_NAME" --qemu "$QEMU" --audio "$audio" --nul)
+[ -z "$AGENT_QMP_SOCKET" ] || qargs+=(--qmp "unix:$AGENT_QMP_SOCKET,server=on,wait=off")
 if [ -n "$LOCO_LAN" ]; then
   qargs+=(--lan "$LOCO_LAN" --lan-index "$VM_INDEX")
   log "guest LAN: $LOCO_LAN as VM $VM_INDEX"
@@ -218,12 +231,14 @@ agent_failed=0 # the agent exited without being asked to
 agent_status=0
 
 # shellcheck disable=SC2317  # qmp, on_signal and reap_agent run from the traps and the loop below
-qmp() { # qmp COMMAND: send one QMP command after the capabilities handshake; true if QEMU accepted both
-  local reply
-  reply=$(printf '{"execute":"qmp_capabilities"}\n{"execute":"%s"}\n' "$1" |
+qmp() { # qmp JSON...: send QMP commands (JSON objects) after the capabilities handshake; true if
+  # QEMU accepted them all; QEMU's answers are in $qmp_reply
+  local n=$(($# + 1))
+  qmp_reply=$({ printf '{"execute":"qmp_capabilities"}\n'; printf '%s\n' "$@"; } |
     timeout 5 socat -t 2 - "UNIX-CONNECT:$QMP_SOCKET" 2>&1) || return 1
-  [ "$(grep -c '"return"' <<<"$reply")" -ge 2 ]
+  [ "$(grep -c '"return"' <<<"$qmp_reply")" -ge "$n" ]
 }
+qmp_reply=
 
 stopping=0
 stop_at=0
@@ -237,7 +252,13 @@ on_signal() { # on_signal WHY: stop the agent, and ask the guest to power down
     kill -TERM "$agent_pid" 2>/dev/null || true
   fi
   log "$1: asking the guest to power down (QMP system_powerdown), ${POWERDOWN_GRACE_S}s grace"
-  if qmp system_powerdown; then
+  # -no-shutdown keeps QEMU alive after a guest power-off: now the power-off should end it.
+  qmp '{"execute":"set-action","arguments":{"shutdown":"poweroff"}}' '{"execute":"query-status"}' ||
+    log "QMP set-action failed"
+  if grep -q '"status": *"shutdown"' <<<"$qmp_reply"; then
+    log "the guest is already powered off: QMP quit"
+    qmp '{"execute":"quit"}' || log "QMP quit failed: QEMU will be stopped after the grace period"
+  elif qmp '{"execute":"system_powerdown"}'; then
     log "QMP system_powerdown accepted"
   else
     log "QMP system_powerdown failed: QEMU will be stopped after the grace period"
@@ -272,6 +293,7 @@ if [ -n "$AGENT_LISTEN" ]; then
   if [ "$stopping" = 0 ] && kill -0 "$qemu_pid" 2>/dev/null; then
     [ -S "$VNC_SOCKET" ] || log "no VNC socket after ${VNC_WAIT_S}s: starting the agent anyway (it retries)"
     agent_cmd=("$LOCO_AGENT" --vnc "unix:$VNC_SOCKET" --listen "$AGENT_LISTEN" --audio "$audio")
+    [ -z "$AGENT_QMP_SOCKET" ] || agent_cmd+=(--qmp "unix:$AGENT_QMP_SOCKET")
     [ -z "$LOCO_TOKEN_FILE" ] || agent_cmd+=(--token-file "$LOCO_TOKEN_FILE")
     # shellcheck disable=SC2206  # splitting AGENT_EXTRA_ARGS on spaces is the documented behaviour
     [ -z "$AGENT_EXTRA_ARGS" ] || agent_cmd+=($AGENT_EXTRA_ARGS)
@@ -325,7 +347,7 @@ if [ "$agent_pid" != 0 ]; then
   fi
   reap_agent
 fi
-rm -f "$VNC_SOCKET" "$QMP_SOCKET"
+rm -f "$VNC_SOCKET" "$QMP_SOCKET" ${AGENT_QMP_SOCKET:+"$AGENT_QMP_SOCKET"}
 log "QEMU exited with status $status"
 if [ "$agent_failed" = 1 ] && [ "$status" = 0 ]; then
   status=$agent_status

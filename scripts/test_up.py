@@ -311,6 +311,10 @@ def test_up_three_vms_page_live_and_clean_stop(runtime_dir, tmp_path):
             assert status == 200, (name, body)
             h = json.loads(body)
             assert h["vnc_connected"] is True and (h["width"], h["height"]) == (1024, 768), (name, h)
+            # VM control: every agent has its own QMP socket to its QEMU (-no-shutdown).
+            assert h["vm"] == "running", (name, h)
+            status, body = http_get(whep.replace("/whep", "/control"))
+            assert status == 200 and json.loads(body)["qmp"] == "connected", (name, body)
 
         # desktops.json: the format the WebXR client reads.
         status, body = http_get(page + "desktops.json")

@@ -7,6 +7,10 @@
 //! - `GET /ice` — JSON: the ICE servers a viewer should use, TURN credentials minted for it.
 //! - `GET /healthz` — JSON; 200 while the VNC connection is up, 503 otherwise.
 //! - `GET /metrics` — Prometheus text.
+//! - `GET /control` — JSON: the VM's state as QMP sees it ([`crate::qmp`]); `POST
+//!   /control/{reset|powerdown|poweron|snapshot|revert}` — VM control, for the control token
+//!   only (a view-only token gets 403 and nothing happens); logged with the caller (its WHEP
+//!   session from `X-Loco-Session`, else its address) and counted.
 //!
 //! With a token configured, WHEP requests and `/ice` need `Authorization: Bearer <token>`
 //! (compared in constant time); anything else is 401, and an address that sent too many wrong
@@ -87,6 +91,8 @@ pub struct AppState {
     pub guard: Mutex<KeyGuard<IpAddr>>,
     /// The guard's clock.
     pub started: Instant,
+    /// VM control over QMP (disabled without `--qmp`).
+    pub vm: Arc<crate::qmp::Vm>,
 }
 
 impl AppState {
@@ -152,7 +158,12 @@ pub fn router(state: Arc<AppState>) -> Router {
     let cors = CorsLayer::new()
         .allow_origin(Any)
         .allow_methods([Method::GET, Method::POST, Method::DELETE, Method::PATCH, Method::OPTIONS])
-        .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION, header::IF_MATCH])
+        .allow_headers([
+            header::CONTENT_TYPE,
+            header::AUTHORIZATION,
+            header::IF_MATCH,
+            header::HeaderName::from_static(SESSION_HEADER),
+        ])
         .expose_headers([
             header::LOCATION,
             header::ETAG,
@@ -165,6 +176,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/ice", get(ice))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .route("/control", get(control_get))
+        .route("/control/{action}", post(control_post))
         .layer(DefaultBodyLimit::max(MAX_OFFER_BYTES))
         .layer(cors)
         .with_state(state)
@@ -349,9 +362,95 @@ async fn healthz(State(state): State<Arc<AppState>>) -> Response {
         "encoders": state.pipelines.active_codecs().iter().map(|c| c.label()).collect::<Vec<_>>(),
         "screen_generation": generation,
         "audio": state.viewers.audio_state().label(),
+        "vm": state.vm.health_label(),
     });
     let status = if connected { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+}
+
+/// The header a viewer names its WHEP session in when it asks for a VM action (for the log).
+pub const SESSION_HEADER: &str = "x-loco-session";
+
+fn json_response(status: StatusCode, body: &serde_json::Value) -> Response {
+    let mut r = (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response();
+    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+/// The VM's state as QMP sees it. Needs a key (either role) when one is configured; 503 (with
+/// the same JSON) without `--qmp`.
+async fn control_get(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(from): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(refused) = state.authorize(from, &headers) {
+        return refused.into_response();
+    }
+    let status = if state.vm.enabled() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    json_response(status, &state.vm.control_json())
+}
+
+/// Who asked, for the log: the viewer's WHEP session when it names one (`X-Loco-Session`; an
+/// unknown one is marked so), else its address.
+fn caller(state: &AppState, from: SocketAddr, headers: &HeaderMap) -> String {
+    let ip = canonical(from.ip());
+    let session =
+        headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok()).map(str::trim).filter(|s| !s.is_empty()).map(|s| {
+            s.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_').take(64).collect::<String>()
+        });
+    match session {
+        Some(id) if state.viewers.has_session(&id) => format!("session {id} from {ip}"),
+        Some(id) => format!("unknown session {id:?} from {ip}"),
+        None => ip.to_string(),
+    }
+}
+
+async fn control_post(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(from): ConnectInfo<SocketAddr>,
+    Path(action): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    use crate::qmp::{Action, ActionError};
+    let role = match state.authorize(from, &headers) {
+        Ok(role) => role,
+        Err(refused) => return refused.into_response(),
+    };
+    let Some(action) = Action::parse(&action) else {
+        return text(
+            StatusCode::NOT_FOUND,
+            "no such VM action: POST /control/reset, powerdown, poweron, snapshot or revert",
+        );
+    };
+    let who = caller(&state, from, &headers);
+    let count = |result: &str| state.metrics.vm_control.with_label_values(&[action.label(), result]).inc();
+    if role != Role::Control {
+        count("forbidden");
+        tracing::warn!(action = action.label(), caller = %who, "VM control refused: a view-only key");
+        return text(StatusCode::FORBIDDEN, "a view-only key may watch but not control the VM");
+    }
+    tracing::info!(action = action.label(), caller = %who, "VM control requested");
+    let started = Instant::now();
+    match state.vm.act(action).await {
+        Ok(done) => {
+            count("ok");
+            tracing::info!(
+                action = action.label(), caller = %who, status = %done.status,
+                ms = started.elapsed().as_millis() as u64, "VM control done"
+            );
+            json_response(StatusCode::OK, &serde_json::json!({"action": action.label(), "status": done.status}))
+        }
+        Err(e) => {
+            let (status, result) = match &e {
+                ActionError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+                ActionError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            };
+            count(result);
+            tracing::warn!(action = action.label(), caller = %who, result, error = %e, "VM control not done");
+            text(status, e.to_string())
+        }
+    }
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {

@@ -19,6 +19,7 @@ pub mod http;
 pub mod metrics;
 pub mod peer;
 pub mod pipeline;
+pub mod qmp;
 pub mod turn;
 pub mod vnc;
 
@@ -146,6 +147,13 @@ pub struct Args {
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(6..=510))]
     audio_bitrate_kbps: u32,
 
+    /// QEMU's QMP socket, unix:PATH (QEMU `-qmp unix:PATH,server=on,wait=off`; a socket of the
+    /// agent's own: QEMU serves one client per QMP socket). Enables VM control (`/control`:
+    /// reset, ACPI power-off, power-on, snapshot, revert) for the control token. Only Unix
+    /// sockets: VM control never goes over the network. Without it `/control` answers 503.
+    #[arg(long, value_parser = qmp::parse_qmp_addr)]
+    qmp: Option<PathBuf>,
+
     /// Longest wait between VNC reconnection attempts, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     max_backoff_ms: u64,
@@ -233,6 +241,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .run(),
     );
 
+    let vm = match &args.qmp {
+        Some(path) => qmp::Vm::start(qmp::QmpConfig::new(path.clone()), metrics.clone(), shutdown_rx.clone()),
+        None => qmp::Vm::disabled(),
+    };
+
     let state = Arc::new(http::AppState {
         viewers: viewers.clone(),
         pipelines,
@@ -242,8 +255,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         tokens: http::Tokens { control: token.into_iter().collect(), view: view_token.into_iter().collect() },
         guard: http::key_guard(),
         started: std::time::Instant::now(),
+        vm,
     });
-    tracing::info!(listen = %args.listen, vnc = %args.vnc, codec = %args.codec, "loco-agent ready");
+    let qmp_shown = args.qmp.as_ref().map_or_else(|| "off".to_owned(), |p| format!("unix:{}", p.display()));
+    tracing::info!(listen = %args.listen, vnc = %args.vnc, codec = %args.codec, qmp = %qmp_shown, "loco-agent ready");
     let mut shutdown_http = shutdown_rx.clone();
     let app = http::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {

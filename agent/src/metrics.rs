@@ -39,6 +39,8 @@ pub struct Metrics {
     pub audio_packets_sent: IntCounter,
     pub audio_bytes_sent: IntCounter,
     pub audio_encode_seconds: Histogram,
+    pub vm_control: IntCounterVec,
+    pub qmp_connected: IntGauge,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(
@@ -261,6 +263,20 @@ impl Metrics {
                         .buckets(vec![0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01]),
                 )
                 .expect("valid metric"),
+            ),
+            vm_control: register(
+                reg,
+                counter_vec(
+                    "loco_vm_control_total",
+                    "VM control requests (POST /control/ACTION) by action and result: ok, forbidden (a view-only key), \
+                     conflict (makes no sense now, or QEMU refused), unavailable (no QMP, or QEMU did not answer)",
+                    &["action", "result"],
+                ),
+            ),
+            qmp_connected: register(
+                reg,
+                IntGauge::new("loco_qmp_connected", "1 while the agent's QMP connection to its QEMU is up")
+                    .expect("valid metric"),
             ),
             registry,
             names: names.into_inner(),

@@ -293,6 +293,11 @@ impl Viewers {
         lock(&self.sessions).len()
     }
 
+    /// Whether a session with this id is open.
+    pub fn has_session(&self, id: &str) -> bool {
+        lock(&self.sessions).contains_key(id)
+    }
+
     /// What the VM's sound is doing.
     pub fn audio_state(&self) -> crate::audio::AudioState {
         self.audio.state()

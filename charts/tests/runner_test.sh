@@ -95,6 +95,18 @@ for case in sigterm agent-dies; do
   grep -q -- "starting: $AGENT --vnc unix:$W/run/vnc.sock --listen 127.0.0.1:$port --audio on " "$log" ||
     { cat "$log"; echo "$case: the agent was not started with --audio on"; exit 1; }
   echo "$case: agent started by start.sh: $health"
+  grep -q -- "--qmp unix:$W/run/qmp.sock" "$log" || { cat "$log"; echo "$case: the agent was not given --qmp"; exit 1; }
+  # VM control: the agent reaches QEMU over its own QMP socket (AGENT_QMP_SOCKET, beside the VNC one).
+  ctl=
+  for _ in $(seq 50); do
+    ctl=$(curl -s -H "Authorization: Bearer tok-runner-test-0123456789" "http://127.0.0.1:$port/control" || true)
+    grep -q '"qmp":"connected"' <<<"$ctl" && break
+    sleep 0.2
+  done
+  if ! grep -q '"qmp":"connected"' <<<"$ctl" || ! grep -q '"status":"running"' <<<"$ctl"; then
+    cat "$log"; echo "$case: /control: $ctl"; exit 1
+  fi
+  echo "$case: /control: $ctl"
   code=$(curl -s -o /dev/null -w '%{http_code}' -X POST -H 'Content-Type: application/sdp' --data 'v=0' "http://127.0.0.1:$port/whep")
   [ "$code" = 401 ] || { cat "$log"; echo "$case: WHEP without the token gave $code, want 401 (LOCO_TOKEN_FILE not passed?)"; exit 1; }
   qpid=$(pid_of "-name $name-$case ")
@@ -110,6 +122,7 @@ for case in sigterm agent-dies; do
     if kill -0 "$p" 2>/dev/null; then cat "$log"; echo "$case: process $p still running"; exit 1; fi
   done
   [ ! -e "$W/run/vnc.sock" ] || { echo "$case: VNC socket left behind"; exit 1; }
+  [ ! -e "$W/run/qmp.sock" ] || { echo "$case: the agent's QMP socket left behind"; exit 1; }
   grep -q "QMP system_powerdown accepted" "$log" || { cat "$log"; echo "$case: no QMP powerdown"; exit 1; }
   if [ "$case" = sigterm ]; then
     [ "$status" = 0 ] || { cat "$log"; echo "sigterm: exit status $status, want 0"; exit 1; }

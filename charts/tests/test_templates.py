@@ -74,6 +74,9 @@ def pod_is_runner_plus_agent_sidecar_over_unix_socket():
     assert args[:4] == ["--vnc", "unix:/run/loco/vnc.sock", "--listen", "0.0.0.0:8080"], args
     runner_env = {e["name"]: e.get("value") for e in container(sts, "runner")["env"]}
     assert runner_env["VNC_SOCKET"] == "/run/loco/vnc.sock"
+    # VM control: the agent speaks QMP over the runner's second QMP socket on the shared volume.
+    assert args[args.index("--qmp") + 1] == "unix:/run/loco/qmp.sock", args
+    assert runner_env["AGENT_QMP_SOCKET"] == "/run/loco/qmp.sock"
     assert runner_env["BASE_IMAGE"] == "/images/base.qcow2"
     assert runner_env["ACCEL"] == "tcg"
     # Both containers mount the same in-memory emptyDir at /run/loco.
@@ -199,7 +202,7 @@ def ingress_paths_for_each_replica():
     for case, n in (("default", 9), ("replicas-1", 1), ("tokens-on", 3)):
         docs = load(case)
         ings = {i["metadata"]["name"]: i for i in kinds(docs, "Ingress")}
-        assert len(ings) == n + 1, (case, sorted(ings))
+        assert len(ings) == 2 * n + 1, (case, sorted(ings))
         web = ings["t-loco-vm-web"]["spec"]["rules"][0]["http"]["paths"]
         assert web == [{"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "t-loco-vm-web", "port": {"name": "http"}}}}]
         for i in range(n):
@@ -217,8 +220,23 @@ def ingress_paths_for_each_replica():
             assert a["nginx.ingress.kubernetes.io/proxy-redirect-from"] == "/whep/"
             assert a["nginx.ingress.kubernetes.io/proxy-redirect-to"] == f"/vm/{i}/whep/"
             assert ing["spec"]["tls"][0]["hosts"] == ["loco.example.com"]
+            # VM control: /vm/<i>/control[/ACTION] -> agent i's /control[/ACTION], nothing else.
+            ctl = ings[f"t-loco-vm-{i}-control"]
+            (p,) = ctl["spec"]["rules"][0]["http"]["paths"]
+            assert p["backend"]["service"]["name"] == f"t-loco-vm-{i}"
+            rx = re.compile(p["path"])
+            a = ctl["metadata"]["annotations"]
+            for path, want in ((f"/vm/{i}/control", "/control"), (f"/vm/{i}/control/reset", "/control/reset"),
+                               (f"/vm/{i}/control/revert", "/control/revert")):
+                m = rx.fullmatch(path)
+                assert m, path
+                assert a["nginx.ingress.kubernetes.io/rewrite-target"].replace("$1", m.group(1) or "") == want
+            for path in (f"/vm/{i}/control/../metrics", f"/vm/{i}/controlx", f"/vm/{i}/whep", f"/vm/{i}/healthz"):
+                assert not rx.fullmatch(path), path
+            assert ctl["spec"]["tls"][0]["hosts"] == ["loco.example.com"]
     ing = one(load("tls-off-no-netpol"), "Ingress", "t-loco-vm-0")
     assert "tls" not in ing["spec"]
+    assert "tls" not in one(load("tls-off-no-netpol"), "Ingress", "t-loco-vm-0-control")["spec"]
 
 
 def shared_config_rules(d):

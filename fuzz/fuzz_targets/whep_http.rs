@@ -117,6 +117,7 @@ fn agent() -> &'static Agent {
                     tokens,
                     guard: Mutex::new(KeyGuard::new(u32::MAX, u32::MAX, 16)),
                     started: Instant::now(),
+                    vm: loco_agent::qmp::Vm::disabled(),
                 })
             };
             // Every request from one address, as hyper's connect info would give it.

@@ -17,7 +17,10 @@ What is checked:
 - pointer messages on the agent's data channel put the guest's X pointer there (within
   1 px: QEMU's tablet scaling rounds down)
   (`xdotool getmouselocation`, asked over the serial console), and a click on the start
-  button opens IceWM's start menu (the window manager reacts, seen in the streamed frame).
+  button opens IceWM's start menu (the window manager reacts, seen in the streamed frame);
+- last, VM control through the agent (`--qmp`, QEMU with -no-shutdown): an ACPI power-off
+  (`POST /control/powerdown`) powers the guest off (its init watches the power button) and QEMU
+  stays, in status "shutdown"; `POST /control/poweron` boots it back to its desktop.
 """
 from __future__ import annotations
 
@@ -60,7 +63,7 @@ def image() -> Path:
 def vm(image):
     if not shutil.which("qemu-system-x86_64"):
         pytest.fail("qemu-system-x86_64 is not installed (apt-get install -y qemu-system-x86)", pytrace=False)
-    sv = StandinVM("loco-standin-test")
+    sv = StandinVM("loco-standin-test", agent_qmp=True)
     try:
         sv.start()
         m = sv.console.wait_for(re.escape(PROFILE["ready_marker"]) + r" (\d+)x(\d+)", BOOT_TIMEOUT, alive=sv.alive)
@@ -78,10 +81,11 @@ def agent(vm):
     binary = agent_binary()
     if not (binary.is_file() and os.access(binary, os.X_OK)):
         pytest.fail(f"loco-agent is not built at {binary} (run ./loco build)", pytrace=False)
-    a = Agent.start(f"unix:{vm['vnc']}", vm["dir"] / "agent.log")
+    a = Agent.start(f"unix:{vm['vnc']}", vm["dir"] / "agent.log",
+                    extra_args=["--qmp", f"unix:{vm['vm'].agent_qmp_path}"])
     try:
         a.wait_screen((W, H), 30)
-        yield {"port": a.port, "url": a.url}
+        yield {"port": a.port, "url": a.url, "agent": a}
     finally:
         a.stop()
 
@@ -183,3 +187,35 @@ def test_guest_tone_reaches_a_viewer(vm, agent):
             v.close()
         finally:
             lt.stop()
+
+
+def test_acpi_power_off_and_on_through_the_agent(vm, agent):
+    """Last in this module: it powers the shared VM off and on again."""
+    import json
+    a = agent["agent"]
+
+    def control_state():
+        return json.loads(a.request("GET", "/control").text)
+
+    deadline = time.monotonic() + 20
+    while control_state()["qmp"] != "connected":
+        assert time.monotonic() < deadline, control_state()
+        time.sleep(0.1)
+    t0 = time.monotonic()
+    r = a.request("POST", "/control/powerdown", b"")
+    assert r.status == 200, (r.status, r.text)
+    deadline = time.monotonic() + 60
+    while (st := control_state())["status"] != "shutdown":
+        assert time.monotonic() < deadline, f"not powered off 60 s after the ACPI power button: {st}"
+        time.sleep(0.2)
+    t_off = time.monotonic() - t0
+    assert vm["vm"].alive(), "QEMU exited on the guest's power-off (no -no-shutdown?)"
+    assert "power button pressed" in vm["console"].text()
+    since = vm["console"].mark()
+    t0 = time.monotonic()
+    r = a.request("POST", "/control/poweron", b"", timeout=30)
+    assert r.status == 200 and r.json()["status"] == "running", (r.status, r.text)
+    _, t_ready = vm["console"].wait_for_at(re.escape(PROFILE["ready_marker"]), BOOT_TIMEOUT, since=since,
+                                           alive=vm["vm"].alive)
+    a.wait_screen((W, H), 60)
+    print(f"\nstand-in: ACPI power-off -> status shutdown {t_off:.1f}s; power-on -> desktop {t_ready - t0:.1f}s")

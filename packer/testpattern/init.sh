@@ -115,6 +115,35 @@ sound() {
     done
 }
 
+# The ACPI power button (QMP system_powerdown): load button + evdev, wait for a press on the
+# "Power Button" input device, then power off (QEMU's SHUTDOWN; with -no-shutdown it stays, stopped).
+# Set up before READY, so a press right after READY is not lost.
+power_button() {
+    [ -s /lib/modules/power.order ] || return
+    for m in $(cat /lib/modules/power.order); do
+        insmod /lib/modules/$m.ko 2>/dev/null
+    done
+    found=
+    n=0
+    while [ $n -lt 40 ] && ! grep -qx "Power Button" /sys/class/input/event*/device/name 2>/dev/null; do
+        sleep 0.05
+        n=$((n + 1))
+    done
+    for d in /sys/class/input/event*; do
+        [ -e "$d/device/name" ] || continue
+        read -r name < "$d/device/name"
+        [ "$name" = "Power Button" ] || continue
+        ev=/dev/input/${d##*/}
+        [ -e "$ev" ] || continue
+        found="$found $ev"
+        # evdev reads whole events (24 bytes): cat reads them, the shell waits for the first byte.
+        cat "$ev" | { read -r -n 1 _; say "power button pressed: powering off"; poweroff -f; } &
+    done
+    sleep 0.1
+    [ -n "$found" ] && say "power button:$found" || say "no power button"
+}
+power_button
+
 if [ -n "$static" ]; then
     list="$static"
     msg="READY static pattern $static"

@@ -58,6 +58,8 @@ FB_MODULE = "bochs"
 # Sound (qemu_command(audio=True): QEMU's ES1370): the ALSA driver and its OSS emulation, so
 # busybox alone can play PCM by writing /dev/dsp. Loaded by /init when the ES1370 is present.
 SOUND_MODULES = ["snd_ens1370", "snd_pcm_oss"]
+# The ACPI power button (built as modules in Debian's kernel) and the event device /init reads it from.
+POWER_MODULES = ["button", "evdev"]
 # PCM the guest plays: S16_LE mono at 44100 Hz. 44100 = 1411200 / 32 is a rate the ES1370's
 # DAC2 makes exactly (and QEMU's default audiodev rate), so nothing resamples it in the guest.
 SOUND_RATE = 44100
@@ -562,6 +564,20 @@ def main():
         print(f"mkguest: no sound modules ({e}); the guest will have no sound", file=sys.stderr)
         sound_order = []
     cp.file("lib/modules/sound.order", ("\n".join(sound_order) + "\n").encode() if sound_order else b"")
+
+    # The ACPI power button (QMP system_powerdown): button + evdev, so /init can wait for a press
+    # on the "Power Button" input device and power the guest off.
+    power_order = []
+    try:
+        for top in POWER_MODULES:
+            for name, path in module_chain(moddir, top):
+                if name not in power_order and name not in load_order and name not in sound_order:
+                    cp.file(f"lib/modules/{name}.ko", read_module(path))
+                    power_order.append(name)
+    except (OSError, subprocess.CalledProcessError) as e:
+        print(f"mkguest: no power-button modules ({e}); the guest ignores ACPI power-off", file=sys.stderr)
+        power_order = []
+    cp.file("lib/modules/power.order", ("\n".join(power_order) + "\n").encode() if power_order else b"")
     cp.file("bin/dspsetup", dspsetup_elf(), 0o755)
     cp.file("tone.awk", TONE_AWK.encode())
 

@@ -130,6 +130,8 @@ def qemu_command(
     audio=False,
     tone=None,
     audiodev="none",
+    qmp=None,
+    no_shutdown=False,
 ):
     """QEMU argv that boots the guest with its screen on VNC.
 
@@ -150,6 +152,11 @@ def qemu_command(
     (bursts, repeating); the guest's serial says "LOCO-TONE: on HZ" right before each
     burst and "LOCO-TONE: off" when it has played out. None: the card stays silent.
     Without audio the command is exactly what it was before sound existed.
+
+    qmp: QEMU's -qmp value, e.g. "unix:/tmp/q.sock,server=on,wait=off" (repeatable: a list).
+    no_shutdown: for VM control (reset, ACPI power-off, power-on over QMP): -no-shutdown (a
+    guest that powers off leaves QEMU alive in status "shutdown") instead of -no-reboot (with
+    which a QMP system_reset would end QEMU). The guest powers off on an ACPI power-button press.
     """
     if vnc_port is not None and vnc_unix is not None:
         raise ValueError("give vnc_port or vnc_unix, not both")
@@ -187,7 +194,8 @@ def qemu_command(
         kernel = os.path.join(paths.dir, "vmlinux")
     else:
         raise ValueError(f"boot must be None, 'pvh' or 'bzimage', not {boot!r}")
-    cmd = [qemu, "-name", "loco-testguest", "-nodefaults", "-no-user-config", "-no-reboot"]
+    cmd = [qemu, "-name", "loco-testguest", "-nodefaults", "-no-user-config",
+           "-no-shutdown" if no_shutdown else "-no-reboot"]
     cmd += accel_args(accel)
     cmd += ["-m", str(memory_mb), "-smp", "1", "-device", paths.manifest["qemu_vga_device"], "-display", "none"]
     if audio:
@@ -195,6 +203,8 @@ def qemu_command(
     if vnc:
         cmd += ["-vnc", vnc]
     cmd += ["-serial", f"file:{serial_log}" if serial_log else "null"]
+    for q in [qmp] if isinstance(qmp, str) else (qmp or []):
+        cmd += ["-qmp", q]
     cmd += ["-kernel", kernel, "-initrd", paths.initrd, "-append", append]
     return cmd
 

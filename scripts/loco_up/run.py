@@ -148,9 +148,14 @@ class Up(SavedStates, Announce):
             vnc_unix, vnc_port = None, self.testguest.free_vnc_port(5900 + i, 5999)
             vnc = f"127.0.0.1:{vnc_port}"
         port = a.port + i
+        # VM control: the agent's own QMP socket (QEMU serves one client per QMP socket, and up.py
+        # uses vm.qmp while restoring). None when the runtime dir is too deep for a Unix socket.
+        agent_qmp = d / "agent-qmp.sock"
+        agent_qmp = agent_qmp if len(str(agent_qmp)) <= SUN_PATH_MAX else None
         agent = Child(f"vm{i} agent", [str(self.agent), "--vnc", vnc,
                                        "--listen", f"{url_host(self.bind_addr)}:{port}", "--codec", a.codec,
                                        "--audio", "on" if self.audio_on else "off",
+                                       *(["--qmp", f"unix:{agent_qmp}"] if agent_qmp else []),
                                        *self.keys.agent_args()],
                       d / "agent.log")
         if self.image is None:
@@ -161,7 +166,7 @@ class Up(SavedStates, Announce):
             want = tuple(self.profile_spec["screen"]) if marker and self.profile_spec.get("screen") else None
         return VM(i, d, port, vnc, None, agent, serial_log=d / "serial.log", ready_marker=marker, stages=stages,
                   want_size=want, qmp=d / "qmp.sock" if self.state_plan != COLD else None,
-                  extra_vnc=(vnc_unix, vnc_port))
+                  extra_vnc=(vnc_unix, vnc_port), agent_qmp=agent_qmp)
 
     def start_qemu(self, vm: VM, mode: str):
         """Start (or restart) vm's QEMU in `mode`; WAIT starts nothing yet."""
@@ -174,7 +179,8 @@ class Up(SavedStates, Announce):
         vnc_unix, vnc_port = vm.extra_vnc
         if self.image is None:
             cmd = self.testguest.qemu_command(self.guest_paths, vnc_port=vnc_port, vnc_unix=vnc_unix,
-                                              serial_log=str(vm.serial_log), accel=self.accel)
+                                              serial_log=str(vm.serial_log), accel=self.accel,
+                                              qmp=self.qmp_values(vm), no_shutdown=True)
             cmd[cmd.index("-name") + 1] = f"loco-{vm.name}"
         else:
             overlay = vm.dir / "overlay.qcow2"
@@ -205,11 +211,16 @@ class Up(SavedStates, Announce):
             vm.lan_plug = (guestlan.qmp_hotplug(self.lan.spec, vm.index, self.profile_spec["lan_nic"])
                            if hotplug and mode == RESTORE else None)
             cmd = self.qemu_argv(disk=disk, vnc=vnc_arg, serial=vm.serial_log, qmp=vm.qmp, name=f"loco-{vm.name}",
-                                 lan_index=None if hotplug else vm.index)
+                                 lan_index=None if hotplug else vm.index, agent_qmp=vm.agent_qmp)
             if mode == RESTORE:
                 cmd += self.state.incoming()
         vm.qemu = Child(f"{vm.name} QEMU", cmd, vm.dir / "qemu.log").start()
         self.children.append(vm.qemu)
+
+    @staticmethod
+    def qmp_values(vm: VM) -> list[str]:
+        """QEMU's -qmp values for vm: up.py's own socket (restoring, LAN hot-plug) and the agent's."""
+        return [f"unix:{p},server=on,wait=off" for p in (vm.qmp, vm.agent_qmp) if p is not None]
 
     def start_lan(self):
         """The guest LAN's switch and DHCP server, before the VMs (QEMU would wait for the switch
@@ -451,7 +462,7 @@ def main(argv=None) -> int:
         # The run's keys die with it, even where its logs are kept.
         shutil.rmtree(up.runtime_dir / "keys", ignore_errors=True)
         for vm in up.vms:  # the VMs' writes go with them (the image itself is untouched)
-            for f in ("overlay.qcow2", "vnc.sock", "qmp.sock"):
+            for f in ("overlay.qcow2", "vnc.sock", "qmp.sock", "agent-qmp.sock"):
                 try:
                     (vm.dir / f).unlink()
                 except OSError:

@@ -16,11 +16,13 @@ from .vms import COLD, RESTORE, SAVER, WAIT, VM
 class SavedStates:
     """The saved-state part of `Up` (a mixin: it reads and sets Up's fields)."""
 
-    def qemu_argv(self, *, disk, vnc, serial, qmp, name, lan_index=None) -> list[str]:
+    def qemu_argv(self, *, disk, vnc, serial, qmp, name, lan_index=None, agent_qmp=None) -> list[str]:
+        """QEMU's argv for one VM: -qmp for up.py's socket (qmp) and the agent's (agent_qmp, VM control),
+        and -no-shutdown (qemuargs' default) so a guest power-off can be undone from the panel."""
         lan = self.lan.spec if self.lan is not None and lan_index is not None else None
         return qemu_profiles().qemu_argv(self.profile, disk=str(disk), image_dir=self.image_dir, accel=self.accel,
                                          vnc=vnc, serial=f"file:{serial}", qemu_name=name, qemu=QEMU,
-                                         qmp=f"unix:{qmp},server=on,wait=off" if qmp else None,
+                                         qmp=[f"unix:{p},server=on,wait=off" for p in (qmp, agent_qmp) if p],
                                          lan=lan, lan_index=lan_index if lan else None,
                                          audio=self.audio_on)
 

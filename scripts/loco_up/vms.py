@@ -37,6 +37,7 @@ class VM:
     extra_vnc: tuple = (None, None)  # (Unix socket path, TCP port): where QEMU serves VNC
     told_ready: bool = False  # its readiness was announced
     lan_plug: list | None = None  # QMP commands that plug its LAN NIC once restored (guestlan.qmp_hotplug)
+    agent_qmp: Path | None = None  # the agent's own QMP socket (VM control: --qmp)
 
     @property
     def name(self):

@@ -54,11 +54,13 @@ class StandinVM:
     def __init__(self, name: str, work: Path | None = None, accel: str | None = None,
                  lan: str | None = None, lan_index: int | None = None, audio: bool = True,
                  audio_backend: str = qemuargs.AUDIO_BACKEND, qmp: bool = False, disk: Path | None = None,
-                 incoming: Path | None = None):
+                 incoming: Path | None = None, agent_qmp: bool = False):
         """qmp: a QMP socket at self.qmp_path (packer/vmstate.py's QMP talks to it). disk: run on this
         disk (e.g. another VM's overlay, to start from its saved state) instead of a fresh overlay of
         the image; incoming: start from this migration stream (QEMU -incoming file:PATH; the VM is
-        paused once it is loaded, see vmstate.qmp_status(resume=True))."""
+        paused once it is loaded, see vmstate.qmp_status(resume=True)). agent_qmp: a second QMP socket at
+        self.agent_qmp_path for a loco-agent's --qmp (QEMU serves one client per QMP socket). QEMU runs with
+        -no-shutdown (qemuargs): a guest power-off leaves it stopped in status "shutdown"."""
         self.name = name
         self.disk, self.incoming = (Path(disk) if disk else None), (Path(incoming) if incoming else None)
         self.audio, self.audio_backend = audio, audio_backend
@@ -71,6 +73,7 @@ class StandinVM:
         self.vnc_path, self.serial_path = self.sockdir / "vnc", self.sockdir / "ser"
         self.vnc = f"unix:{self.vnc_path}"
         self.qmp_path = self.sockdir / "qmp" if qmp else None
+        self.agent_qmp_path = self.sockdir / "aqmp" if agent_qmp else None
         self.proc: subprocess.Popen | None = None
         self.console: SerialConsole | None = None
         self.t_start = 0.0
@@ -94,7 +97,8 @@ class StandinVM:
                                   vnc=self.vnc, serial=f"unix:{self.serial_path},server=on,wait=off",
                                   qemu_name=self.name, lan=self.lan, lan_index=self.lan_index,
                                   audio=self.audio, audio_backend=self.audio_backend,
-                                  qmp=f"unix:{self.qmp_path},server=on,wait=off" if self.qmp_path else None)
+                                  qmp=[f"unix:{p},server=on,wait=off" for p in (self.qmp_path, self.agent_qmp_path)
+                                       if p is not None])
         if self.incoming is not None:
             argv += ["-incoming", f"file:{self.incoming}"]
         self.t_start = time.monotonic()
