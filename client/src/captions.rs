@@ -20,13 +20,21 @@ pub struct CaptionInput<'a> {
     pub focused: bool,
     /// Its sound: playing or muted is shown (a click on the caption toggles muting).
     pub audio: AudioStatus,
+    /// What the VM menu has to say (`rebooting…`, a result or error, a VM that is not running).
+    pub vm: Option<&'a str>,
 }
 
 /// `vm1  ·  live  ·  1024×768  ·  keyboard  ·  ♪ playing`, `vm2  ·  down  ·  connection lost  ·
 /// retry in 4 s`, `vm3  ·  live  ·  1024×768  ·  muted`.
 pub fn caption(c: &CaptionInput) -> String {
     let mut label = format!("{}  ·  {}", c.name, c.state.as_str());
+    // A VM restarting on purpose: its stream being down is expected, say so first.
+    let rebooting = c.vm.is_some_and(|v| v.starts_with("rebooting"));
+    if let (true, Some(v)) = (rebooting, c.vm) {
+        label = format!("{}  ·  {v}", c.name);
+    }
     match c.state {
+        _ if rebooting => {}
         StreamState::Live => {
             let (w, h) = c.video_size;
             label.push_str(&format!("  ·  {w}×{h}"));
@@ -46,6 +54,9 @@ pub fn caption(c: &CaptionInput) -> String {
             }
         }
         StreamState::Connecting => {}
+    }
+    if let (false, Some(v)) = (rebooting, c.vm) {
+        label.push_str(&format!("  ·  {v}"));
     }
     if c.focused {
         label.push_str("  ·  keyboard");
@@ -100,6 +111,7 @@ mod tests {
             retry_in_ms: 0.0,
             focused: false,
             audio: AudioStatus::None,
+            vm: None,
         }
     }
 
@@ -127,6 +139,10 @@ mod tests {
         assert_eq!(caption(&muted), "vm1  ·  live  ·  1280×800  ·  muted");
         let silent = CaptionInput { audio: AudioStatus::Silent, ..input(StreamState::Live) };
         assert_eq!(caption(&silent), "vm1  ·  live  ·  1280×800");
+        let failed = CaptionInput { vm: Some("reset failed: refused"), ..input(StreamState::Live) };
+        assert_eq!(caption(&failed), "vm1  ·  live  ·  1280×800  ·  reset failed: refused");
+        let rebooting = CaptionInput { vm: Some("rebooting…"), ..down };
+        assert_eq!(caption(&rebooting), "vm1  ·  rebooting…");
     }
 
     #[test]

@@ -41,8 +41,84 @@ pub struct PanelSnapshot {
     pub input_open: bool,
     /// The desktop image's corners, TL/TR/BR/BL.
     pub corners: Vec<Point>,
-    /// The caption's corners, TL/TR/BR/BL (a click or trigger on it toggles the panel's sound).
+    /// The caption's corners, TL/TR/BR/BL (a click or trigger on it toggles the panel's sound;
+    /// its right end, from u = `captionButtonU`, opens the VM menu).
     pub caption_corners: Vec<Point>,
+    /// The caption's text.
+    pub caption: String,
+    /// Where the VM menu is (open or not), TL/TR/BR/BL; its items side by side in its top band.
+    pub menu_corners: Vec<Point>,
+    pub control: ControlSnapshot,
+}
+
+/// One panel's VM menu and what it knows.
+#[derive(Debug, Clone, PartialEq, Serialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ControlSnapshot {
+    pub open: bool,
+    /// `…/control`, or `null` when the WHEP URL does not end in `/whep`.
+    pub url: Option<String>,
+    /// The agent's `qmp`, `status` and `snapshot`, once it answered.
+    pub qmp: Option<String>,
+    pub vm_status: Option<String>,
+    pub snapshot: Option<bool>,
+    /// Why the status could not be read.
+    pub status_error: Option<String>,
+    /// The action in flight (`reset`, `powerdown`, `poweron`, `revert`).
+    pub pending: Option<&'static str>,
+    /// The last answer: `{action, ok, text}`.
+    pub last: Option<ControlResult>,
+    /// The VM restarts on purpose and its stream is not back yet.
+    pub rebooting: bool,
+    /// The item held (`reset`, …) and the hold's progress 0..1.
+    pub hold: Option<(&'static str, f64)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ControlResult {
+    pub action: &'static str,
+    pub ok: bool,
+    pub text: String,
+}
+
+/// The in-VR keyboard.
+#[derive(Debug, Clone, PartialEq, Serialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyboardSnapshot {
+    /// Shown (thumbstick press) — drawn only in VR with a focused panel.
+    pub visible: bool,
+    /// Its corners while drawn, TL/TR/BR/BL, else empty.
+    pub corners: Vec<Point>,
+    /// Each key's name and centre (u right, v down, 0..1 of the keyboard).
+    pub keys: Vec<KeySnapshot>,
+    /// `off`, `latched` or `locked`.
+    pub shift: &'static str,
+    pub ctrl: &'static str,
+    pub alt: &'static str,
+    pub win: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct KeySnapshot {
+    pub name: &'static str,
+    pub u: f64,
+    pub v: f64,
+}
+
+/// One key event the page sent.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct KeySent {
+    pub panel: usize,
+    pub keysym: u32,
+    pub down: bool,
+}
+
+/// Paste as typing.
+#[derive(Debug, Clone, PartialEq, Serialize, Default)]
+pub struct PasteSnapshot {
+    pub typed: usize,
+    pub total: usize,
+    pub busy: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -101,6 +177,14 @@ pub struct Snapshot {
     pub frames: u64,
     pub all_live_ms: Option<f64>,
     pub audio: AudioSnapshot,
+    pub keyboard: KeyboardSnapshot,
+    /// The last key events sent (physical keys, the in-VR keyboard, paste), oldest first.
+    pub keys_sent: Vec<KeySent>,
+    /// The message line's text while it shows (paste refused, typing done, the wall restored).
+    pub message: Option<String>,
+    pub paste: PasteSnapshot,
+    /// Where on a caption (u, 0..1 from its left) its VM menu button starts.
+    pub caption_button_u: f64,
 }
 
 impl Snapshot {
@@ -197,6 +281,9 @@ mod tests {
                 input_open: true,
                 corners: vec![Vec3::new(0.5, 1.0, -2.0).into()],
                 caption_corners: vec![],
+                caption: "vm1  ·  live".into(),
+                menu_corners: vec![],
+                control: ControlSnapshot::default(),
             }],
             xr: XrSnapshot { supported: true, active: false, backend: None },
             focus: Some(0),
@@ -225,6 +312,11 @@ mod tests {
                     source_level: None,
                 }],
             },
+            keyboard: KeyboardSnapshot::default(),
+            keys_sent: vec![KeySent { panel: 1, keysym: 0x68, down: true }],
+            message: None,
+            paste: PasteSnapshot::default(),
+            caption_button_u: 0.88,
         };
         let v: serde_json::Value = serde_json::from_str(&s.to_json()).unwrap();
         let keys = |v: &serde_json::Value| {
@@ -234,15 +326,21 @@ mod tests {
         };
         assert_eq!(
             keys(&v),
-            "allLiveAtMs,allLiveMs,audio,backend,error,focus,frameMs,frameMsP50,frameMsP95,frames,hud,panels,\
-             uploadMs,uploadsPerFrame,xr"
+            "allLiveAtMs,allLiveMs,audio,backend,captionButtonU,error,focus,frameMs,frameMsP50,frameMsP95,frames,hud,\
+             keyboard,keysSent,message,panels,paste,uploadMs,uploadsPerFrame,xr"
         );
         assert_eq!(
             keys(&v["panels"][0]),
-            "attempts,captionCorners,corners,error,fps,framesDecoded,framesPresented,framesUploaded,inputOpen,kbps,name,\
-             rttMs,state,videoHeight,videoWidth,whep"
+            "attempts,caption,captionCorners,control,corners,error,fps,framesDecoded,framesPresented,framesUploaded,\
+             inputOpen,kbps,menuCorners,name,rttMs,state,videoHeight,videoWidth,whep"
         );
         assert_eq!(keys(&v["xr"]), "active,backend,supported");
+        assert_eq!(
+            keys(&v["panels"][0]["control"]),
+            "hold,last,open,pending,qmp,rebooting,snapshot,statusError,url,vmStatus"
+        );
+        assert_eq!(keys(&v["keyboard"]), "alt,corners,ctrl,keys,shift,visible,win");
+        assert_eq!(v["keysSent"][0], serde_json::json!({"panel": 1, "keysym": 104, "down": true}));
         assert_eq!(keys(&v["audio"]), "context,enabled,panels,sampleRate,unfocusedDb");
         assert_eq!(keys(&v["audio"]["panels"][0]), "gainDb,level,muted,playing,sourceLevel,track");
         assert_eq!(v["panels"][0]["corners"][0], serde_json::json!({"x": 0.5, "y": 1.0, "z": -2.0}));

@@ -7,19 +7,26 @@
 //!   and XR-hand routing with capture), [`captions`] (caption and HUD text), [`hook`] (the
 //!   `window.__loco` snapshot type), [`access`] (the page's key: from `#key=`, who sends it, the
 //!   key form's text), [`audio`] (focus/mute gains, panner and listener placement, levels,
-//!   which panel plays, the dominant frequency).
+//!   which panel plays, the dominant frequency), [`control`] (the VM menu on a caption: hold to
+//!   reset/power off/revert, results, "rebooting…"), [`keyboard`] (the in-VR keyboard: layout,
+//!   latches, repeat, placement), [`paste`] (paste as rate-limited typing), [`arrange`] (panels
+//!   pulled closer with the grip, kept by name).
 //! - `web` (wasm32 only): the thin shell — config, WHEP sessions, video upload, WebXR and flat
 //!   view, DOM input, the `window.__loco` getter — that carries out the core's decisions.
 //!
 //! The layout, ray picking and button/key mapping live in `loco-shared`, tested natively.
 
 pub mod access;
+pub mod arrange;
 pub mod audio;
 pub mod budget;
 pub mod camera;
 pub mod captions;
+pub mod control;
 pub mod hook;
+pub mod keyboard;
 pub mod link;
+pub mod paste;
 pub mod pointer;
 pub mod render;
 pub mod scene;

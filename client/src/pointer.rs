@@ -120,8 +120,27 @@ pub struct Hand {
     pub hover: Option<usize>,
     hud_button: bool,
     recentre_button: bool,
-    /// The trigger as the caption gesture last saw it (with the buttons' hysteresis).
+    keyboard_button: bool,
+    /// The trigger as the UI gestures last saw it (with the buttons' hysteresis).
     caption_trigger: bool,
+    /// A trigger press that began on a UI element (caption, menu, keyboard) is held: the panels
+    /// see no trigger until it is released.
+    pub ui_held: bool,
+    /// The grip as the grab gesture last saw it.
+    grip: bool,
+    /// The panel this hand's grip holds (pulled closer or pushed away).
+    pub grab: Option<crate::arrange::Grab>,
+}
+
+/// Edges of the trigger (or pinch) for the scene's own controls.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UiTrigger {
+    /// Pressed on a UI element (and the hand holds no panel): the element is pressed.
+    pub pressed: bool,
+    /// The press that began on a UI element ended.
+    pub released: bool,
+    /// Pressed in this frame, wherever the ray points.
+    pub edge: bool,
 }
 
 /// A controller's buttons in one frame.
@@ -132,6 +151,8 @@ pub struct Pad {
     pub hud: bool,
     /// B/Y held.
     pub recentre: bool,
+    /// The thumbstick pressed in (shows or hides the keyboard).
+    pub keyboard: bool,
 }
 
 /// What one hand did in a frame.
@@ -143,6 +164,8 @@ pub struct HandFrame {
     /// A/X or B/Y was pressed in this frame.
     pub toggle_hud: bool,
     pub recentre: bool,
+    /// The thumbstick was pressed in in this frame.
+    pub toggle_keyboard: bool,
     /// The laser and cursor to draw.
     pub pointer: Option<Pointer>,
 }
@@ -163,10 +186,12 @@ impl Hand {
         let mut out = HandFrame {
             toggle_hud: pad.hud && !self.hud_button,
             recentre: pad.recentre && !self.recentre_button,
+            toggle_keyboard: pad.keyboard && !self.keyboard_button,
             ..Default::default()
         };
         self.hud_button = pad.hud;
         self.recentre_button = pad.recentre;
+        self.keyboard_button = pad.keyboard;
         let mask = self.buttons.mask();
         match target {
             Some(a) => {
@@ -209,14 +234,52 @@ impl Hand {
     /// caption (and at no panel, and the hand holds none) toggles that panel's sound. Call it
     /// before [`Hand::frame`] each frame, with the caption the ray hits, if any.
     pub fn caption_press(&mut self, caption: Option<usize>, pad: &Pad) -> Option<usize> {
-        let held = if self.caption_trigger { pad.pad.trigger > 0.4 } else { pad.pad.trigger >= 0.6 };
-        let edge = held && !self.caption_trigger;
-        self.caption_trigger = held;
-        if edge && self.captured.is_none() {
+        let t = self.ui_trigger(caption.is_some(), pad);
+        if t.pressed {
             caption
         } else {
             None
         }
+    }
+
+    /// The trigger for the scene's controls (captions, the VM menu, the keyboard): call it once a
+    /// frame, before [`Hand::frame`], with whether the ray is on such a control. A press there
+    /// (when the hand holds no panel) is `pressed`, and until its release [`Hand::panel_pad`]
+    /// hides the trigger from the panels.
+    pub fn ui_trigger(&mut self, over_ui: bool, pad: &Pad) -> UiTrigger {
+        let held = if self.caption_trigger { pad.pad.trigger > 0.4 } else { pad.pad.trigger >= 0.6 };
+        let edge = held && !self.caption_trigger;
+        self.caption_trigger = held;
+        let mut out = UiTrigger { edge, ..Default::default() };
+        if edge && over_ui && self.captured.is_none() && self.grab.is_none() {
+            self.ui_held = true;
+            out.pressed = true;
+        } else if !held && self.ui_held {
+            self.ui_held = false;
+            out.released = true;
+        }
+        out
+    }
+
+    /// The grip's edges (with the buttons' hysteresis): (closed, opened).
+    pub fn grip_edges(&mut self, pad: &Pad) -> (bool, bool) {
+        let held = if self.grip { pad.pad.squeeze > 0.4 } else { pad.pad.squeeze >= 0.6 };
+        let edges = (held && !self.grip, !held && self.grip);
+        self.grip = held;
+        edges
+    }
+
+    /// What the panels may see of `pad`: no trigger while a UI press is held, no grip while a
+    /// panel is grabbed.
+    pub fn panel_pad(&self, mut pad: Pad) -> Pad {
+        if self.ui_held {
+            pad.pad.trigger = 0.0;
+        }
+        if self.grab.is_some() {
+            pad.pad.squeeze = 0.0;
+            pad.pad.thumbstick_y = 0.0;
+        }
+        pad
     }
 
     /// The controller went away: it releases what it held, at `last` (the last position sent
@@ -408,6 +471,25 @@ mod tests {
         assert_eq!(h.captured, Some(2));
         h.caption_press(None, &pad(0.0));
         assert_eq!(h.caption_press(Some(2), &pad(1.0)), None);
+    }
+
+    #[test]
+    fn a_ui_press_hides_the_trigger_from_the_panels_until_released() {
+        let mut h = Hand::default();
+        assert_eq!(h.ui_trigger(true, &pad(0.0)), UiTrigger::default());
+        assert_eq!(h.ui_trigger(true, &pad(1.0)), UiTrigger { pressed: true, released: false, edge: true });
+        assert_eq!(h.panel_pad(pad(1.0)).pad.trigger, 0.0);
+        // Slid off the control while held: still hidden; released anywhere: released.
+        assert_eq!(h.ui_trigger(false, &pad(0.9)), UiTrigger::default());
+        assert_eq!(h.ui_trigger(false, &pad(0.1)), UiTrigger { pressed: false, released: true, edge: false });
+        assert_eq!(h.panel_pad(pad(1.0)).pad.trigger, 1.0);
+        // A press on nothing is only an edge.
+        assert_eq!(h.ui_trigger(false, &pad(1.0)), UiTrigger { pressed: false, released: false, edge: true });
+        assert!(!h.ui_held);
+        let g = |s: f32| Pad { pad: GamepadState { squeeze: s, ..Default::default() }, ..Default::default() };
+        assert_eq!(h.grip_edges(&g(1.0)), (true, false));
+        assert_eq!(h.grip_edges(&g(0.5)), (false, false));
+        assert_eq!(h.grip_edges(&g(0.0)), (false, true));
     }
 
     #[test]

@@ -19,6 +19,10 @@ pub enum Tex {
     Label(usize),
     /// Panel `i`'s statistics overlay.
     Hud(usize),
+    /// Panel `i`'s VM menu (opened from its caption).
+    Menu(usize),
+    /// The in-VR keyboard.
+    Keyboard,
 }
 
 /// A quad: corners top-left, top-right, bottom-right, bottom-left, with texture coordinates in
@@ -88,12 +92,32 @@ pub struct Pointer {
     pub beam: bool,
 }
 
+/// An open VM menu over the bottom of its panel.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MenuView {
+    pub panel: usize,
+    /// The item being held and how far its hold is (0..1).
+    pub progress: Option<(usize, f32)>,
+}
+
+/// The in-VR keyboard: where it stands and which keys to light (uv rectangles and colours).
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyboardView {
+    pub corners: [Vec3; 4],
+    pub lit: Vec<([f32; 4], [f32; 4])>,
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct SceneInput {
     pub panels: Vec<PanelView>,
     pub pointers: Vec<Pointer>,
-    /// Where the floor grid is centred (the viewer's feet).
+    /// Where the floor grid is centred (the viewer's feet; panels are drawn farthest first from
+    /// here).
     pub floor_center: Vec3,
+    pub menus: Vec<MenuView>,
+    pub keyboard: Option<KeyboardView>,
+    /// Panels held by a grip (drawn with a frame).
+    pub grabbed: Vec<usize>,
 }
 
 /// Background colour the target is cleared to (a dark blue-grey "sky").
@@ -107,6 +131,9 @@ const LASER: [f32; 4] = [0.35, 0.85, 1.0, 0.55];
 const LASER_PRESSED: [f32; 4] = [0.6, 1.0, 0.6, 0.8];
 const CURSOR: [f32; 4] = [0.35, 0.85, 1.0, 1.0];
 const CURSOR_PRESSED: [f32; 4] = [0.45, 1.0, 0.45, 1.0];
+const GRABBED: [f32; 4] = [0.35, 0.85, 1.0, 1.0];
+/// The hold's progress bar over a menu button.
+pub const HOLD_BAR: [f32; 4] = [1.0, 0.35, 0.25, 0.6];
 
 /// Focus frame width around a panel.
 const FRAME_M: f32 = 0.012;
@@ -132,6 +159,12 @@ pub fn caption_corners(panel: &Panel, aspect: f32) -> [Vec3; 4] {
 /// `aspect` (see [`caption_corners`]) under each of `panels`. Clicking a caption toggles its
 /// panel's sound.
 pub fn pick_caption(panels: &[Panel], aspect: f32, origin: Vec3, dir: Vec3) -> Option<(usize, Vec3)> {
+    pick_caption_u(panels, aspect, origin, dir).map(|(i, p, _)| (i, p))
+}
+
+/// [`pick_caption`] with the caption's u (0 left … 1 right) at the hit: its right end
+/// (from [`crate::control::CAPTION_BUTTON_U`]) is the VM menu button.
+pub fn pick_caption_u(panels: &[Panel], aspect: f32, origin: Vec3, dir: Vec3) -> Option<(usize, Vec3, f32)> {
     panels
         .iter()
         .enumerate()
@@ -141,10 +174,92 @@ pub fn pick_caption(panels: &[Panel], aspect: f32, origin: Vec3, dir: Vec3) -> O
             let local = hit.point - c[0];
             let (w, h) = (c[1].distance(c[0]), c[3].distance(c[0]));
             let (u, v) = (local.dot(p.right) / w, -local.dot(p.up) / h);
-            ((0.0..=1.0).contains(&u) && (0.0..=1.0).contains(&v)).then_some((i, hit.distance_m, hit.point))
+            ((0.0..=1.0).contains(&u) && (0.0..=1.0).contains(&v)).then_some((i, hit.distance_m, hit.point, u))
         })
         .min_by(|a, b| a.1.total_cmp(&b.1))
-        .map(|(i, _, point)| (i, point))
+        .map(|(i, _, point, u)| (i, point, u))
+}
+
+/// Where panel `panel`'s VM menu is drawn: over the bottom of the panel, as wide as it, in
+/// front of it. Corners TL, TR, BR, BL.
+pub fn menu_corners(panel: &Panel) -> [Vec3; 4] {
+    let c = panel.corners();
+    let lift = panel.normal() * (LIFT_M * 2.0);
+    let h = (panel.width_m * crate::control::MENU_H as f32 / crate::control::MENU_W as f32).min(panel.height_m);
+    let (bl, br) = (c[3] + lift, c[2] + lift);
+    [bl + panel.up * h, br + panel.up * h, br, bl]
+}
+
+/// The point (u, v) of a quad given by its corners TL, TR, BR, BL.
+fn at_uv(c: &[Vec3; 4], u: f32, v: f32) -> Vec3 {
+    c[0] + (c[1] - c[0]) * u + (c[3] - c[0]) * v
+}
+
+/// A sub-rectangle (u0, v0, u1, v1) of a quad, lifted toward `normal` by `lift`.
+pub fn sub_quad(c: &[Vec3; 4], r: [f32; 4], normal: Vec3, lift: f32) -> [Vec3; 4] {
+    let l = normal * lift;
+    [at_uv(c, r[0], r[1]) + l, at_uv(c, r[2], r[1]) + l, at_uv(c, r[2], r[3]) + l, at_uv(c, r[0], r[3]) + l]
+}
+
+/// Where a ray meets a quad (corners TL, TR, BR, BL) from its front: (distance, u, v, point).
+pub fn quad_hit(c: &[Vec3; 4], origin: Vec3, dir: Vec3) -> Option<(f32, f32, f32, Vec3)> {
+    let p = crate::keyboard::as_panel(c);
+    let h = p.intersect(origin, dir)?;
+    Some((h.distance_m, h.u, h.v, h.point))
+}
+
+/// What the scene's own controls a ray hits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UiHit {
+    /// Key `k` of the keyboard.
+    Key(usize),
+    /// Panel `i`'s open menu, on an item or not.
+    Menu(usize, Option<crate::control::MenuItem>),
+    /// Panel `i`'s caption: the mute part or its menu button.
+    Caption(usize),
+    CaptionButton(usize),
+}
+
+/// The control a ray hits first, with the point and the control's normal. Panels hide the
+/// captions behind them; menus lie over their panels; the keyboard is nearer than the wall.
+pub fn pick_ui(
+    panels: &[Panel],
+    caption_aspect: f32,
+    open_menus: &[usize],
+    keyboard: Option<(&[Vec3; 4], &[crate::keyboard::Key])>,
+    origin: Vec3,
+    dir: Vec3,
+) -> Option<(UiHit, Vec3, Vec3)> {
+    let panel = loco_shared::layout::pick(panels, origin, dir).map(|(_, h)| h.distance_m);
+    let nearer = |d: f32, slack: f32| panel.is_none_or(|p| d <= p + slack);
+    let mut best: Option<(f32, UiHit, Vec3, Vec3)> = None;
+    let mut offer = |d: f32, hit: UiHit, point: Vec3, n: Vec3| {
+        if best.as_ref().is_none_or(|b| d < b.0) {
+            best = Some((d, hit, point, n));
+        }
+    };
+    if let Some((c, keys)) = keyboard {
+        if let Some((d, u, v, point)) = quad_hit(c, origin, dir) {
+            if let (true, Some(k)) = (nearer(d, 0.0), crate::keyboard::key_at(keys, u, v)) {
+                offer(d, UiHit::Key(k), point, crate::keyboard::as_panel(c).normal());
+            }
+        }
+    }
+    for &i in open_menus {
+        let Some(p) = panels.get(i) else { continue };
+        if let Some((d, u, v, point)) = quad_hit(&menu_corners(p), origin, dir) {
+            if nearer(d, 0.01) {
+                offer(d - 0.005, UiHit::Menu(i, crate::control::menu_item_at(u, v)), point, p.normal());
+            }
+        }
+    }
+    if panel.is_none() {
+        if let Some((i, point, u)) = pick_caption_u(panels, caption_aspect, origin, dir) {
+            let hit = if u >= crate::control::CAPTION_BUTTON_U { UiHit::CaptionButton(i) } else { UiHit::Caption(i) };
+            offer(point.distance(origin), hit, point, panels[i].normal());
+        }
+    }
+    best.map(|(_, h, p, n)| (h, p, n))
 }
 
 fn rect(center: Vec3, right: Vec3, up: Vec3, half_w: f32, half_h: f32) -> [Vec3; 4] {
@@ -156,9 +271,29 @@ fn rect(center: Vec3, right: Vec3, up: Vec3, half_w: f32, half_h: f32) -> [Vec3;
 pub fn build(input: &SceneInput) -> Vec<Quad> {
     let mut quads = Vec::with_capacity(8 + input.panels.len() * 4 + input.pointers.len() * 3);
     floor(input.floor_center, &mut quads);
-    for (i, p) in input.panels.iter().enumerate() {
+    // Farthest first, so a panel pulled closer is drawn over the wall behind it.
+    let mut order: Vec<usize> = (0..input.panels.len()).collect();
+    let eye = input.floor_center;
+    order.sort_by(|&a, &b| {
+        let d = |i: usize| input.panels[i].panel.center.distance_squared(eye);
+        d(b).total_cmp(&d(a)).then(a.cmp(&b))
+    });
+    for i in order {
+        let p = &input.panels[i];
         let panel = &p.panel;
         let n = panel.normal();
+        if input.grabbed.contains(&i) {
+            quads.push(Quad::solid(
+                rect(
+                    panel.center - n * LIFT_M,
+                    panel.right,
+                    panel.up,
+                    panel.width_m / 2.0 + crate::arrange::FRAME_BAND_M,
+                    panel.height_m / 2.0 + crate::arrange::FRAME_BAND_M,
+                ),
+                GRABBED,
+            ));
+        }
         if p.focused {
             quads.push(Quad::solid(
                 rect(
@@ -202,6 +337,22 @@ pub fn build(input: &SceneInput) -> Vec<Quad> {
                 color: [1.0; 4],
                 tex: Tex::Label(i),
             });
+        }
+        for m in input.menus.iter().filter(|m| m.panel == i) {
+            let c = menu_corners(panel);
+            quads.push(Quad { corners: c, uv: FULL_UV, color: [1.0; 4], tex: Tex::Menu(i) });
+            if let Some((k, f)) = m.progress {
+                let (u0, v0, u1, v1) = crate::control::menu_item_rect(k);
+                let r = [u0, v0, u0 + (u1 - u0) * f.clamp(0.0, 1.0), v1];
+                quads.push(Quad::solid(sub_quad(&c, r, n, LIFT_M / 2.0), HOLD_BAR));
+            }
+        }
+    }
+    if let Some(kb) = &input.keyboard {
+        let n = crate::keyboard::as_panel(&kb.corners).normal();
+        quads.push(Quad { corners: kb.corners, uv: FULL_UV, color: [1.0; 4], tex: Tex::Keyboard });
+        for (r, color) in &kb.lit {
+            quads.push(Quad::solid(sub_quad(&kb.corners, *r, n, LIFT_M / 2.0), *color));
         }
     }
     for ptr in &input.pointers {
@@ -309,6 +460,62 @@ mod tests {
         }
         // The middle of a panel is no caption.
         assert_eq!(pick_caption(&layout, 20.0, eye, (layout[4].center - eye).normalize()), None);
+    }
+
+    #[test]
+    fn menus_and_the_keyboard_take_the_ray_before_what_is_behind_them() {
+        let p = panels(9);
+        let layout: Vec<Panel> = p.iter().map(|v| v.panel).collect();
+        let eye = loco_shared::layout::WallOrigin::default().eye;
+        // The menu over panel 4: the ray through an item's middle hits that item.
+        let m = menu_corners(&layout[4]);
+        for (k, item) in crate::control::MENU_ITEMS.iter().enumerate() {
+            let (u0, v0, u1, v1) = crate::control::menu_item_rect(k);
+            let target = at_uv(&m, (u0 + u1) / 2.0, (v0 + v1) / 2.0);
+            let (hit, point, _) = pick_ui(&layout, 20.0, &[4], None, eye, (target - eye).normalize()).unwrap();
+            assert_eq!(hit, UiHit::Menu(4, Some(*item)));
+            assert!(point.distance(target) < 1e-3);
+        }
+        // Closed: the panel gets it.
+        let target = at_uv(&m, 0.1, 0.3);
+        assert_eq!(pick_ui(&layout, 20.0, &[], None, eye, (target - eye).normalize()), None);
+        // The caption: its left part mutes, its right end opens the menu.
+        let c = caption_corners(&layout[1], 20.0);
+        for (u, want) in [(0.3, UiHit::Caption(1)), (0.95, UiHit::CaptionButton(1))] {
+            let t = at_uv(&c, u, 0.5);
+            assert_eq!(pick_ui(&layout, 20.0, &[], None, eye, (t - eye).normalize()).map(|x| x.0), Some(want));
+        }
+        // The keyboard in front of the wall.
+        let kb = crate::keyboard::Keyboard::default();
+        let corners = crate::keyboard::place(&layout[1], eye);
+        let k = kb.keys.iter().position(|k| k.name == "g").unwrap();
+        let (u0, v0, u1, v1) = crate::keyboard::key_rect(&kb.keys[k]);
+        let t = at_uv(&corners, (u0 + u1) / 2.0, (v0 + v1) / 2.0);
+        let hit = pick_ui(&layout, 20.0, &[], Some((&corners, &kb.keys)), eye, (t - eye).normalize());
+        assert_eq!(hit.map(|x| x.0), Some(UiHit::Key(k)));
+        // Drawn: the menu after its panel, the keyboard after every panel, the hold bar over the item.
+        let input = SceneInput {
+            panels: p,
+            menus: vec![MenuView { panel: 4, progress: Some((0, 0.5)) }],
+            keyboard: Some(KeyboardView { corners, lit: vec![([0.0, 0.0, 0.1, 0.1], [1.0; 4])] }),
+            ..Default::default()
+        };
+        let quads = build(&input);
+        let pos = |t: Tex| quads.iter().position(|q| q.tex == t).unwrap();
+        assert!(pos(Tex::Menu(4)) > pos(Tex::Video(4)));
+        assert!(quads.iter().position(|q| q.color == HOLD_BAR).unwrap() > pos(Tex::Menu(4)));
+        assert!((0..9).all(|i| pos(Tex::Keyboard) > pos(Tex::Video(i))));
+    }
+
+    #[test]
+    fn a_panel_pulled_closer_is_drawn_over_the_wall() {
+        let mut p = panels(9);
+        let eye = loco_shared::layout::WallOrigin::default().eye;
+        p[0].panel.center = eye + (p[0].panel.center - eye) * 0.5;
+        let quads = build(&SceneInput { panels: p, floor_center: eye, grabbed: vec![0], ..Default::default() });
+        let pos = |t: Tex| quads.iter().position(|q| q.tex == t).unwrap();
+        assert!((1..9).all(|i| pos(Tex::Video(0)) > pos(Tex::Video(i))));
+        assert!(quads.iter().any(|q| q.color == GRABBED));
     }
 
     #[test]

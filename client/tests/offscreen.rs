@@ -93,7 +93,7 @@ fn render() -> (Vec<u8>, Vec<loco_shared::layout::Panel>, FlatCamera, String) {
         pressed: false,
         beam: true,
     }];
-    let quads = scene::build(&SceneInput { panels: views, pointers, floor_center: Vec3::ZERO });
+    let quads = scene::build(&SceneInput { panels: views, pointers, floor_center: Vec3::ZERO, ..Default::default() });
     let camera = FlatCamera::behind(origin.eye, origin.yaw_rad);
 
     let target = device.create_texture(&wgpu::TextureDescriptor {

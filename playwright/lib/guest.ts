@@ -29,21 +29,28 @@ export class QemuGuest {
    * "none", `-vnc ...,audiodev=snd0`). opts.tone (needs audio): what the guest plays, HZ
    * (continuous) or [HZ, ON_MS, OFF_MS] (bursts); its serial log says `LOCO-TONE: on HZ` right
    * before each burst and `LOCO-TONE: off` after it (see testguest.py). No opts: no sound card.
+   * opts.qmp: a QMP socket path (`-qmp unix:PATH,server=on,wait=off`) and `-no-shutdown` instead
+   * of `-no-reboot`, for VM control (a QMP reset reboots the guest instead of ending QEMU).
+   * opts.serialName: the serial log's file name in workdir (a second guest needs its own).
    */
-  static async start(workdir: string, opts?: { audio?: boolean; tone?: [number, number, number] | number }): Promise<QemuGuest> {
+  static async start(workdir: string, opts?: { audio?: boolean; tone?: [number, number, number] | number; qmp?: string; serialName?: string }): Promise<QemuGuest> {
     requireTools({ 'qemu-system-x86_64': 'qemu-system-x86', busybox: 'busybox-static' });
     if (!fs.existsSync(path.join(GUEST_DIR, 'testguest.py'))) {
       throw new Error(`${GUEST_DIR}/testguest.py is missing: the QEMU test-pattern guest is needed for video`);
     }
     let port = await freePort(5900);
     while (port < 5900) port = await freePort(5900);
-    const serial = path.join(workdir, 'qemu-serial.log');
-    const log = path.join(workdir, 'qemu.log');
+    const serial = path.join(workdir, opts?.serialName ?? 'qemu-serial.log');
+    const log = path.join(workdir, (opts?.serialName ?? 'qemu-serial.log').replace('-serial', ''));
     // build() is cached (recipe hash); the first build takes a few seconds.
     // sys.argv[4]: JSON of the sound options ({} = none), passed as qemu_command(audio=, tone=).
-    const sound: { audio?: boolean; tone?: [number, number, number] | number } = {};
+    const sound: { audio?: boolean; tone?: [number, number, number] | number; qmp?: string; no_shutdown?: boolean } = {};
     if (opts?.audio) sound.audio = true;
     if (opts?.tone !== undefined) sound.tone = opts.tone;
+    if (opts?.qmp) {
+      sound.qmp = `unix:${opts.qmp},server=on,wait=off`;
+      sound.no_shutdown = true;
+    }
     const script =
       'import json, sys; sys.path.insert(0, sys.argv[1]); import testguest as t; p = t.build(); ' +
       'print(json.dumps([str(a) for a in t.qemu_command(p, vnc_port=int(sys.argv[2]), serial_log=sys.argv[3], ' +

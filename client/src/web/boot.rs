@@ -118,45 +118,67 @@ pub(super) async fn run() -> Result<(), String> {
         .ok()
         .flatten()
         .map(|c| c.unchecked_into::<CanvasRenderingContext2d>());
+    let big_canvas: HtmlCanvasElement = doc.create_element("canvas").map_err(|e| js_error(&e))?.unchecked_into();
+    big_canvas.set_width(super::ui::BIG_W);
+    big_canvas.set_height(super::ui::BIG_H);
+    let big_ctx = big_canvas
+        .get_context_with_context_options("2d", &ctx_opts)
+        .ok()
+        .flatten()
+        .map(|c| c.unchecked_into::<CanvasRenderingContext2d>());
 
-    let shared: Shared = Rc::new(RefCell::new(App {
-        config: None,
-        key: page_key(),
-        key_prompt: None,
-        base_url: String::new(),
-        error: None,
-        panels: Vec::new(),
-        wall: WallConfig::default(),
-        origin: WallOrigin::default(),
-        layout: Vec::new(),
-        focus: None,
-        hud: query_param("hud").is_some_and(|v| v != "0"),
-        flat: Flat {
-            camera: FlatCamera::behind(WallOrigin::default().eye, 0.0),
-            mouse: None,
-            pointer: Mouse::default(),
-            dragging: None,
-            user_moved: false,
-        },
-        xr: None,
-        gfx: None,
-        xr_gfx: None,
-        xr_supported: false,
-        recovering: false,
-        uploads_this_frame: 0,
-        budget: crate::budget::UploadBudget::new(FRAME_BUDGET_MS),
-        used_bitmaps: Vec::new(),
-        label_ctx,
-        redraw: true,
-        frame_times: FrameTimes::new(FRAME_HISTORY),
-        started_at: now_ms(),
-        all_live_at: None,
-        pointers: Vec::new(),
-        sound: super::audio::Sound::new(crate::audio::AudioSettings::from_params(
-            query_param("audio").as_deref(),
-            query_param("audio-unfocused-db").as_deref(),
-        )),
-    }));
+    let shared: Shared = Rc::new_cyclic(|me| {
+        RefCell::new(App {
+            me: me.clone(),
+            config: None,
+            key: page_key(),
+            key_prompt: None,
+            base_url: String::new(),
+            error: None,
+            panels: Vec::new(),
+            wall: WallConfig::default(),
+            origin: WallOrigin::default(),
+            layout: Vec::new(),
+            focus: None,
+            hud: query_param("hud").is_some_and(|v| v != "0"),
+            flat: Flat {
+                camera: FlatCamera::behind(WallOrigin::default().eye, 0.0),
+                mouse: None,
+                pointer: Mouse::default(),
+                dragging: None,
+                user_moved: false,
+                menu_held: None,
+            },
+            xr: None,
+            extras: super::Extras {
+                keyboard: Default::default(),
+                keyboard_drawn: None,
+                typist: Default::default(),
+                message: None,
+                arrangement: super::ui::load_arrangement(),
+                double_tap: Default::default(),
+                key_log: Default::default(),
+                big_ctx,
+            },
+            gfx: None,
+            xr_gfx: None,
+            xr_supported: false,
+            recovering: false,
+            uploads_this_frame: 0,
+            budget: crate::budget::UploadBudget::new(FRAME_BUDGET_MS),
+            used_bitmaps: Vec::new(),
+            label_ctx,
+            redraw: true,
+            frame_times: FrameTimes::new(FRAME_HISTORY),
+            started_at: now_ms(),
+            all_live_at: None,
+            pointers: Vec::new(),
+            sound: super::audio::Sound::new(crate::audio::AudioSettings::from_params(
+                query_param("audio").as_deref(),
+                query_param("audio-unfocused-db").as_deref(),
+            )),
+        })
+    });
     install_hook(&shared);
 
     UPLOAD_FROM_VIDEO.with(|f| f.set(query_param("upload").as_deref() == Some("video")));
@@ -179,6 +201,7 @@ pub(super) async fn run() -> Result<(), String> {
     shared.borrow_mut().gfx = Some(gfx);
     install_input(&shared);
     install_key_form(&shared);
+    super::ui::install_paste(&shared);
     start_flat_loop(&shared);
     setup_xr_button(&shared);
 
@@ -207,6 +230,7 @@ pub(super) async fn run() -> Result<(), String> {
             let whep_url =
                 web_sys::Url::new_with_base(&desktop.whep, &app.base_url).map(|u| u.href()).unwrap_or_default();
             let can_probe = health_url(&whep_url).is_some();
+            let control_url = crate::control::control_url(&whep_url);
             let own_token = desktop.token.is_some();
             let mut desktop = desktop.clone();
             desktop.token = bearer(desktop.token.as_deref(), app.key.as_deref());
@@ -231,6 +255,12 @@ pub(super) async fn run() -> Result<(), String> {
                 label: String::new(),
                 hud: String::new(),
                 last_pointer: None,
+                control: Default::default(),
+                control_url,
+                control_known: None,
+                status_pending: false,
+                status_at: f64::NEG_INFINITY,
+                menu_text: String::new(),
                 _frame_cb: frame_cb,
             });
             app.sound.add_panel();

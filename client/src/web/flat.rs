@@ -22,6 +22,8 @@ use crate::scene;
 impl App {
     pub(super) fn frame_flat(&mut self) {
         let t0 = now_ms();
+        self.control_frame();
+        self.extras_frame();
         if self.upload_videos(false) {
             self.redraw = true;
         }
@@ -89,15 +91,36 @@ impl App {
         }
     }
 
+    /// The scene control (menu, caption) under a canvas point.
+    pub(super) fn flat_ui(&self, point: Vec2) -> Option<scene::UiHit> {
+        let (o, d) = self.flat_ray(point)?;
+        let open: Vec<usize> = (0..self.panels.len()).filter(|&i| self.panels[i].control.open).collect();
+        scene::pick_ui(&self.layout, LABEL_W as f32 / LABEL_H as f32, &open, None, o, d).map(|u| u.0)
+    }
+
     pub(super) fn mouse_move(&mut self, point: Vec2) {
         self.flat.mouse = Some(point);
         self.redraw = true;
+        // A menu hold ends when the mouse leaves its item.
+        if let Some(i) = self.flat.menu_held {
+            let item = self.panels[i].control.held.map(|h| h.0);
+            if self.flat_ui(point) != item.map(|it| scene::UiHit::Menu(i, Some(it))) {
+                self.panels[i].control.release();
+                self.flat.menu_held = None;
+            }
+            return;
+        }
         if let Some(start) = self.flat.dragging {
             let h = self.gfx.as_ref().map(|g| g.canvas.client_height() as f32).unwrap_or(1.0);
             let delta = point - start;
             self.flat.camera.drag(delta.x, delta.y, h);
             self.flat.user_moved = true;
             self.flat.dragging = Some(point);
+            return;
+        }
+        // Over an open VM menu (nothing held): the desktop under it does not see the mouse.
+        if self.flat.pointer.captured.is_none() && matches!(self.flat_ui(point), Some(scene::UiHit::Menu(..))) {
+            self.pointers.clear();
             return;
         }
         let target = self.flat_target(point, self.flat.pointer.captured);
@@ -117,15 +140,26 @@ impl App {
             _ => return,
         };
         if down {
-            let target = self.flat_target(point, self.flat.pointer.captured);
-            // A click on a caption (not on a desktop, nothing held) toggles that panel's sound.
-            if target.is_none() && self.flat.pointer.captured.is_none() && bit == buttons::LEFT {
-                if let Some(i) = self.flat_ray(point).and_then(|(o, d)| caption_at(&self.layout, o, d)).map(|(i, _)| i)
-                {
-                    self.toggle_mute(i);
-                    return;
+            // The scene's controls first (nothing held): a caption toggles that panel's sound, its
+            // menu button the VM menu; a menu item is pressed (held for destructive ones).
+            if self.flat.pointer.captured.is_none() && bit == buttons::LEFT {
+                match self.flat_ui(point) {
+                    Some(scene::UiHit::Caption(i)) => return self.toggle_mute(i),
+                    Some(scene::UiHit::CaptionButton(i)) => return self.toggle_menu(i),
+                    Some(scene::UiHit::Menu(i, item)) => {
+                        if let Some(item) = item {
+                            self.flat.menu_held = Some(i);
+                            if let Some(a) = self.panels[i].control.press(item, now_ms()) {
+                                self.control_action(i, a);
+                            }
+                            self.update_menus();
+                        }
+                        return;
+                    }
+                    _ => {}
                 }
             }
+            let target = self.flat_target(point, self.flat.pointer.captured);
             match self.flat.pointer.press(target.as_ref(), bit) {
                 Some(send) => {
                     self.set_focus(Some(send.0));
@@ -135,6 +169,10 @@ impl App {
                 None => {}
             }
         } else {
+            if let Some(i) = self.flat.menu_held.take() {
+                self.panels[i].control.release();
+                return;
+            }
             self.flat.dragging = None;
             if let Some(i) = self.flat.pointer.captured {
                 let at = self.flat_target(point, Some(i)).map(|a| (a.x, a.y));
@@ -154,17 +192,9 @@ impl App {
     pub(super) fn key(&mut self, ev: &KeyboardEvent, down: bool) -> bool {
         let Some(i) = self.focus else { return false };
         let Some(sym) = keysym(&ev.key(), &ev.code()) else { return false };
-        self.panels[i].send(InputMessage::Key { keysym: sym, down });
+        self.send_keys(i, &[(sym, down)]);
         true
     }
-}
-
-/// The caption a ray hits (and the point), when it hits no desktop first.
-pub(super) fn caption_at(layout: &[loco_shared::layout::Panel], origin: Vec3, dir: Vec3) -> Option<(usize, Vec3)> {
-    if loco_shared::layout::pick(layout, origin, dir).is_some() {
-        return None;
-    }
-    scene::pick_caption(layout, LABEL_W as f32 / LABEL_H as f32, origin, dir)
 }
 
 pub(super) fn start_flat_loop(shared: &Shared) {

@@ -6,11 +6,68 @@ use wasm_bindgen::JsCast;
 
 use super::util::{set, window};
 use super::{App, Shared, LABEL_H, LABEL_W};
-use crate::hook::{PanelSnapshot, Snapshot, XrSnapshot};
+use crate::control::{MenuItem, Outcome};
+use crate::hook::{
+    ControlResult, ControlSnapshot, KeySent, KeySnapshot, KeyboardSnapshot, PanelSnapshot, PasteSnapshot, Snapshot,
+    XrSnapshot,
+};
+use crate::keyboard::{key_rect, Modifier};
 use crate::render::View;
 use crate::scene;
 
 impl App {
+    fn control_snapshot(&self, i: usize) -> ControlSnapshot {
+        let p = &self.panels[i];
+        let c = &p.control;
+        let path = |item: MenuItem| match item {
+            MenuItem::Do(a) => a.path(),
+            MenuItem::Close => "close",
+        };
+        ControlSnapshot {
+            open: c.open,
+            url: p.control_url.clone(),
+            qmp: c.status.as_ref().map(|s| s.qmp.clone()),
+            vm_status: c.status.as_ref().map(|s| s.status.clone()),
+            snapshot: c.status.as_ref().map(|s| s.snapshot),
+            status_error: c.status_error.clone(),
+            pending: match c.outcome {
+                Some(Outcome::Pending(a)) => Some(a.path()),
+                _ => None,
+            },
+            last: match &c.outcome {
+                Some(Outcome::Done { action, text, .. }) => {
+                    Some(ControlResult { action: action.path(), ok: true, text: text.clone() })
+                }
+                Some(Outcome::Failed { action, text, .. }) => {
+                    Some(ControlResult { action: action.path(), ok: false, text: text.clone() })
+                }
+                _ => None,
+            },
+            rebooting: c.rebooting(p.link.state() == crate::scene::StreamState::Live),
+            hold: c.progress(super::util::now_ms()).map(|(item, f)| (path(item), f as f64)),
+        }
+    }
+
+    fn keyboard_snapshot(&self) -> KeyboardSnapshot {
+        let kb = &self.extras.keyboard;
+        KeyboardSnapshot {
+            visible: kb.visible,
+            corners: self.keyboard_corners().map(|c| c.map(Into::into).to_vec()).unwrap_or_default(),
+            keys: kb
+                .keys
+                .iter()
+                .map(|k| {
+                    let (u0, v0, u1, v1) = key_rect(k);
+                    KeySnapshot { name: k.name, u: ((u0 + u1) / 2.0) as f64, v: ((v0 + v1) / 2.0) as f64 }
+                })
+                .collect(),
+            shift: kb.latch(Modifier::Shift).as_str(),
+            ctrl: kb.latch(Modifier::Ctrl).as_str(),
+            alt: kb.latch(Modifier::Alt).as_str(),
+            win: kb.latch(Modifier::Win).as_str(),
+        }
+    }
+
     pub(super) fn snapshot(&self) -> JsValue {
         let panels = self
             .panels
@@ -37,6 +94,13 @@ impl App {
                     .get(i)
                     .map(|l| scene::caption_corners(l, LABEL_W as f32 / LABEL_H as f32).map(Into::into).to_vec())
                     .unwrap_or_default(),
+                caption: p.label.trim_end_matches('\u{0}').to_owned(),
+                menu_corners: self
+                    .layout
+                    .get(i)
+                    .map(|l| scene::menu_corners(l).map(Into::into).to_vec())
+                    .unwrap_or_default(),
+                control: self.control_snapshot(i),
             })
             .collect();
         let snapshot = Snapshot {
@@ -62,6 +126,20 @@ impl App {
             frames: self.frame_times.frames,
             all_live_ms: self.all_live_at.map(|t| t - self.started_at),
             audio: self.sound.snapshot(),
+            keyboard: self.keyboard_snapshot(),
+            keys_sent: self
+                .extras
+                .key_log
+                .iter()
+                .map(|&(panel, keysym, down)| KeySent { panel, keysym, down })
+                .collect(),
+            message: self.extras.message.as_ref().map(|m| m.0.clone()),
+            paste: PasteSnapshot {
+                typed: self.extras.typist.typed,
+                total: self.extras.typist.total,
+                busy: self.extras.typist.busy(),
+            },
+            caption_button_u: crate::control::CAPTION_BUTTON_U as f64,
         };
         js_sys::JSON::parse(&snapshot.to_json()).unwrap_or(JsValue::NULL)
     }

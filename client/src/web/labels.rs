@@ -11,6 +11,7 @@ impl App {
         let now = now_ms();
         for i in 0..self.panels.len() {
             let p = &self.panels[i];
+            let vm = p.control.caption_part(p.link.state() == StreamState::Live, now);
             let label = captions::caption(&CaptionInput {
                 name: &p.desktop.name,
                 state: p.link.state(),
@@ -19,7 +20,10 @@ impl App {
                 retry_in_ms: p.link.retry_in_ms(now),
                 focused: self.focus == Some(i),
                 audio: self.sound.panels[i].status(),
+                vm: vm.as_deref(),
             });
+            // The menu button's look goes with the text.
+            let label = if p.control.open { format!("{label}\u{0}") } else { label };
             let hud = if self.hud {
                 let line = captions::hud_line(p.stats.fps, p.kbps, p.stats.rtt_ms, p.stats.frames_decoded);
                 let sound = &self.sound.panels[i];
@@ -67,7 +71,13 @@ impl App {
         ctx.set_fill_style_str("#f2f4f8");
         ctx.set_font("28px system-ui, sans-serif");
         ctx.set_text_baseline("middle");
-        let _ = ctx.fill_text_with_max_width(text, x, h / 2.0 + 1.0, w - x - 8.0);
+        let open = text.ends_with('\u{0}');
+        let text = text.trim_end_matches('\u{0}');
+        let right = if hud { w - 8.0 } else { w * crate::control::CAPTION_BUTTON_U as f64 - 8.0 };
+        let _ = ctx.fill_text_with_max_width(text, x, h / 2.0 + 1.0, right - x);
+        if !hud {
+            super::control::draw_caption_button(ctx, w, open);
+        }
         let Ok(data) = ctx.get_image_data(0, 0, LABEL_W as i32, LABEL_H as i32) else { return };
         let pixels = data.data().0;
         for g in [self.gfx.as_mut(), self.xr_gfx.as_mut()].into_iter().flatten() {
@@ -83,5 +93,6 @@ impl App {
             p.new_frame.set(p.has_video);
         }
         self.update_labels();
+        self.redraw_menus();
     }
 }

@@ -105,6 +105,7 @@ impl App {
                     .into(),
             );
         }
+        self.control_tick();
         self.update_labels();
         self.update_key_prompt();
     }
@@ -180,5 +181,9 @@ impl App {
             hand.panel_down(i);
         }
         self.flat.pointer.panel_down(i);
+        if self.extras.typist.panel == Some(i) && self.extras.typist.busy() {
+            self.extras.typist.cancel();
+            self.show_message(format!("typing into {} stopped: its stream went down", self.panels[i].desktop.name));
+        }
     }
 }

@@ -7,6 +7,7 @@
 
 mod audio;
 mod boot;
+mod control;
 mod dom;
 mod flat;
 mod gfx;
@@ -14,6 +15,7 @@ mod hook;
 mod key;
 mod labels;
 mod links;
+mod ui;
 mod util;
 mod video;
 mod whep;
@@ -81,6 +83,16 @@ struct PanelRt {
     hud: String,
     /// Last pointer message sent, to skip repeats.
     last_pointer: Option<(u32, u32, u8)>,
+    /// The VM menu on its caption, and the agent's control URL (`…/control`).
+    control: crate::control::Control,
+    control_url: Option<String>,
+    /// The agent answered `GET …/control` (Some(false): it has none; then it is asked again only
+    /// when the menu opens).
+    control_known: Option<bool>,
+    status_pending: bool,
+    status_at: f64,
+    /// What the menu texture shows now.
+    menu_text: String,
     _frame_cb: Looping<dyn FnMut(f64, JsValue)>,
 }
 
@@ -112,6 +124,10 @@ struct Xr {
     layer: XrWebGlLayer,
     recentred: bool,
     hands: [Hand; 2],
+    /// What each hand's trigger pressed among the scene's controls (until released).
+    ui_press: [Option<crate::scene::UiHit>; 2],
+    /// Hand-tracking pinches (`selectstart` … `selectend`), by hand.
+    select: Rc<[Cell<bool>; 2]>,
 }
 
 struct Flat {
@@ -122,9 +138,29 @@ struct Flat {
     dragging: Option<Vec2>,
     /// The user turned or zoomed the camera: stop re-framing the wall.
     user_moved: bool,
+    /// Panel `i`'s menu item the mouse holds.
+    menu_held: Option<usize>,
+}
+
+/// The scene's own controls: the keyboard, paste, pulled panels, messages.
+struct Extras {
+    keyboard: crate::keyboard::Keyboard,
+    /// The keyboard texture was drawn with these modifier states.
+    keyboard_drawn: Option<[crate::keyboard::Latch; 4]>,
+    typist: crate::paste::Typist,
+    /// A message shown for a while (`#loco-toast`), and since when.
+    message: Option<(String, f64)>,
+    arrangement: crate::arrange::Arrangement,
+    double_tap: crate::arrange::DoubleTap,
+    /// The last key events the page sent: (panel, keysym, down).
+    key_log: std::collections::VecDeque<(usize, u32, bool)>,
+    /// A 2D canvas for the menu and keyboard textures.
+    big_ctx: Option<CanvasRenderingContext2d>,
 }
 
 struct App {
+    /// This app itself (for requests started from input handlers).
+    me: std::rc::Weak<RefCell<App>>,
     config: Option<Config>,
     /// The page's access key (`#key=…`, remembered, or typed into the key form).
     key: Option<String>,
@@ -140,6 +176,7 @@ struct App {
     hud: bool,
     flat: Flat,
     xr: Option<Xr>,
+    extras: Extras,
     /// The flat view's device, and the WebGL2 one for XR when the flat view uses WebGPU.
     gfx: Option<Gfx>,
     xr_gfx: Option<Gfx>,
@@ -174,6 +211,8 @@ impl App {
             })
             .collect();
         self.layout = layout(&self.wall, &self.origin, &aspects);
+        let names: Vec<&str> = self.panels.iter().map(|p| p.desktop.name.as_str()).collect();
+        self.extras.arrangement.apply(&mut self.layout, &names, self.origin.eye);
         self.sound.place(&self.layout);
         self.redraw = true;
     }
@@ -221,7 +260,27 @@ impl App {
                 v
             })
             .collect();
-        SceneInput { panels, pointers: self.pointers.clone(), floor_center: self.origin.eye }
+        let menus =
+            self.panels
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| p.control.open)
+                .map(|(i, p)| crate::scene::MenuView {
+                    panel: i,
+                    progress: p.control.progress(util::now_ms()).and_then(|(item, f)| {
+                        crate::control::MENU_ITEMS.iter().position(|m| *m == item).map(|k| (k, f))
+                    }),
+                })
+                .collect();
+        let grabbed = self.xr.iter().flat_map(|x| x.hands.iter()).filter_map(|h| h.grab.map(|g| g.panel)).collect();
+        SceneInput {
+            panels,
+            pointers: self.pointers.clone(),
+            floor_center: self.origin.eye,
+            menus,
+            keyboard: self.keyboard_view(),
+            grabbed,
+        }
     }
 }
 

@@ -14,13 +14,15 @@ use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::{spawn_local, JsFuture};
 use web_sys::{HtmlCanvasElement, HtmlElement, XrFrame, XrReferenceSpace, XrSession, XrWebGlLayer};
 
-use super::flat::{caption_at, start_flat_loop};
+use super::flat::start_flat_loop;
 use super::gfx::{Backend, Gfx};
 use super::util::{document, js_error, now_ms, window};
-use super::{App, Looping, Shared, Xr};
+use super::{App, Looping, Shared, Xr, LABEL_H, LABEL_W};
+use crate::arrange::Placement;
 use crate::pointer::Pad;
 use crate::render::{flip_y, gl_to_wgpu_depth, View};
 use crate::scene;
+use crate::scene::UiHit;
 
 impl App {
     pub(super) fn frame_xr(&mut self, frame: &XrFrame) {
@@ -40,6 +42,11 @@ impl App {
         }
         self.sound.set_listener(crate::audio::Listener::from_pose(head_pos, head_rot));
         self.xr_input(frame, &space, head_pos, head_rot);
+        self.control_frame();
+        self.extras_frame();
+        if self.extras.keyboard.visible {
+            self.update_keyboard_texture();
+        }
         self.upload_videos(true);
         let quads = scene::build(&self.scene());
 
@@ -83,22 +90,29 @@ impl App {
 
     pub(super) fn xr_input(&mut self, frame: &XrFrame, space: &XrReferenceSpace, head_pos: Vec3, head_rot: Quat) {
         let sizes = self.desktop_sizes();
+        let kb_corners = self.keyboard_corners();
+        let open: Vec<usize> = (0..self.panels.len()).filter(|&i| self.panels[i].control.open).collect();
         let Some(xr) = self.xr.as_mut() else { return };
         let sources = xr.session.input_sources();
-        let now = Duration::from_secs_f64(now_ms() / 1000.0);
+        let t_ms = now_ms();
+        let now = Duration::from_secs_f64(t_ms / 1000.0);
+        let aspect = LABEL_W as f32 / LABEL_H as f32;
         let mut pointers = Vec::new();
         let mut sends: Vec<(usize, InputMessage)> = Vec::new();
         let mut focus = None;
-        let (mut toggle_hud, mut recentre) = (false, false);
+        let (mut toggle_hud, mut recentre, mut toggle_keyboard) = (false, false, false);
         let mut seen = [false; 2];
-        let mut mutes = Vec::new();
+        let mut actions: Vec<UiAction> = Vec::new();
+        let mut moved: Vec<(String, Placement)> = Vec::new();
+        let (mut save, mut reset_wall) = (false, false);
         for k in 0..sources.length() {
             let Some(src) = sources.get(k) else { continue };
             let slot = match src.handedness() {
                 web_sys::XrHandedness::Left => 0,
                 _ => 1,
             };
-            if src.target_ray_mode() != web_sys::XrTargetRayMode::TrackedPointer {
+            let mode = src.target_ray_mode();
+            if matches!(mode, web_sys::XrTargetRayMode::Gaze | web_sys::XrTargetRayMode::Screen) {
                 continue;
             }
             let Some(pose) = frame.get_pose(&src.target_ray_space(), space) else { continue };
@@ -106,32 +120,103 @@ impl App {
             let t = pose.transform();
             let origin = point3(&t.position());
             let dir = quat(&t.orientation()) * Vec3::NEG_Z;
-            let pad = src.gamepad().map(|g| gamepad_state(&g)).unwrap_or_default();
-            let caption = caption_at(&self.layout, origin, dir);
-            mutes.extend(xr.hands[slot].caption_press(caption.map(|c| c.0), &pad));
-            let mut out = xr.hands[slot].frame(now, &self.layout, &sizes, origin, dir, pad);
-            // A ray on a caption ends there, with a cursor (the trigger toggles its sound).
-            if let (Some((i, point)), Some(p)) = (caption, out.pointer.as_mut()) {
-                if p.hit.is_none() && xr.hands[slot].captured.is_none() {
-                    p.end = point;
-                    p.hit = Some((point, self.layout[i].normal()));
+            let mut pad = src.gamepad().map(|g| gamepad_state(&g)).unwrap_or_default();
+            // Hands (and transient pointers): the pinch (`select`) is the trigger; nothing else.
+            let transient = mode != web_sys::XrTargetRayMode::TrackedPointer;
+            if src.hand().is_some() || transient {
+                let pinch = xr.select[slot].get() || transient || pad.pad.trigger >= 0.6;
+                pad = Pad {
+                    pad: GamepadState { trigger: if pinch { 1.0 } else { 0.0 }, ..Default::default() },
+                    ..Default::default()
+                };
+            }
+            let hand = &mut xr.hands[slot];
+            let ui = if hand.captured.is_none() && hand.grab.is_none() {
+                let kb = kb_corners.as_ref().map(|c| (c, &self.extras.keyboard.keys[..]));
+                scene::pick_ui(&self.layout, aspect, &open, kb, origin, dir)
+            } else {
+                None
+            };
+            let on_panel = loco_shared::layout::pick(&self.layout, origin, dir).is_some();
+            let trig = hand.ui_trigger(ui.is_some(), &pad);
+            if trig.pressed {
+                if let Some((hit, _, _)) = ui {
+                    xr.ui_press[slot] = Some(hit);
+                    actions.push(UiAction::Press(slot, hit));
                 }
+            } else if trig.released {
+                if let Some(hit) = xr.ui_press[slot].take() {
+                    actions.push(UiAction::Release(slot, hit));
+                }
+            } else if let Some(UiHit::Menu(i, Some(item))) = xr.ui_press[slot] {
+                // A hold ends when the ray leaves its item.
+                if ui.map(|u| u.0) != Some(UiHit::Menu(i, Some(item))) {
+                    xr.ui_press[slot] = None;
+                    actions.push(UiAction::Release(slot, UiHit::Menu(i, None)));
+                }
+            }
+            // The grip on a panel's frame pulls it along the ray.
+            let (closed, opened) = hand.grip_edges(&pad);
+            if opened && hand.grab.take().is_some() {
+                save = true;
+            }
+            if closed && hand.captured.is_none() && hand.grab.is_none() && ui.is_none() && !on_panel {
+                if let Some((i, _)) = crate::arrange::pick_frame(&self.layout, origin, dir) {
+                    let start = self.extras.arrangement.placed.get(&self.panels[i].desktop.name).copied().unwrap_or(
+                        Placement { distance_m: self.layout[i].center.distance(self.origin.eye), scale: 1.0 },
+                    );
+                    hand.grab = Some(crate::arrange::Grab::new(i, origin, dir, start, t_ms));
+                }
+            }
+            if trig.edge
+                && ui.is_none()
+                && !on_panel
+                && hand.captured.is_none()
+                && hand.grab.is_none()
+                && crate::arrange::pick_frame(&self.layout, origin, dir).is_none()
+                && self.extras.double_tap.tap(t_ms)
+            {
+                reset_wall = true;
+            }
+            let panels: &[loco_shared::layout::Panel] =
+                if ui.is_some() || hand.grab.is_some() { &[] } else { &self.layout };
+            let mut out = hand.frame(now, panels, &sizes, origin, dir, hand.panel_pad(pad));
+            if let Some(g) = hand.grab.as_mut() {
+                let pl = g.update(origin, pad.pad.thumbstick_y, t_ms);
+                moved.push((self.panels[g.panel].desktop.name.clone(), pl));
+                if let Some(p) = out.pointer.as_mut() {
+                    p.end = self.layout[g.panel].center;
+                    p.pressed = true;
+                }
+            }
+            // A ray on one of the scene's controls ends there, with a cursor.
+            if let (Some((_, point, n)), Some(p)) = (ui, out.pointer.as_mut()) {
+                p.end = point;
+                p.hit = Some((point, n));
             }
             sends.extend(out.sends);
             focus = out.focus.or(focus);
             toggle_hud |= out.toggle_hud;
             recentre |= out.recentre;
+            toggle_keyboard |= out.toggle_keyboard;
             pointers.extend(out.pointer);
         }
         // A controller that went away releases what it held.
         for (slot, hand) in xr.hands.iter_mut().enumerate() {
             if !seen[slot] {
                 sends.extend(hand.gone(|i| self.panels[i].last_pointer.map(|(x, y, _)| (x, y))));
+                hand.ui_held = false;
+                if hand.grab.take().is_some() {
+                    save = true;
+                }
+                if let Some(hit) = xr.ui_press[slot].take() {
+                    actions.push(UiAction::Release(slot, hit));
+                }
             }
         }
         self.send_all(sends);
-        for i in mutes {
-            self.toggle_mute(i);
+        for a in actions {
+            self.ui_action(a, t_ms);
         }
         if focus.is_some() {
             self.set_focus(focus);
@@ -141,11 +226,64 @@ impl App {
             self.hud = !self.hud;
             self.update_labels();
         }
+        if toggle_keyboard {
+            self.toggle_keyboard();
+        }
+        let relayout = !moved.is_empty() || reset_wall;
+        for (name, pl) in moved {
+            self.extras.arrangement.placed.insert(name, pl);
+        }
+        if reset_wall {
+            self.extras.arrangement.placed.clear();
+            self.show_message("the wall is back in place".into());
+            save = true;
+        }
+        if save {
+            self.save_arrangement();
+        }
         if recentre {
             self.origin = WallOrigin::facing(head_pos, head_rot);
             self.relayout();
+        } else if relayout {
+            self.relayout();
         }
     }
+
+    /// A hand pressed or let go of one of the scene's controls.
+    fn ui_action(&mut self, a: UiAction, now: f64) {
+        match a {
+            UiAction::Press(slot, UiHit::Key(k)) => {
+                let keys = self.extras.keyboard.press(slot, k, now);
+                if let Some(i) = self.focus {
+                    self.send_keys(i, &keys);
+                }
+                self.update_keyboard_texture();
+            }
+            UiAction::Release(slot, UiHit::Key(_)) => {
+                let keys = self.extras.keyboard.release(slot);
+                if let Some(i) = self.focus {
+                    self.send_keys(i, &keys);
+                }
+            }
+            UiAction::Press(_, UiHit::Menu(i, Some(item))) => {
+                if let Some(action) = self.panels[i].control.press(item, now) {
+                    self.control_action(i, action);
+                }
+                self.update_menus();
+            }
+            UiAction::Release(_, UiHit::Menu(i, _)) => self.panels[i].control.release(),
+            UiAction::Press(_, UiHit::Caption(i)) => self.toggle_mute(i),
+            UiAction::Press(_, UiHit::CaptionButton(i)) => self.toggle_menu(i),
+            _ => {}
+        }
+    }
+}
+
+/// What a hand did to one of the scene's controls.
+#[derive(Debug, Clone, Copy)]
+enum UiAction {
+    Press(usize, UiHit),
+    Release(usize, UiHit),
 }
 
 pub(super) fn point3(p: &web_sys::DomPointReadOnly) -> Vec3 {
@@ -157,7 +295,7 @@ pub(super) fn quat(p: &web_sys::DomPointReadOnly) -> Quat {
 }
 
 /// Trigger, squeeze and thumbstick (xr-standard mapping), plus the A/X (HUD) and B/Y
-/// (recentre) buttons.
+/// (recentre) buttons and the thumbstick press (keyboard).
 pub(super) fn gamepad_state(g: &web_sys::Gamepad) -> Pad {
     let buttons = g.buttons();
     let value = |k: u32| -> f32 {
@@ -173,6 +311,7 @@ pub(super) fn gamepad_state(g: &web_sys::Gamepad) -> Pad {
         pad: GamepadState { trigger: value(0), squeeze: value(1), thumbstick_y: thumb_y },
         hud: value(4) > 0.5,
         recentre: value(5) > 0.5,
+        keyboard: value(3) > 0.5,
     }
 }
 
@@ -223,6 +362,8 @@ pub(super) async fn enter_xr(shared: &Shared) -> Result<(), String> {
     let xr = window().navigator().xr();
     let init = web_sys::XrSessionInit::new();
     init.set_required_features(&[JsValue::from_str("local-floor")]);
+    // Hands: their rays and pinches work like controllers (`select` is the trigger).
+    init.set_optional_features(&[JsValue::from_str("hand-tracking")]);
     let session: XrSession =
         JsFuture::from(xr.request_session_with_options(web_sys::XrSessionMode::ImmersiveVr, &init))
             .await
@@ -258,7 +399,28 @@ pub(super) async fn enter_xr(shared: &Shared) -> Result<(), String> {
             .unchecked_into();
     {
         let mut app = shared.borrow_mut();
-        app.xr = Some(Xr { session: session.clone(), space, layer, recentred: false, hands: Default::default() });
+        let select: Rc<[std::cell::Cell<bool>; 2]> = Rc::new(Default::default());
+        for (name, down) in [("selectstart", true), ("selectend", false)] {
+            let sel = select.clone();
+            let cb = Closure::<dyn FnMut(web_sys::XrInputSourceEvent)>::new(move |ev: web_sys::XrInputSourceEvent| {
+                let slot = match ev.input_source().handedness() {
+                    web_sys::XrHandedness::Left => 0,
+                    _ => 1,
+                };
+                sel[slot].set(down);
+            });
+            let _ = session.add_event_listener_with_callback(name, cb.as_ref().unchecked_ref());
+            cb.forget();
+        }
+        app.xr = Some(Xr {
+            session: session.clone(),
+            space,
+            layer,
+            recentred: false,
+            hands: Default::default(),
+            ui_press: [None; 2],
+            select,
+        });
         app.pointers.clear();
         app.flat.pointer.captured = None;
         for p in &app.panels {
@@ -274,6 +436,12 @@ pub(super) async fn enter_xr(shared: &Shared) -> Result<(), String> {
     let on_end = Closure::<dyn FnMut()>::new(move || {
         if let Ok(mut app) = s.try_borrow_mut() {
             app.xr = None;
+            let up = app.extras.keyboard.release_all();
+            if let Some(i) = app.focus {
+                app.send_keys(i, &up);
+            }
+            // A grip still held when the session ended: keep where the panel got to.
+            app.save_arrangement();
             app.redraw = true;
             app.pointers.clear();
             for p in &app.panels {
