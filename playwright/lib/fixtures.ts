@@ -14,7 +14,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { Agent, requireAgentBinary } from './agent';
 import { QemuGuest } from './guest';
-import { LocoSnap, readLoco } from './loco';
+import { LocoSnap, allLive, readLoco, waitLoco, waitXrAndStableCorners } from './loco';
 import { tail } from './procs';
 import { StaticServer, requireDist } from './server';
 import { IWER_INIT } from './xr';
@@ -85,6 +85,20 @@ const IWER_JS = require.resolve('iwer/build/iwer.min.js');
 
 function attachText(testInfo: TestInfo, name: string, text: string): Promise<void> {
   return testInfo.attach(name, { body: text, contentType: 'text/plain' });
+}
+
+/** Opens the page with `query` and waits until all n panels are live (60 s); the snapshot then. */
+export async function openLive(loco: LocoPage, query: string, n: number): Promise<LocoSnap> {
+  await loco.open(query);
+  return (await waitLoco(loco.page, allLive(n), `all ${n} panels 'live'`, 60000, loco.pageErrors)).snap;
+}
+
+/** Clicks "Enter VR" and waits until the XR session draws all n panels with stable corners. */
+export async function enterVr(loco: LocoPage, n: number): Promise<LocoSnap> {
+  const btn = loco.page.getByRole('button', { name: 'Enter VR' });
+  await expect(btn).toBeEnabled({ timeout: 15000 });
+  await btn.click();
+  return waitXrAndStableCorners(loco.page, n, loco.pageErrors);
 }
 
 /**

@@ -9,7 +9,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Page } from '@playwright/test';
-import { test, expect, RIG_TONE_HZ, type Desktop, type LocoPage } from '../lib/fixtures';
+import { test, expect, enterVr, openLive, RIG_TONE_HZ, type Desktop, type LocoPage } from '../lib/fixtures';
 import { levelAt, median, pollUntil, readAudio, readSpectrum, type AudioState, type Spectrum } from '../lib/audio';
 import { QemuGuest } from '../lib/guest';
 import { allLive, frames, panelsOf, setButton, setController, waitLoco, waitXrAndStableCorners, type LocoSnap } from '../lib/loco';
@@ -35,18 +35,6 @@ function watchOffers(page: Page): string[] {
     if (r.method() === 'POST' && r.url().endsWith('/whep')) offers.push(r.postData() ?? '');
   });
   return offers;
-}
-
-async function openLive(loco: LocoPage, query: string, n: number): Promise<LocoSnap> {
-  await loco.open(query);
-  return (await waitLoco(loco.page, allLive(n), `all ${n} panels 'live'`, 60000, loco.pageErrors)).snap;
-}
-
-async function enterVr(loco: LocoPage, n: number): Promise<LocoSnap> {
-  const btn = loco.page.getByRole('button', { name: 'Enter VR' });
-  await expect(btn).toBeEnabled({ timeout: 15000 });
-  await btn.click();
-  return waitXrAndStableCorners(loco.page, n, loco.pageErrors);
 }
 
 const audioOf = (page: Page) => async (): Promise<AudioState> => {

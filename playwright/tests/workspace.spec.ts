@@ -5,7 +5,7 @@
  * in the flat view, hand tracking (a pinch clicks at the aimed pixel), and panels pulled closer
  * with the grip (and kept over a reload).
  */
-import { test, expect, type Desktop, type LocoPage, type Rig } from '../lib/fixtures';
+import { test, expect, enterVr, openLive, type Desktop, type LocoPage, type Rig } from '../lib/fixtures';
 import type { Page, Request } from '@playwright/test';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -30,17 +30,10 @@ function configQuery(server: StaticServer, desktops: Desktop[]): string {
   return `?config=${encodeURIComponent(url)}`;
 }
 
-async function openLive(loco: LocoPage, query: string, n: number): Promise<LocoSnap> {
-  await loco.open(query);
-  return (await waitLoco(loco.page, allLive(n), `all ${n} panels 'live'`, 60000, loco.pageErrors)).snap;
-}
-
-async function enterVr(loco: LocoPage, n: number): Promise<LocoSnap> {
-  const btn = loco.page.getByRole('button', { name: 'Enter VR' });
-  await expect(btn).toBeEnabled({ timeout: 15000 });
-  await btn.click();
-  await waitXrAndStableCorners(loco.page, n, loco.pageErrors);
-  // The wall is recentred on the headset in the first XR frame: read the corners after a few.
+/** Enters VR; the wall is recentred on the headset in the first XR frame, so the corners are
+ * read again a few frames later. */
+async function enterVrSettled(loco: LocoPage, n: number): Promise<LocoSnap> {
+  await enterVr(loco, n);
   await frames(loco.page, 3);
   return waitXrAndStableCorners(loco.page, n, loco.pageErrors);
 }
@@ -146,7 +139,7 @@ test('VM menu: a 1 s hold on Reset POSTs …/control/reset with the session; a s
   expect(l.captionButtonU).toBeGreaterThan(0.5);
 
   // VR: the right controller on the caption's menu button opens the menu.
-  await enterVr(loco, desktops.length);
+  await enterVrSettled(loco, desktops.length);
   l = await full(loco.page);
   const cap: V3[] = l.panels[TARGET].captionCorners;
   await aimRay(loco.page, 'right', pointOnPanel(cap, (1 + l.captionButtonU) / 2, 0.5), HIGH_HAND);
@@ -383,7 +376,7 @@ test('in-VR keyboard: "hi"+Enter reach only the focused Xvnc xterm; Shift latch,
   await Promise.all(rig.screens.map((s, k) => s.xtermCat(files[k])));
   const desktops = rig.desktops();
   await openLive(loco, configQuery(server, desktops), desktops.length);
-  const vr = await enterVr(loco, desktops.length);
+  const vr = await enterVrSettled(loco, desktops.length);
   const acc0 = await Promise.all(rig.agents.map((a) => a.inputAccepted()));
 
   // Focus panel 3 with a trigger click on it, then the right thumbstick press shows the keyboard.
@@ -536,7 +529,7 @@ test('hands: with IWER hand tracking a pinch aimed at panel 1 clicks at the aime
       d.hands[side].quaternion.set(-Math.SQRT1_2, 0, 0, Math.SQRT1_2);
     }
   });
-  const vr = await enterVr(loco, desktops.length);
+  const vr = await enterVrSettled(loco, desktops.length);
   const features = await loco.page.evaluate(() => Array.from((window as any).__iwer.activeSession?.enabledFeatures ?? []));
   expect(features, 'the session has hand tracking').toContain('hand-tracking');
   const sources = await loco.page.evaluate(() => Array.from((window as any).__iwer.activeSession.inputSources as any[]).map((s: any) => ({ hand: !!s.hand, mode: s.targetRayMode })));
@@ -568,7 +561,7 @@ test('grip on a panel frame pulls it closer (corners toward the viewer); it surv
   const query = configQuery(server, desktops);
   await openLive(loco, query, desktops.length);
   await loco.page.evaluate(() => localStorage.removeItem('loco.arrangement'));
-  const vr = await enterVr(loco, desktops.length);
+  const vr = await enterVrSettled(loco, desktops.length);
   const c0 = panelsOf(vr)[TARGET].corners as V3[];
   const d0 = c0.map((c) => dist(HEAD, c));
   const width = dist(c0[0], c0[1]);
@@ -599,7 +592,7 @@ test('grip on a panel frame pulls it closer (corners toward the viewer); it surv
   // Reload: the same arrangement.
   await loco.page.reload({ waitUntil: 'load' });
   await waitLoco(loco.page, allLive(desktops.length), 'all live after the reload', 60000, loco.pageErrors);
-  const vr2 = await enterVr(loco, desktops.length);
+  const vr2 = await enterVrSettled(loco, desktops.length);
   const c2 = panelsOf(vr2)[TARGET].corners as V3[];
   c2.forEach((c, k) => expect(dist(c, c1[k]), `corner ${k} after the reload`).toBeLessThan(1e-3));
   // Double trigger on the background (the floor): the wall is back.

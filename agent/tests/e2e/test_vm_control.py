@@ -186,7 +186,8 @@ def test_reset_power_and_view_only_on_the_test_guest(qemu_guests, agent, aiortc_
 def test_revert_and_reset_on_the_standin(tmp_path):
     from loco_testkit import standin
     if standin.missing_files():
-        pytest.skip(f"the stand-in image is not built ({standin.image_dir()})")
+        pytest.fail(f"the stand-in image is not built ({standin.image_dir()}); build it with: "
+                    f"sudo packer/standin/build.sh", pytrace=False)
     vm = standin.StandinVM("loco-control-test", work=tmp_path, agent_qmp=True).start()
     try:
         t_boot = vm.wait_ready(standin.BOOT_TIMEOUT)
