@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Tests of the Kubernetes path: charts/loco-vm, monitoring/, runner/ and the three Dockerfiles
-# (agent, runner, and Dockerfile.sunshine with its entry point runner/sunshine.sh).
+# Tests of the Kubernetes path: charts/loco-vm, monitoring/, runner/, the four Dockerfiles (agent,
+# runner, www, and Dockerfile.sunshine with its entry point runner/sunshine.sh) and images/'s scripts.
+# The images themselves are built and run by `./loco images` and images/test_images.py.
 #
 #   bash charts/test.sh
 #
@@ -109,9 +110,12 @@ check "sunshine.sh: bash -n" bash -n "$ROOT/runner/sunshine.sh"
 check "sunshine.sh: shellcheck" shellcheck "$ROOT/runner/sunshine.sh"
 check "charts/test.sh: shellcheck" shellcheck "$ROOT/charts/test.sh"
 check "charts/tests/*.sh: shellcheck" shellcheck "$ROOT/charts/tests/runner_test.sh" "$ROOT/charts/tests/lan_test.sh"
-check "Dockerfiles: hadolint" "$VENV/bin/hadolint" "$ROOT/agent/Dockerfile" "$ROOT/runner/Dockerfile" "$ROOT/Dockerfile.sunshine"
+check "images/*.sh: shellcheck" shellcheck -x "$ROOT/images/build.sh" "$ROOT/images/debian-base.sh" "$ROOT/images/docker.sh" \
+  "$ROOT/images/web/start.sh"
+check "Dockerfiles: hadolint" "$VENV/bin/hadolint" "$ROOT/agent/Dockerfile" "$ROOT/runner/Dockerfile" "$ROOT/www/Dockerfile" \
+  "$ROOT/Dockerfile.sunshine"
 check "Dockerfiles: checkov (dockerfile checks)" "$VENV/bin/checkov" --quiet --compact --skip-download --framework dockerfile \
-  -f "$ROOT/agent/Dockerfile" -f "$ROOT/runner/Dockerfile" -f "$ROOT/Dockerfile.sunshine"
+  -f "$ROOT/agent/Dockerfile" -f "$ROOT/runner/Dockerfile" -f "$ROOT/www/Dockerfile" -f "$ROOT/Dockerfile.sunshine"
 check "start.sh: real QEMU on a 64M qcow2, VNC socket, agent via unix:, SIGTERM; AGENT_LISTEN; VM_PROFILE=standin" \
   bash "$ROOT/charts/tests/runner_test.sh" "$AGENT_BIN" "$WORK/runner"
 

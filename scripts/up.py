@@ -10,8 +10,8 @@ N VMs (default 9, the most; --vms 1 for one).
 Each VM is a QEMU process with its VNC server (and QMP) on Unix sockets in a private runtime
 directory; each agent reads that socket and serves WHEP on --port+1, --port+2, ... The WebXR
 page (the client built into www/dist/ by scripts/build-web.sh; `./loco up` builds it) and
-`desktops.json` are served on --port, and the plain-JS flat page (charts/loco-vm/files/www/, the
-one copy the Helm chart serves too) on /wall/.
+`desktops.json` are served on --port, and the plain-JS flat page (scripts/wall/, for
+browsers without WebAssembly; not in the Helm chart) on /wall/.
 Every child runs in its own process group with its log in the runtime directory. Ctrl-C (or
 SIGTERM) stops them all: SIGTERM, then SIGKILL after a grace period. A VM whose QEMU or agent
 dies on its own is reported and left out; the others go on being served (up.py exits 1 when

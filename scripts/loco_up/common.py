@@ -7,7 +7,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 # The one plain-JS flat page (no WebAssembly, no VR), the same the Helm chart serves.
-WALL_DIR = ROOT / "charts" / "loco-vm" / "files" / "www"
+WALL_DIR = ROOT / "scripts" / "wall"
 WEB_DIR = Path(os.environ.get("LOCO_WEB_DIR") or ROOT / "www" / "dist")
 GUEST_DIR = ROOT / "packer" / "testpattern"
 PACKER_DIR = ROOT / "packer"
