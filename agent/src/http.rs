@@ -363,6 +363,7 @@ async fn healthz(State(state): State<Arc<AppState>>) -> Response {
         "screen_generation": generation,
         "audio": state.viewers.audio_state().label(),
         "vm": state.vm.health_label(),
+        "attention": state.pipelines.attention().map(|a| a.label()),
     });
     let status = if connected { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()

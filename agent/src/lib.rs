@@ -54,6 +54,16 @@ pub struct Args {
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=120))]
     max_fps: u32,
 
+    /// Frame-rate cap while the most attentive viewer says this desktop's panel is only
+    /// visible (in view, not focused); the bitrate falls by the same ratio.
+    #[arg(long, default_value_t = 12, value_parser = clap::value_parser!(u32).range(1..=120))]
+    visible_fps: u32,
+
+    /// Frame-rate cap while every viewer says the panel is hidden (out of view); 0 sends
+    /// nothing until it is back in view (then a keyframe at once).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=120))]
+    hidden_fps: u32,
+
     /// Target video bitrate in kbit/s (constant-bitrate rate control, per encoder).
     #[arg(long, default_value_t = 6000, value_parser = clap::value_parser!(u32).range(100..=100_000))]
     bitrate_kbps: u32,
@@ -143,6 +153,13 @@ pub struct Args {
     #[arg(long, default_value = "on", value_parser = parse_on_off, action = clap::ArgAction::Set)]
     audio: bool,
 
+    /// The RTP playout-delay header extension: `on` negotiates it with viewers whose offer
+    /// lists it (Chromium) and puts min = max = 0 on every video packet, so the browser shows
+    /// each frame as soon as it is decoded instead of holding it in its jitter buffer; `off`
+    /// leaves it out of the answer (for benchmarking the difference).
+    #[arg(long, default_value = "on", value_parser = parse_on_off, action = clap::ArgAction::Set)]
+    playout_delay: bool,
+
     /// Opus bitrate while the VM plays sound, in kbit/s (silence costs next to nothing).
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(6..=510))]
     audio_bitrate_kbps: u32,
@@ -187,6 +204,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             bitrate_kbps: args.bitrate_kbps,
             max_fps: args.max_fps,
             encoder_threads: args.encoder_threads,
+            visible_fps: args.visible_fps,
+            hidden_fps: args.hidden_fps,
+            min_bitrate_kbps: args.min_bitrate_kbps.min(args.bitrate_kbps),
         },
         screen.clone(),
         metrics.clone(),
@@ -196,11 +216,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         metrics.clone(),
     );
     let (input_tx, input_rx) = mpsc::channel(1024);
-    let factory = peer::PeerFactory::new(peer::IceConfig {
-        servers: ice_servers,
-        udp_mux_port: args.udp_port,
-        nat_1to1_ips: args.public_ips.clone(),
-    })
+    let factory = peer::PeerFactory::new(
+        peer::IceConfig { servers: ice_servers, udp_mux_port: args.udp_port, nat_1to1_ips: args.public_ips.clone() },
+        args.playout_delay,
+    )
     .await?;
     let limits = peer::Limits {
         max_viewers: args.max_viewers as usize,

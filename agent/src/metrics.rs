@@ -41,6 +41,9 @@ pub struct Metrics {
     pub audio_encode_seconds: Histogram,
     pub vm_control: IntCounterVec,
     pub qmp_connected: IntGauge,
+    pub attention_state: prometheus::IntGaugeVec,
+    pub attention_messages: IntCounterVec,
+    pub encoder_fps_cap: prometheus::IntGaugeVec,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(
@@ -93,7 +96,7 @@ impl Metrics {
                 reg,
                 counter_vec(
                     "loco_keyframe_requests_total",
-                    "Keyframe requests by cause (new viewer, PLI, FIR, slow viewer, unrecoverable NACK, after a lossy spell, resize)",
+                    "Keyframe requests by cause (new viewer, PLI, FIR, slow viewer, unrecoverable NACK, after a lossy spell, attention: the panel came back into view)",
                     &["cause"],
                 ),
             ),
@@ -277,6 +280,34 @@ impl Metrics {
                 reg,
                 IntGauge::new("loco_qmp_connected", "1 while the agent's QMP connection to its QEMU is up")
                     .expect("valid metric"),
+            ),
+            attention_state: register(
+                reg,
+                prometheus::IntGaugeVec::new(
+                    Opts::new(
+                        "loco_attention_state",
+                        "The most attentive state among an encoder's viewers: 0 hidden, 1 visible, 2 focused \
+                         (-1: the encoder stopped)",
+                    ),
+                    &["codec"],
+                )
+                .expect("valid metric"),
+            ),
+            attention_messages: register(
+                reg,
+                counter_vec(
+                    "loco_attention_messages_total",
+                    "Attention messages accepted from viewers on the input channel, by state",
+                    &["state"],
+                ),
+            ),
+            encoder_fps_cap: register(
+                reg,
+                prometheus::IntGaugeVec::new(
+                    Opts::new("loco_encoder_fps_cap", "The encoder's frame-rate cap now (its viewers' attention)"),
+                    &["codec"],
+                )
+                .expect("valid metric"),
             ),
             registry,
             names: names.into_inner(),

@@ -6,7 +6,11 @@
 //! ([`crate::audio`]) in a stream of its own (so the browser does not hold video back to
 //! lip-sync it with audio's deeper jitter buffer), all its ICE candidates included (no trickle). Frames from the encoder pipeline are packetised
 //! here with RTP timestamps taken from the moment they were encoded, so the receiver's jitter
-//! buffer sees real time even though frames come only when the screen changes.
+//! buffer sees real time even though frames come only when the screen changes. When the offer
+//! lists the RTP playout-delay extension (Chromium's does) and `--playout-delay` is on, every
+//! video packet carries min = max = 0, so the browser shows frames as soon as they are decoded.
+//! The `input` channel carries input for the VM and the viewer's attention to this panel, which
+//! goes to the encoder ([`Pipelines::set_attention`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -17,7 +21,7 @@ use loco_shared::feedback::{Decision, KeyframeReason, LossSource, RateCause, Vie
 use loco_shared::protocol::{INPUT_CHANNEL_LABEL, MAX_MESSAGE_BYTES};
 use loco_shared::ratelimit::TokenBucket;
 use loco_shared::retransmit::{ntp_middle32, rtt_from_report, Outcome, RetransmitConfig};
-use loco_shared::InputMessage;
+use loco_shared::{Attention, ChannelMessage, InputMessage};
 use tokio::sync::mpsc;
 use webrtc::api::interceptor_registry::configure_twcc_sender_only;
 use webrtc::api::media_engine::{MediaEngine, MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_VP8};
@@ -41,7 +45,9 @@ use webrtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use webrtc::rtp::codecs::h264::H264Payloader;
 use webrtc::rtp::codecs::vp8::Vp8Payloader;
 use webrtc::rtp::packetizer::Payloader;
-use webrtc::rtp_transceiver::rtp_codec::{RTCRtpCodecCapability, RTCRtpCodecParameters, RTPCodecType};
+use webrtc::rtp_transceiver::rtp_codec::{
+    RTCRtpCodecCapability, RTCRtpCodecParameters, RTCRtpHeaderExtensionCapability, RTPCodecType,
+};
 use webrtc::rtp_transceiver::RTCPFeedback;
 use webrtc::track::track_local::track_local_static_rtp::TrackLocalStaticRTP;
 use webrtc::track::track_local::TrackLocalWriter;
@@ -85,6 +91,20 @@ pub struct IceConfig {
 pub struct PeerFactory {
     apis: HashMap<Codec, API>,
     ice: IceConfig,
+}
+
+/// The RTP header extension that tells a libwebrtc receiver (Chromium) how long it may hold
+/// frames in its jitter buffer (<http://www.webrtc.org/experiments/rtp-hdrext/playout-delay>).
+pub const PLAYOUT_DELAY_URI: &str = "http://www.webrtc.org/experiments/rtp-hdrext/playout-delay";
+
+/// The playout-delay extension's payload: min = max = 0 (12 bits each, in 10 ms units), i.e.
+/// "render each frame as soon as it is decoded": a desktop has no motion to smooth, and every
+/// frame held back is latency the user feels on the pointer.
+pub fn playout_delay_payload() -> bytes::Bytes {
+    use webrtc::util::Marshal;
+    let ext = webrtc::rtp::extension::playout_delay_extension::PlayoutDelayExtension::new(0, 0);
+    // Marshalling three bytes of two in-range values cannot fail.
+    ext.marshal().unwrap_or_else(|_| bytes::Bytes::from_static(&[0, 0, 0]))
 }
 
 fn feedback() -> Vec<RTCPFeedback> {
@@ -142,7 +162,9 @@ fn interceptors(media: &mut MediaEngine) -> webrtc::error::Result<Registry> {
 }
 
 impl PeerFactory {
-    pub async fn new(ice: IceConfig) -> anyhow::Result<Self> {
+    /// `playout_delay`: negotiate the playout-delay header extension with viewers that offer it
+    /// (Chromium does) and put min = max = 0 on every video packet (`--playout-delay`).
+    pub async fn new(ice: IceConfig, playout_delay: bool) -> anyhow::Result<Self> {
         let mux = match ice.udp_mux_port {
             Some(port) => {
                 let socket = tokio::net::UdpSocket::bind(("0.0.0.0", port))
@@ -178,6 +200,15 @@ impl PeerFactory {
                 RTCRtpCodecParameters { capability: opus_capability(), payload_type: 111, ..Default::default() },
                 RTPCodecType::Audio,
             )?;
+            if playout_delay {
+                // Send-side: the answer lists it only when the offer did (a receiver that
+                // does not know it never sees it).
+                media.register_header_extension(
+                    RTCRtpHeaderExtensionCapability { uri: PLAYOUT_DELAY_URI.into() },
+                    RTPCodecType::Video,
+                    None,
+                )?;
+            }
             let registry = interceptors(&mut media)?;
             let mut settings = SettingEngine::default();
             settings.set_include_loopback_candidate(true);
@@ -241,6 +272,11 @@ pub struct ViewerSession {
     audio: Option<Arc<TrackLocalStaticRTP>>,
     /// Set when the session ends (stops its audio writer).
     ended: tokio::sync::watch::Sender<bool>,
+    /// The id the viewer's offer gave the playout-delay extension, when it is negotiated.
+    playout_delay_id: Option<u8>,
+    /// What the viewer last said of its attention to this panel (`focused` until it says).
+    /// Held while the encoder is told, so a change cannot pass the viewer's subscription.
+    attention: Arc<Mutex<Attention>>,
 }
 
 impl ViewerSession {
@@ -248,10 +284,24 @@ impl ViewerSession {
     pub fn has_audio(&self) -> bool {
         self.audio.is_some()
     }
+
+    /// Whether its video packets carry the playout-delay extension.
+    pub fn has_playout_delay(&self) -> bool {
+        self.playout_delay_id.is_some()
+    }
 }
 
 type RtpPacket = webrtc::rtp::packet::Packet;
 type RtpSender = webrtc::rtp_transceiver::rtp_sender::RTCRtpSender;
+
+/// What answering an offer gave.
+struct Negotiated {
+    answer: String,
+    track: Arc<TrackLocalStaticRTP>,
+    sender: Arc<RtpSender>,
+    audio: Option<(Arc<TrackLocalStaticRTP>, Arc<RtpSender>)>,
+    playout_delay_id: Option<u8>,
+}
 
 /// All sessions, and what each session needs from the rest of the agent.
 pub struct Viewers {
@@ -336,7 +386,7 @@ impl Viewers {
         let config = RTCConfiguration { ice_servers: self.factory.ice.servers.agent_now(), ..Default::default() };
         let pc = Arc::new(api.new_peer_connection(config).await.map_err(|e| SessionError::Internal(e.to_string()))?);
         match self.negotiate(&pc, offer, codec, wants_audio).await {
-            Ok((answer, track, sender, audio)) => {
+            Ok(Negotiated { answer, track, sender, audio, playout_delay_id }) => {
                 let number = self.next_number.fetch_add(1, Ordering::Relaxed);
                 let id = session_id();
                 let session = Arc::new(ViewerSession {
@@ -354,6 +404,8 @@ impl Viewers {
                     origin: Instant::now(),
                     audio: audio.as_ref().map(|(track, _)| track.clone()),
                     ended: tokio::sync::watch::channel(false).0,
+                    playout_delay_id,
+                    attention: Arc::new(Mutex::new(Attention::Focused)),
                 });
                 if let Some((_, audio_sender)) = audio {
                     tokio::spawn(crate::audio::drain_rtcp(audio_sender));
@@ -362,7 +414,8 @@ impl Viewers {
                 lock(&self.sessions).insert(id, session.clone());
                 self.metrics.viewers.set(self.count() as i64);
                 tracing::info!(
-                    session = %session.id, %codec, audio = session.has_audio(), viewers = self.count(), "viewer joined"
+                    session = %session.id, %codec, audio = session.has_audio(),
+                    playout_delay = session.has_playout_delay(), viewers = self.count(), "viewer joined"
                 );
                 Ok((session, answer))
             }
@@ -379,10 +432,7 @@ impl Viewers {
         offer: RTCSessionDescription,
         codec: Codec,
         wants_audio: bool,
-    ) -> Result<
-        (String, Arc<TrackLocalStaticRTP>, Arc<RtpSender>, Option<(Arc<TrackLocalStaticRTP>, Arc<RtpSender>)>),
-        SessionError,
-    > {
+    ) -> Result<Negotiated, SessionError> {
         let track = Arc::new(TrackLocalStaticRTP::new(capability(codec, "42e01f"), "screen".into(), "loco".into()));
         let sender = pc
             .add_track(track.clone() as Arc<dyn webrtc::track::track_local::TrackLocal + Send + Sync>)
@@ -416,7 +466,17 @@ impl Viewers {
                 audio = None;
             }
         }
-        Ok((local.sdp, track, sender, audio))
+        // Negotiated only when the agent registered it (`--playout-delay on`) and the offer
+        // has it; the id is the offer's.
+        let playout_delay_id = sender
+            .get_parameters()
+            .await
+            .rtp_parameters
+            .header_extensions
+            .iter()
+            .find(|e| e.uri == PLAYOUT_DELAY_URI)
+            .and_then(|e| u8::try_from(e.id).ok());
+        Ok(Negotiated { answer: local.sdp, track, sender, audio, playout_delay_id })
     }
 
     /// Wires a negotiated session: frames out, RTCP and input in, cleanup on close.
@@ -592,6 +652,10 @@ impl Viewers {
             log: Arc::new(Mutex::new(RateLimitedLog::default())),
             rate: Arc::new(Mutex::new(TokenBucket::new(self.limits.input_per_second, self.limits.input_burst))),
             origin: Instant::now(),
+            attention: session.attention.clone(),
+            pipelines: self.pipelines.clone(),
+            codec,
+            viewer: session.number,
         };
         session.pc.on_data_channel(Box::new(move |dc: Arc<RTCDataChannel>| {
             let input = input.clone();
@@ -641,9 +705,13 @@ impl Viewers {
         if session.closed.load(Ordering::SeqCst) || session.streaming.swap(true, Ordering::SeqCst) {
             return;
         }
-        let frames = self.pipelines.subscribe(session.codec, session.number);
+        let frames = {
+            let attention = lock(&session.attention);
+            self.pipelines.subscribe(session.codec, session.number, *attention)
+        };
         let held = Held { feedback: session.feedback.clone(), origin: session.origin };
-        tokio::spawn(write_frames(frames, track, session.codec, self.metrics.clone(), held));
+        let playout_delay = session.playout_delay_id.map(|id| (id, playout_delay_payload()));
+        tokio::spawn(write_frames(frames, track, session.codec, self.metrics.clone(), held, playout_delay));
         if let Some(audio) = &session.audio {
             let packets = self.audio.subscribe();
             let mut ended = session.ended.subscribe();
@@ -719,6 +787,11 @@ struct InputSink {
     log: Arc<Mutex<RateLimitedLog>>,
     rate: Arc<Mutex<TokenBucket>>,
     origin: Instant,
+    /// The session's attention state, and the encoder it is told to.
+    attention: Arc<Mutex<Attention>>,
+    pipelines: Arc<Pipelines>,
+    codec: Codec,
+    viewer: u64,
 }
 
 impl InputSink {
@@ -734,8 +807,10 @@ impl InputSink {
         if data.len() > MAX_MESSAGE_BYTES {
             return self.reject(&format!("{}-byte message", data.len()));
         }
-        let parsed = match InputMessage::parse(data) {
-            Ok(m) => m,
+        let parsed = match ChannelMessage::parse(data) {
+            Ok(ChannelMessage::Input(m)) => m,
+            // Attention is not control: a view-only viewer's counts too.
+            Ok(ChannelMessage::Attention(state)) => return self.attend(state),
             Err(e) => return self.reject(&e.to_string()),
         };
         if self.role == Role::View {
@@ -750,6 +825,24 @@ impl InputSink {
         match self.tx.try_send(parsed.clamped(w, h)) {
             Ok(()) => self.metrics.input_events.with_label_values(&["accepted"]).inc(),
             Err(_) => self.metrics.input_events.with_label_values(&["dropped"]).inc(),
+        }
+    }
+}
+
+impl InputSink {
+    /// The viewer's attention to this panel changed (within the same rate limit as input).
+    fn attend(&self, state: Attention) {
+        if !lock(&self.rate).allow(self.origin.elapsed()) {
+            self.metrics.input_events.with_label_values(&["rate_limited"]).inc();
+            lock(&self.log).warn(&self.session, "input rate limit exceeded");
+            return;
+        }
+        self.metrics.attention_messages.with_label_values(&[state.label()]).inc();
+        let mut current = lock(&self.attention);
+        if *current != state {
+            tracing::debug!(session = %self.session, state = state.label(), "viewer attention");
+            *current = state;
+            self.pipelines.set_attention(self.codec, self.viewer, state);
         }
     }
 }
@@ -794,13 +887,15 @@ fn keyframe_cause(reason: KeyframeReason) -> KeyframeCause {
     }
 }
 
-/// Packetises frames for one viewer and writes them to its track.
+/// Packetises frames for one viewer and writes them to its track. `playout_delay` (the
+/// extension's negotiated id and payload) goes on every packet, resends included.
 async fn write_frames(
     mut frames: mpsc::Receiver<Arc<FramePacket>>,
     track: Arc<TrackLocalStaticRTP>,
     codec: Codec,
     metrics: Arc<Metrics>,
     held: Held,
+    playout_delay: Option<(u8, bytes::Bytes)>,
 ) {
     let mut payloader: Box<dyn Payloader + Send> = match codec {
         Codec::H264 => Box::new(H264Payloader::default()),
@@ -825,7 +920,7 @@ async fn write_frames(
         let count = payloads.len();
         let mut failed = false;
         for (i, payload) in payloads.into_iter().enumerate() {
-            let packet = webrtc::rtp::packet::Packet {
+            let mut packet = webrtc::rtp::packet::Packet {
                 header: webrtc::rtp::header::Header {
                     version: 2,
                     marker: i + 1 == count,
@@ -835,6 +930,11 @@ async fn write_frames(
                 },
                 payload,
             };
+            if let Some((id, payload)) = &playout_delay {
+                if let Err(e) = packet.header.set_extension(*id, payload.clone()) {
+                    tracing::trace!(error = %e, "cannot add the playout-delay extension");
+                }
+            }
             sequence = sequence.wrapping_add(1);
             match track.write_rtp(&packet).await {
                 Ok(_) => {

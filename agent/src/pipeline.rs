@@ -10,15 +10,21 @@
 //! decode wrongly, it is skipped until the next keyframe, which is requested at once. So a slow
 //! viewer costs a bounded queue and a keyframe, never unbounded memory, and never slows the
 //! others. An encoder with no viewers left is closed and its thread ends.
+//!
+//! How fast an encoder works follows its viewers' attention ([`loco_shared::attention`]): the
+//! most attentive of them sets the frame-rate cap (focused: `--max-fps`; visible: `--visible-fps`;
+//! hidden: `--hidden-fps`) and, for an encoder whose rate control follows the frame times (VP8),
+//! caps the bitrate by the same ratio; a panel coming back into view gets a keyframe at once.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use loco_shared::attention::{AttentionPolicy, AttentionSet, Change};
 use loco_shared::geom::Damage;
 use loco_shared::pacer::{FramePacer, PacerConfig, PacerDecision};
-use loco_shared::Rect;
+use loco_shared::{Attention, Rect};
 use tokio::sync::mpsc;
 
 use crate::encode::{self, Codec, EncoderSettings, VideoEncoder};
@@ -83,6 +89,8 @@ pub enum KeyframeCause {
     Unrecoverable,
     /// A viewer's lossy spell ended (no NACK for 1.5 s).
     AfterLoss,
+    /// The panel came back into view (its viewers' attention left `hidden`).
+    Attention,
 }
 
 impl KeyframeCause {
@@ -94,6 +102,7 @@ impl KeyframeCause {
             KeyframeCause::SlowViewer => "slow_viewer",
             KeyframeCause::Unrecoverable => "unrecoverable",
             KeyframeCause::AfterLoss => "after_loss",
+            KeyframeCause::Attention => "attention",
         }
     }
 }
@@ -111,6 +120,8 @@ struct Inbox {
     keyframe: bool,
     /// A new target bitrate for the encoder.
     bitrate_kbps: Option<u32>,
+    /// The viewers' most attentive state changed to this.
+    attention: Option<Attention>,
     stop: bool,
 }
 
@@ -121,6 +132,9 @@ struct Pipeline {
     sinks: Mutex<Vec<Sink>>,
     /// Each viewer's rate from its congestion controller; the encoder runs at the lowest.
     viewer_kbps: Mutex<HashMap<u64, u32>>,
+    /// Each viewer's attention; the encoder runs for the most attentive.
+    attention: Mutex<AttentionSet>,
+    policy: AttentionPolicy,
 }
 
 impl Pipeline {
@@ -129,10 +143,28 @@ impl Pipeline {
         self.wake.notify_one();
     }
 
-    /// The shared encoder follows the slowest viewer: one encoding serves them all.
+    /// The shared encoder follows the slowest viewer: one encoding serves them all. Its
+    /// viewers' attention caps it too.
     fn retarget(&self, max_kbps: u32) {
-        let kbps = lock(&self.viewer_kbps).values().copied().min().unwrap_or(max_kbps).min(max_kbps);
+        let cap = lock(&self.attention).effective().map_or(max_kbps, |a| self.policy.kbps(a));
+        let kbps = lock(&self.viewer_kbps).values().copied().min().unwrap_or(max_kbps).min(max_kbps).min(cap);
         self.post(|inbox| inbox.bitrate_kbps = Some(kbps));
+    }
+
+    /// Carries out a change of the viewers' most attentive state: the encoder's rate, its
+    /// bitrate cap, and a keyframe when the panel comes back into view.
+    fn attention_changed(&self, change: Option<Change>, max_kbps: u32, metrics: &Metrics) {
+        let Some(change) = change else { return };
+        let Some(to) = change.to else { return };
+        if change.keyframe {
+            metrics.keyframe_requests.with_label_values(&[KeyframeCause::Attention.label()]).inc();
+        }
+        tracing::debug!(codec = %self.codec, from = ?change.from, to = to.label(), "viewers' attention");
+        self.post(|inbox| {
+            inbox.attention = Some(to);
+            inbox.keyframe |= change.keyframe;
+        });
+        self.retarget(max_kbps);
     }
 }
 
@@ -142,6 +174,37 @@ pub struct PipelineConfig {
     pub bitrate_kbps: u32,
     pub max_fps: u32,
     pub encoder_threads: u32,
+    /// The frame-rate caps for visible and hidden panels (0: nothing while hidden).
+    pub visible_fps: u32,
+    pub hidden_fps: u32,
+    /// The bitrate floor for panels that are not focused (`--min-bitrate-kbps`).
+    pub min_bitrate_kbps: u32,
+}
+
+impl PipelineConfig {
+    /// The full settings with the attention caps at the full rate (no savings).
+    pub fn full(bitrate_kbps: u32, max_fps: u32, encoder_threads: u32) -> Self {
+        Self {
+            bitrate_kbps,
+            max_fps,
+            encoder_threads,
+            visible_fps: max_fps,
+            hidden_fps: max_fps,
+            min_bitrate_kbps: bitrate_kbps,
+        }
+    }
+
+    /// What each attention state may cost `codec`'s encoder.
+    pub fn attention_policy(&self, codec: Codec) -> AttentionPolicy {
+        AttentionPolicy {
+            max_fps: self.max_fps,
+            visible_fps: self.visible_fps,
+            hidden_fps: self.hidden_fps,
+            max_kbps: self.bitrate_kbps,
+            min_kbps: self.min_bitrate_kbps,
+            scale_bitrate: codec.rate_follows_frame_times(),
+        }
+    }
 }
 
 /// All encoders, keyed by codec.
@@ -157,13 +220,16 @@ impl Pipelines {
         Arc::new(Self { config, screen, metrics, running: Mutex::new(HashMap::new()) })
     }
 
-    /// Adds a viewer of `codec`; its first frame will be a keyframe.
-    pub fn subscribe(&self, codec: Codec, viewer: u64) -> mpsc::Receiver<Arc<FramePacket>> {
+    /// Adds a viewer of `codec` paying `attention` to its panel; its first frame will be a
+    /// keyframe.
+    pub fn subscribe(&self, codec: Codec, viewer: u64, attention: Attention) -> mpsc::Receiver<Arc<FramePacket>> {
         let (tx, rx) = mpsc::channel(VIEWER_QUEUE_FRAMES);
         let mut running = lock(&self.running);
         let pipeline = running.entry(codec).or_insert_with(|| self.start(codec)).clone();
         lock(&pipeline.sinks).push(Sink { viewer, tx, waiting_for_keyframe: true });
+        let change = lock(&pipeline.attention).join(viewer, attention);
         drop(running);
+        pipeline.attention_changed(change, self.config.bitrate_kbps, &self.metrics);
         self.metrics.keyframe_requests.with_label_values(&[KeyframeCause::NewViewer.label()]).inc();
         pipeline.post(|inbox| {
             inbox.keyframe = true;
@@ -179,16 +245,36 @@ impl Pipelines {
         let Some(pipeline) = running.get(&codec).cloned() else { return };
         let mut sinks = lock(&pipeline.sinks);
         sinks.retain(|s| s.viewer != viewer);
+        let change = lock(&pipeline.attention).leave(viewer);
         if sinks.is_empty() {
             running.remove(&codec);
             drop(sinks);
             pipeline.post(|inbox| inbox.stop = true);
+            self.metrics.attention_state.with_label_values(&[codec.label()]).set(-1);
         } else {
             drop(sinks);
-            if lock(&pipeline.viewer_kbps).remove(&viewer).is_some() {
+            lock(&pipeline.viewer_kbps).remove(&viewer);
+            if change.is_some() {
+                pipeline.attention_changed(change, self.config.bitrate_kbps, &self.metrics);
+            } else {
                 pipeline.retarget(self.config.bitrate_kbps);
             }
         }
+    }
+
+    /// A viewer of `codec` now pays `attention` to its panel (ignored for a viewer that is not
+    /// receiving: [`Pipelines::subscribe`] takes its state then).
+    pub fn set_attention(&self, codec: Codec, viewer: u64, attention: Attention) {
+        let running = lock(&self.running);
+        let Some(pipeline) = running.get(&codec).cloned() else { return };
+        let change = lock(&pipeline.attention).set(viewer, attention);
+        drop(running);
+        pipeline.attention_changed(change, self.config.bitrate_kbps, &self.metrics);
+    }
+
+    /// The most attentive state among all viewers receiving video (`None`: nobody is).
+    pub fn attention(&self) -> Option<Attention> {
+        lock(&self.running).values().filter_map(|p| lock(&p.attention).effective()).max()
     }
 
     /// A viewer's congestion controller settled on `kbps`.
@@ -230,6 +316,8 @@ impl Pipelines {
             wake: Condvar::new(),
             sinks: Mutex::new(Vec::new()),
             viewer_kbps: Mutex::new(HashMap::new()),
+            attention: Mutex::new(AttentionSet::default()),
+            policy: self.config.attention_policy(codec),
         });
         let worker = EncoderWorker {
             pipeline: pipeline.clone(),
@@ -267,6 +355,8 @@ impl EncoderWorker {
         let mut last_pts_ms = -1i64;
         let mut bitrate_kbps = self.config.bitrate_kbps;
         self.metrics.bitrate_target_kbps.with_label_values(&[codec.label()]).set(i64::from(bitrate_kbps));
+        let policy = self.config.attention_policy(codec);
+        self.metrics.encoder_fps_cap.with_label_values(&[codec.label()]).set(i64::from(pacer.max_fps()));
         tracing::debug!(%codec, "encoder thread started");
 
         loop {
@@ -284,6 +374,13 @@ impl EncoderWorker {
                         let at = inbox.damaged_at.take().unwrap_or_else(Instant::now);
                         damaged_at = Some(damaged_at.map_or(at, |d| d.min(at)));
                         pacer.on_damage(now);
+                    }
+                    if let Some(attention) = inbox.attention.take() {
+                        let fps = policy.fps(attention);
+                        pacer.set_max_fps(fps, now);
+                        let label = [codec.label()];
+                        self.metrics.attention_state.with_label_values(&label).set(attention as i64);
+                        self.metrics.encoder_fps_cap.with_label_values(&label).set(i64::from(fps));
                     }
                     if std::mem::take(&mut inbox.keyframe) {
                         pacer.on_keyframe_request(now);
@@ -447,7 +544,12 @@ mod tests {
 
     fn pipelines(screen: Arc<Screen>) -> Arc<Pipelines> {
         Pipelines::new(
-            PipelineConfig { bitrate_kbps: 1000, max_fps: 30, encoder_threads: 1 },
+            PipelineConfig {
+                visible_fps: 10,
+                hidden_fps: 0,
+                min_bitrate_kbps: 300,
+                ..PipelineConfig::full(1000, 30, 1)
+            },
             screen,
             Arc::new(Metrics::new()),
         )
@@ -469,7 +571,7 @@ mod tests {
         let screen = screen_with(64, 48);
         let p = pipelines(screen.clone());
         for codec in Codec::ALL {
-            let mut rx = p.subscribe(codec, 1);
+            let mut rx = p.subscribe(codec, 1, Attention::Focused);
             assert!(recv(&mut rx).keyframe);
             // Let the refinement frames after the first one pass, then expect silence.
             std::thread::sleep(Duration::from_millis(500));
@@ -491,11 +593,44 @@ mod tests {
     }
 
     #[test]
+    fn attention_holds_a_hidden_panel_and_sends_a_keyframe_when_it_is_back() {
+        let screen = screen_with(64, 48);
+        let p = pipelines(screen.clone());
+        let mut rx = p.subscribe(Codec::Vp8, 1, Attention::Focused);
+        assert!(recv(&mut rx).keyframe);
+        assert_eq!(p.attention(), Some(Attention::Focused));
+        p.set_attention(Codec::Vp8, 1, Attention::Hidden);
+        assert_eq!(p.attention(), Some(Attention::Hidden));
+        std::thread::sleep(Duration::from_millis(500));
+        while rx.try_recv().is_ok() {}
+        // Hidden with --hidden-fps 0: changes are held back.
+        for i in 0..5u32 {
+            p.damage(Rect::new(i, 0, 2, 2), Instant::now());
+            std::thread::sleep(Duration::from_millis(60));
+        }
+        assert!(rx.try_recv().is_err(), "frames while hidden");
+        // Back in view: a keyframe at once, carrying what changed meanwhile.
+        let back = Instant::now();
+        p.set_attention(Codec::Vp8, 1, Attention::Visible);
+        let f = recv(&mut rx);
+        assert!(f.keyframe, "first frame back in view is a keyframe");
+        assert!(back.elapsed() < Duration::from_millis(200), "keyframe after {:?}", back.elapsed());
+        // A second viewer's attention counts too: the most attentive one wins.
+        let _rx2 = p.subscribe(Codec::Vp8, 2, Attention::Focused);
+        p.set_attention(Codec::Vp8, 1, Attention::Hidden);
+        assert_eq!(p.attention(), Some(Attention::Focused));
+        p.unsubscribe(Codec::Vp8, 2);
+        assert_eq!(p.attention(), Some(Attention::Hidden));
+        p.unsubscribe(Codec::Vp8, 1);
+        assert_eq!(p.attention(), None);
+    }
+
+    #[test]
     fn slow_viewer_drops_then_resyncs_on_keyframe_without_blocking_others() {
         let screen = screen_with(64, 48);
         let p = pipelines(screen);
-        let mut fast = p.subscribe(Codec::H264, 1);
-        let mut slow = p.subscribe(Codec::H264, 2);
+        let mut fast = p.subscribe(Codec::H264, 1, Attention::Focused);
+        let mut slow = p.subscribe(Codec::H264, 2, Attention::Focused);
         let mut fast_frames = 0;
         for i in 0..40u32 {
             p.damage(Rect::new(i % 60, 0, 4, 4), Instant::now());

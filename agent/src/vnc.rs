@@ -573,11 +573,8 @@ mod tests {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let metrics = Arc::new(Metrics::new());
         let screen = Arc::new(Screen::default());
-        let pipelines = Pipelines::new(
-            crate::pipeline::PipelineConfig { bitrate_kbps: 1000, max_fps: 30, encoder_threads: 1 },
-            screen.clone(),
-            metrics.clone(),
-        );
+        let pipelines =
+            Pipelines::new(crate::pipeline::PipelineConfig::full(1000, 30, 1), screen.clone(), metrics.clone());
         let (_input_tx, input_rx) = mpsc::channel(8);
         let (_shutdown_tx, shutdown_rx) = watch::channel(false);
         let mut task = VncTask {

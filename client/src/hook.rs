@@ -49,6 +49,12 @@ pub struct PanelSnapshot {
     /// Where the VM menu is (open or not), TL/TR/BR/BL; its items side by side in its top band.
     pub menu_corners: Vec<Point>,
     pub control: ControlSnapshot,
+    /// `focused`, `visible` or `hidden` as the last drawn frame saw it (`null` before one).
+    pub attention: Option<&'static str>,
+    /// What the panel's agent was last told in this session (`null`: nothing yet).
+    pub attention_sent: Option<&'static str>,
+    /// Attention messages sent to its agent so far.
+    pub attention_messages: u32,
 }
 
 /// One panel's VM menu and what it knows.
@@ -121,12 +127,31 @@ pub struct PasteSnapshot {
     pub busy: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Default)]
+#[serde(rename_all = "camelCase")]
 pub struct XrSnapshot {
     pub supported: bool,
     pub active: bool,
     /// The XR device's backend while a session runs (`null` otherwise).
     pub backend: Option<&'static str>,
+    /// Where the session's last frame was drawn: `framebuffer` (the layer's opaque framebuffer,
+    /// as on a headset) or `canvas` (a layer without one); `null` before the first frame.
+    pub path: Option<&'static str>,
+    /// The size of the layer drawn in the last frame (`framebufferWidth`/`framebufferHeight`).
+    pub framebuffer_width: u32,
+    pub framebuffer_height: u32,
+    /// Each view's viewport in the last frame as the layer gave it: x, y (from the bottom), w, h.
+    pub viewports: Vec<[i32; 4]>,
+    /// The `framebufferScaleFactor` the layer was asked for (`?scale=`).
+    pub scale: Option<f64>,
+    /// The layer's `fixedFoveation` read back (`null` where the layer has none).
+    pub foveation: Option<f64>,
+    /// The session's `frameRate` (`null` where it has none).
+    pub frame_rate: Option<f64>,
+    /// The rate passed to `updateTargetFrameRate` (`null` when the session offers no choice).
+    pub target_frame_rate: Option<f64>,
+    /// The session's `supportedFrameRates` (empty where it has none).
+    pub supported_frame_rates: Vec<f64>,
 }
 
 /// One panel's sound.
@@ -284,8 +309,11 @@ mod tests {
                 caption: "vm1  ·  live".into(),
                 menu_corners: vec![],
                 control: ControlSnapshot::default(),
+                attention: Some("visible"),
+                attention_sent: None,
+                attention_messages: 0,
             }],
-            xr: XrSnapshot { supported: true, active: false, backend: None },
+            xr: XrSnapshot { supported: true, active: false, ..Default::default() },
             focus: Some(0),
             error: None,
             hud: false,
@@ -331,10 +359,15 @@ mod tests {
         );
         assert_eq!(
             keys(&v["panels"][0]),
-            "attempts,caption,captionCorners,control,corners,error,fps,framesDecoded,framesPresented,framesUploaded,\
-             inputOpen,kbps,menuCorners,name,rttMs,state,videoHeight,videoWidth,whep"
+            "attempts,attention,attentionMessages,attentionSent,caption,captionCorners,control,corners,error,fps,\
+             framesDecoded,framesPresented,framesUploaded,inputOpen,kbps,menuCorners,name,rttMs,state,videoHeight,\
+             videoWidth,whep"
         );
-        assert_eq!(keys(&v["xr"]), "active,backend,supported");
+        assert_eq!(
+            keys(&v["xr"]),
+            "active,backend,foveation,frameRate,framebufferHeight,framebufferWidth,path,scale,supported,\
+             supportedFrameRates,targetFrameRate,viewports"
+        );
         assert_eq!(
             keys(&v["panels"][0]["control"]),
             "hold,last,open,pending,qmp,rebooting,snapshot,statusError,url,vmStatus"

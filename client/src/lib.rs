@@ -10,7 +10,9 @@
 //!   which panel plays, the dominant frequency), [`control`] (the VM menu on a caption: hold to
 //!   reset/power off/revert, results, "rebooting…"), [`keyboard`] (the in-VR keyboard: layout,
 //!   latches, repeat, placement), [`paste`] (paste as rate-limited typing), [`arrange`] (panels
-//!   pulled closer with the grip, kept by name).
+//!   pulled closer with the grip, kept by name), [`attention`] (which panels are focused, visible
+//!   or hidden, and when each agent is told), [`xrsettings`] (the headset's layer scale,
+//!   foveation and frame rate).
 //! - `web` (wasm32 only): the thin shell — config, WHEP sessions, video upload, WebXR and flat
 //!   view, DOM input, the `window.__loco` getter — that carries out the core's decisions.
 //!
@@ -18,6 +20,7 @@
 
 pub mod access;
 pub mod arrange;
+pub mod attention;
 pub mod audio;
 pub mod budget;
 pub mod camera;
@@ -30,6 +33,7 @@ pub mod paste;
 pub mod pointer;
 pub mod render;
 pub mod scene;
+pub mod xrsettings;
 
 #[cfg(target_arch = "wasm32")]
 mod web;

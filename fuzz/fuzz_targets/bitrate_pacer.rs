@@ -7,7 +7,9 @@
 //!   interval away while damage is pending; pending damage or keyframe requests never read as
 //!   `Idle`; `damaged_since` is the first change since the previous encode; keyframes only
 //!   when asked and never closer than `min_keyframe_interval`; at most `refine_frames`
-//!   refinement frames per burst of changes.
+//!   refinement frames per burst of changes. The cap changes at run time (`set_max_fps`, the
+//!   viewers' attention): then the bound is the highest cap in force during that second, and
+//!   a cap of 0 encodes nothing (`Idle`, whatever is pending) until a rate is set again.
 //! - bitrate: stays in [min, max], starts at max; a loss report over 10 % only lowers it, to
 //!   no less than half the rate before the current one-second interval began; one below 2 %
 //!   only raises it, by at most 8 %, never within a second of the interval's start; an RTT
@@ -51,6 +53,8 @@ enum Event {
     Rtt(u16, u16),
     /// Time passes (milliseconds), then a request with a wrong key from source `u8`.
     WrongKey(u16, u8),
+    /// Time passes (milliseconds), then the pacer's frame-rate cap changes (0: hold).
+    MaxFps(u16, u8),
 }
 
 #[derive(Debug, Arbitrary)]
@@ -73,7 +77,6 @@ const SECOND: Duration = Duration::from_secs(1);
 
 struct PacerModel {
     pacer: FramePacer,
-    max_fps: u32,
     min_interval: Duration,
     min_keyframe_interval: Duration,
     refine_frames: u32,
@@ -83,14 +86,37 @@ struct PacerModel {
     last_keyframe: Option<Duration>,
     refines_since_damage: u32,
     wake_at: Option<Duration>,
+    /// Every cap in force: (since, fps); the first is the configured one.
+    caps: Vec<(Duration, u32)>,
 }
 
 impl PacerModel {
+    fn paused(&self) -> bool {
+        self.caps.last().is_some_and(|&(_, fps)| fps == 0)
+    }
+
+    /// The highest cap in force at any time in the second up to `now`.
+    fn max_cap_within_a_second(&self, now: Duration) -> u32 {
+        let start = now.saturating_sub(SECOND);
+        let at_start = self.caps.iter().rev().find(|&&(t, _)| t <= start).map_or(0, |&(_, f)| f);
+        self.caps.iter().filter(|&&(t, _)| t > start).map(|&(_, f)| f).fold(at_start, u32::max)
+    }
+
+    fn set_max_fps(&mut self, fps: u32, now: Duration) {
+        self.pacer.set_max_fps(fps, now);
+        self.caps.push((now, fps));
+        if fps > 0 {
+            self.min_interval = Duration::from_micros(1_000_000 / u64::from(fps));
+        }
+        assert_eq!(self.pacer.max_fps(), fps, "the cap reads back");
+    }
+
     fn poll(&mut self, now: Duration) {
         let d = self.pacer.poll(now);
         self.wake_at = None;
         match d {
             PacerDecision::Encode { keyframe, damaged_since } => {
+                assert!(!self.paused(), "encoded at {now:?} with a cap of 0");
                 assert_eq!(damaged_since, self.first_damage, "damaged_since at {now:?}");
                 self.first_damage = None;
                 if keyframe {
@@ -113,20 +139,23 @@ impl PacerModel {
                 while self.encodes.front().is_some_and(|&t| now - t >= SECOND) {
                     self.encodes.pop_front();
                 }
+                let cap = self.max_cap_within_a_second(now);
                 assert!(
-                    self.encodes.len() <= (self.max_fps + BURST_FRAMES) as usize,
-                    "{} encodes within one second at max_fps {} (up to {now:?})",
+                    self.encodes.len() <= (cap + BURST_FRAMES) as usize,
+                    "{} encodes within one second at caps up to {cap} (up to {now:?}; {:?})",
                     self.encodes.len(),
-                    self.max_fps
+                    self.caps
                 );
             }
             PacerDecision::WaitUntil(t) => {
+                assert!(!self.paused(), "WaitUntil with a cap of 0 at {now:?}");
                 assert!(t > now, "WaitUntil({t:?}) at {now:?} is not in the future");
                 if self.first_damage.is_some() {
                     assert!(t - now <= self.min_interval, "damage pending, told to wait until {t:?} at {now:?}");
                 }
                 self.wake_at = Some(t);
             }
+            PacerDecision::Idle if self.paused() => {}
             PacerDecision::Idle => {
                 assert!(self.first_damage.is_none(), "idle with damage pending at {now:?}");
                 assert!(!self.keyframe_pending, "idle with a keyframe request pending at {now:?}");
@@ -147,7 +176,6 @@ fuzz_target!(|inp: Input| {
     };
     let mut m = PacerModel {
         pacer: FramePacer::new(config),
-        max_fps,
         min_interval: Duration::from_micros(1_000_000 / u64::from(max_fps)),
         min_keyframe_interval: config.min_keyframe_interval,
         refine_frames: config.refine_frames,
@@ -157,6 +185,7 @@ fuzz_target!(|inp: Input| {
         last_keyframe: None,
         refines_since_damage: 0,
         wake_at: None,
+        caps: vec![(Duration::ZERO, max_fps)],
     };
 
     let mut bitrate = BitrateController::new(inp.min_kbps, inp.max_kbps);
@@ -206,6 +235,10 @@ fuzz_target!(|inp: Input| {
             Event::Sleep(dt) => {
                 now += ms(dt);
                 m.poll(now);
+            }
+            Event::MaxFps(dt, fps) => {
+                now += ms(dt);
+                m.set_max_fps(u32::from(fps % 61), now);
             }
             Event::PollWhenDue => {
                 if let Some(t) = m.wake_at {

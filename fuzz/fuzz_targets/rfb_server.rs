@@ -40,11 +40,7 @@ fuzz_target!(|data: &[u8]| {
 async fn session(flags: u8, server: &[u8]) {
     let metrics = Arc::new(Metrics::new());
     let screen = Arc::new(Screen::default());
-    let pipelines = Pipelines::new(
-        PipelineConfig { bitrate_kbps: 6000, max_fps: 30, encoder_threads: 1 },
-        screen.clone(),
-        metrics.clone(),
-    );
+    let pipelines = Pipelines::new(PipelineConfig::full(6000, 30, 1), screen.clone(), metrics.clone());
     let (input_tx, input_rx) = tokio::sync::mpsc::channel(1024);
     let (_shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let addr = if flags & 1 == 0 { "127.0.0.1:5900" } else { "vnc.example:5900" };

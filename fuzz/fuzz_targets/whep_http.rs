@@ -71,11 +71,16 @@ fn agent() -> &'static Agent {
             let metrics = Arc::new(Metrics::new());
             let screen = Arc::new(Screen::default());
             let pipelines = Pipelines::new(
-                PipelineConfig { bitrate_kbps: 6000, max_fps: 30, encoder_threads: 1 },
+                PipelineConfig {
+                    visible_fps: 12,
+                    hidden_fps: 1,
+                    min_bitrate_kbps: 300,
+                    ..PipelineConfig::full(6000, 30, 1)
+                },
                 screen.clone(),
                 metrics.clone(),
             );
-            let factory = PeerFactory::new(IceConfig::default()).await.expect("peer factory");
+            let factory = PeerFactory::new(IceConfig::default(), true).await.expect("peer factory");
             let (input_tx, input_rx) = tokio::sync::mpsc::channel(1024);
             let limits = Limits {
                 max_viewers: 4,
@@ -99,7 +104,7 @@ fn agent() -> &'static Agent {
                 limits,
             );
             let no_room = Viewers::new(
-                PeerFactory::new(IceConfig::default()).await.expect("peer factory"),
+                PeerFactory::new(IceConfig::default(), true).await.expect("peer factory"),
                 pipelines.clone(),
                 audio,
                 metrics.clone(),

@@ -17,6 +17,7 @@ import { QemuGuest } from './guest';
 import { LocoSnap, allLive, readLoco, waitLoco, waitXrAndStableCorners } from './loco';
 import { tail } from './procs';
 import { StaticServer, requireDist } from './server';
+import { deviceLayerInit, type XrLayerOptions } from './devicelayer';
 import { IWER_INIT } from './xr';
 import { Xvnc } from './xvnc';
 
@@ -74,7 +75,10 @@ export interface LocoPage {
 }
 
 type WorkerFixtures = { workdir: string; server: StaticServer; rig: Rig };
-type TestFixtures = { loco: LocoPage; logsOnFailure: void; extraAgents: (vncPort: number, label: string) => Promise<Agent> };
+type TestFixtures = {
+  /** Opt-in: the device-like XR layer (lib/devicelayer.ts) instead of IWER's canvas layer. */
+  xrLayer: XrLayerOptions | null;
+  loco: LocoPage; logsOnFailure: void; extraAgents: (vncPort: number, label: string) => Promise<Agent> };
 
 /** The rig of this worker, once started (for the log attachments of failed tests). */
 let currentRig: Rig | null = null;
@@ -104,9 +108,11 @@ export async function enterVr(loco: LocoPage, n: number): Promise<LocoSnap> {
 /**
  * Makes `page` a LocoPage: console lines and uncaught page errors collected, IWER's Quest 3
  * runtime injected before the page's own scripts. The `loco` fixture uses it; a test that
- * launches its own browser (other flags) can too, then calls `finishPage` at its end.
+ * launches its own browser (other flags) can too, then calls `finishPage` at its end. With `xrLayer`
+ * the device-like layer (lib/devicelayer.ts: an opaque framebuffer, stereo, a compositor) is
+ * injected after IWER.
  */
-export async function instrumentPage(page: Page, server: StaticServer): Promise<LocoPage> {
+export async function instrumentPage(page: Page, server: StaticServer, xrLayer: XrLayerOptions | null = null): Promise<LocoPage> {
   const consoleLines: string[] = [];
   const pageErrors: string[] = [];
   page.on('console', (m) => consoleLines.push(`${new Date().toISOString().slice(11, 23)} [${m.type()}] ${m.text()}`));
@@ -116,6 +122,7 @@ export async function instrumentPage(page: Page, server: StaticServer): Promise<
   });
   await page.addInitScript({ path: IWER_JS });
   await page.addInitScript({ content: IWER_INIT });
+  if (xrLayer) await page.addInitScript({ content: deviceLayerInit(xrLayer) });
   return {
     page,
     consoleLines,
@@ -206,8 +213,10 @@ export const test = base.extend<TestFixtures, WorkerFixtures>({
     await Promise.all(made.map((a) => a.stop()));
   },
 
-  loco: async ({ page, server }, use, testInfo) => {
-    const lp = await instrumentPage(page, server);
+  xrLayer: [null, { option: true }],
+
+  loco: async ({ page, server, xrLayer }, use, testInfo) => {
+    const lp = await instrumentPage(page, server, xrLayer);
     await use(lp);
     await finishPage(lp, testInfo);
   },

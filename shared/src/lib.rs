@@ -4,6 +4,8 @@
 //! function or a state machine that takes the current time as an argument, so it compiles to
 //! `wasm32-unknown-unknown` and tests natively without a network.
 //!
+//! - [`attention`]: what each viewer's attention (focused, visible, hidden panel) lets an
+//!   encoder spend; the most attentive viewer wins, a panel back in view gets a keyframe.
 //! - [`audio`]: a VM's PCM stream cut into 20 ms frames with true RTP timing (pauses, DTX).
 //! - [`protocol`]: the JSON messages a viewer sends on the `input` data channel.
 //! - [`bitrate`]: loss-based bitrate control (from TWCC feedback, else the NACKed share), and
@@ -25,6 +27,7 @@
 //! - [`lan`]: the guest LAN's learning switch and DHCP relay rewriting (`loco-lan`).
 #![forbid(unsafe_code)]
 
+pub mod attention;
 pub mod audio;
 pub mod bitrate;
 pub mod config;
@@ -43,4 +46,4 @@ pub mod twcc;
 
 pub use geom::Rect;
 pub use pacer::{FramePacer, PacerDecision};
-pub use protocol::{InputMessage, ProtocolError};
+pub use protocol::{Attention, ChannelMessage, InputMessage, ProtocolError};

@@ -7,6 +7,10 @@
 //! frames of the now-still screen, so that a rate-controlled encoder can sharpen text that it
 //! coded coarsely during motion; then it sends nothing until the screen changes again.
 //!
+//! The cap can change while running ([`FramePacer::set_max_fps`]: the viewers' attention,
+//! [`crate::attention`]); a cap of 0 holds everything (damage and keyframe requests wait)
+//! until a rate is set again.
+//!
 //! This is an I/O-free state machine: every call takes `now`, a monotonic time since an
 //! arbitrary origin, and [`FramePacer::poll`] says what to do and when to ask again.
 
@@ -63,6 +67,8 @@ pub struct FramePacer {
     last_keyframe: Option<Duration>,
     last_damage: Option<Duration>,
     refines_left: u32,
+    /// The rate was set to 0: nothing is encoded until it is set again.
+    paused: bool,
 }
 
 /// How many frames the rate cap lets through back to back after a quiet spell.
@@ -82,6 +88,31 @@ impl FramePacer {
             last_keyframe: None,
             last_damage: None,
             refines_left: 0,
+            paused: false,
+        }
+    }
+
+    /// Changes the frame-rate cap at `now` (0: encode nothing until it changes again; pending
+    /// damage and keyframe requests wait). The credit earned so far is kept, up to the new
+    /// cap's burst, so a higher rate takes effect at once.
+    pub fn set_max_fps(&mut self, fps: u32, now: Duration) {
+        if let Some(at) = self.credit_at {
+            self.credit = (self.credit + now.saturating_sub(at)).min(self.min_interval * BURST_FRAMES);
+        }
+        self.credit_at = Some(now);
+        self.paused = fps == 0;
+        if fps > 0 {
+            self.min_interval = Duration::from_micros(1_000_000 / u64::from(fps));
+            self.credit = self.credit.min(self.min_interval * BURST_FRAMES);
+        }
+    }
+
+    /// The current frame-rate cap (0 while paused).
+    pub fn max_fps(&self) -> u32 {
+        if self.paused {
+            0
+        } else {
+            (1_000_000 / self.min_interval.as_micros().max(1)) as u32
         }
     }
 
@@ -114,6 +145,9 @@ impl FramePacer {
 
     /// What to do at `now`. An `Encode` answer counts as done: the caller encodes right away.
     pub fn poll(&mut self, now: Duration) -> PacerDecision {
+        if self.paused {
+            return PacerDecision::Idle;
+        }
         // Refill the bucket up to now.
         if let Some(at) = self.credit_at {
             self.credit = (self.credit + now.saturating_sub(at)).min(self.min_interval * BURST_FRAMES);
@@ -271,6 +305,44 @@ mod tests {
             worst = worst.max(t - arrival);
         }
         assert!(worst <= Duration::from_millis(5), "worst delay {worst:?}");
+    }
+
+    #[test]
+    fn a_lower_cap_slows_damage_and_a_higher_one_is_at_once() {
+        let mut p = FramePacer::new(PacerConfig { max_fps: 30, refine_frames: 0, ..PacerConfig::default() });
+        p.set_max_fps(12, ms(0));
+        assert_eq!(p.max_fps(), 12);
+        let mut encoded = Vec::new();
+        for t in 0..2000u64 {
+            if t % 5 == 0 {
+                p.on_damage(ms(t));
+            }
+            if let PacerDecision::Encode { .. } = p.poll(ms(t)) {
+                encoded.push(t);
+            }
+        }
+        // 12 fps and the two-frame burst at the start.
+        assert!((24..=26).contains(&encoded.len()), "{} frames in 2 s at 12 fps", encoded.len());
+        // Back to 30 fps: the next change goes out without waiting for the 12 fps slot.
+        let last = *encoded.last().unwrap();
+        p.set_max_fps(30, ms(last + 40));
+        p.on_damage(ms(last + 40));
+        assert!(matches!(p.poll(ms(last + 40)), PacerDecision::Encode { .. }));
+    }
+
+    #[test]
+    fn a_zero_cap_holds_everything_until_a_rate_returns() {
+        let mut p = pacer(2);
+        p.set_max_fps(0, ms(0));
+        assert_eq!(p.max_fps(), 0);
+        p.on_damage(ms(10));
+        p.on_keyframe_request(ms(20));
+        assert_eq!(p.poll(ms(30)), PacerDecision::Idle);
+        assert_eq!(p.poll(ms(5000)), PacerDecision::Idle);
+        assert!(p.keyframe_pending());
+        // Coming back: the keyframe carries the damage seen while held, at once.
+        p.set_max_fps(10, ms(6000));
+        assert_eq!(p.poll(ms(6000)), PacerDecision::Encode { keyframe: true, damaged_since: Some(ms(10)) });
     }
 
     #[test]

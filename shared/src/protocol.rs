@@ -5,7 +5,12 @@
 //! ```json
 //! {"type":"pointer","x":512,"y":384,"buttons":1}
 //! {"type":"key","keysym":65307,"down":true}
+//! {"type":"attention","state":"visible"}
 //! ```
+//!
+//! The first two are input for the VM ([`InputMessage`]); `attention` says how much the viewer
+//! looks at this desktop's panel ([`Attention`]), which the agent's frame rate follows.
+//! [`ChannelMessage::parse`] tells them apart.
 //!
 //! Parsing is strict: unknown types, missing or extra fields, non-integer or negative
 //! coordinates and oversized messages are errors. Coordinates that are well-formed but outside
@@ -50,6 +55,87 @@ pub enum ProtocolError {
     Malformed(String),
     #[error("binary messages are not accepted on the input channel")]
     Binary,
+}
+
+/// How much attention a viewer pays to this desktop's panel: the agent encodes at the full
+/// frame rate for a focused panel, at a lower rate for a visible one, next to nothing for a
+/// hidden one. Ordered: `Hidden < Visible < Focused` (the most attentive viewer wins).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Attention {
+    /// Out of view (outside every eye's view frustum).
+    Hidden,
+    /// In view, not the panel the user works in.
+    Visible,
+    /// The panel the user points at / works in.
+    Focused,
+}
+
+impl Attention {
+    pub const ALL: [Attention; 3] = [Attention::Hidden, Attention::Visible, Attention::Focused];
+
+    /// The name on the wire, in metrics and in `/healthz`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Attention::Hidden => "hidden",
+            Attention::Visible => "visible",
+            Attention::Focused => "focused",
+        }
+    }
+
+    /// The message a viewer sends for this state.
+    pub fn to_json(self) -> String {
+        serde_json::to_string(&AttentionWire::Attention { state: self }).unwrap_or_default()
+    }
+}
+
+/// The wire form of an attention message, as strict as [`InputMessage`]'s.
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+enum AttentionWire {
+    Attention { state: Attention },
+}
+
+/// Any message on the `input` channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChannelMessage {
+    /// Input for the VM.
+    Input(InputMessage),
+    /// The viewer's attention to this panel changed.
+    Attention(Attention),
+}
+
+impl ChannelMessage {
+    /// Parses one data-channel text message: `"type":"attention"` as an attention message,
+    /// anything else as [`InputMessage::parse`] does (with its errors).
+    pub fn parse(text: &[u8]) -> Result<Self, ProtocolError> {
+        if text.len() > MAX_MESSAGE_BYTES {
+            return Err(ProtocolError::TooLarge(text.len()));
+        }
+        /// Only the `type` field; the rest is checked by the message's own type.
+        #[derive(Deserialize)]
+        struct Kind {
+            #[serde(rename = "type")]
+            kind: Option<String>,
+        }
+        match serde_json::from_slice::<Kind>(text) {
+            Ok(Kind { kind: Some(kind) }) if kind == "attention" => {
+                match serde_json::from_slice::<AttentionWire>(text) {
+                    Ok(AttentionWire::Attention { state }) => Ok(ChannelMessage::Attention(state)),
+                    Err(e) => Err(ProtocolError::Malformed(e.to_string())),
+                }
+            }
+            _ => InputMessage::parse(text).map(ChannelMessage::Input),
+        }
+    }
+
+    /// Serialises the message as the viewer sends it.
+    pub fn to_json(&self) -> String {
+        match self {
+            ChannelMessage::Input(m) => m.to_json(),
+            ChannelMessage::Attention(a) => a.to_json(),
+        }
+    }
 }
 
 impl InputMessage {
@@ -134,6 +220,55 @@ mod tests {
         }
         let huge = vec![b' '; MAX_MESSAGE_BYTES + 1];
         assert_eq!(InputMessage::parse(&huge), Err(ProtocolError::TooLarge(huge.len())));
+    }
+
+    #[test]
+    fn parses_attention_and_input_on_one_channel() {
+        for a in Attention::ALL {
+            let json = a.to_json();
+            assert_eq!(json, format!(r#"{{"type":"attention","state":"{}"}}"#, a.label()));
+            assert_eq!(ChannelMessage::parse(json.as_bytes()), Ok(ChannelMessage::Attention(a)));
+        }
+        assert_eq!(
+            ChannelMessage::parse(br#"{"state":"hidden","type":"attention"}"#),
+            Ok(ChannelMessage::Attention(Attention::Hidden))
+        );
+        let key = InputMessage::Key { keysym: 0x61, down: true };
+        assert_eq!(ChannelMessage::parse(key.to_json().as_bytes()), Ok(ChannelMessage::Input(key)));
+        let m = ChannelMessage::Input(InputMessage::Pointer { x: 1, y: 2, buttons: 4 });
+        assert_eq!(ChannelMessage::parse(m.to_json().as_bytes()), Ok(m));
+        assert!(Attention::Hidden < Attention::Visible && Attention::Visible < Attention::Focused);
+    }
+
+    #[test]
+    fn rejects_bad_attention() {
+        let bad: &[&[u8]] = &[
+            br#"{"type":"attention"}"#,
+            br#"{"type":"attention","state":"sleepy"}"#,
+            br#"{"type":"attention","state":"Focused"}"#,
+            br#"{"type":"attention","state":2}"#,
+            br#"{"type":"attention","state":null}"#,
+            br#"{"type":"attention","state":"focused","extra":1}"#,
+            br#"{"type":"attention","state":"focused","x":1,"y":2,"buttons":0}"#,
+            br#"{"type":"attention","state":["focused"]}"#,
+            br#"{"type":"Attention","state":"focused"}"#,
+            br#"{"type":"pointer","state":"focused"}"#,
+            br#"{"state":"focused"}"#,
+            br#"{"type":1,"state":"focused"}"#,
+            br#"{"type":"attention","state":"focused""#,
+        ];
+        for b in bad {
+            assert!(
+                matches!(ChannelMessage::parse(b), Err(ProtocolError::Malformed(_))),
+                "accepted {:?}",
+                String::from_utf8_lossy(b)
+            );
+        }
+        let mut huge = br#"{"type":"attention","state":"focused"}"#.to_vec();
+        huge.resize(MAX_MESSAGE_BYTES + 1, b' ');
+        assert_eq!(ChannelMessage::parse(&huge), Err(ProtocolError::TooLarge(huge.len())));
+        // Garbage that is not attention keeps the input parser's verdict.
+        assert_eq!(ChannelMessage::parse(b"not json").is_err(), InputMessage::parse(b"not json").is_err());
     }
 
     #[test]

@@ -31,6 +31,17 @@ impl Codec {
             Codec::Vp8 => "vp8",
         }
     }
+
+    /// Whether its rate control spreads the bitrate over the frames actually encoded (libvpx
+    /// follows the timestamps), rather than budgeting bitrate ÷ `--max-fps` per frame (x264
+    /// without VFR input, `h264.rs`). Only then must a lower frame rate come with a lower bitrate
+    /// to keep the bits per frame (and the bits per second) down.
+    pub fn rate_follows_frame_times(self) -> bool {
+        match self {
+            Codec::H264 => false,
+            Codec::Vp8 => true,
+        }
+    }
 }
 
 impl fmt::Display for Codec {

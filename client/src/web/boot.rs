@@ -261,6 +261,7 @@ pub(super) async fn run() -> Result<(), String> {
                 status_pending: false,
                 status_at: f64::NEG_INFINITY,
                 menu_text: String::new(),
+                attention: Default::default(),
                 _frame_cb: frame_cb,
             });
             app.sound.add_panel();

@@ -24,6 +24,7 @@ impl App {
         let t0 = now_ms();
         self.control_frame();
         self.extras_frame();
+        self.attention_frame(None);
         if self.upload_videos(false) {
             self.redraw = true;
         }

@@ -9,7 +9,6 @@ use super::{App, Shared, LABEL_H, LABEL_W};
 use crate::control::{MenuItem, Outcome};
 use crate::hook::{
     ControlResult, ControlSnapshot, KeySent, KeySnapshot, KeyboardSnapshot, PanelSnapshot, PasteSnapshot, Snapshot,
-    XrSnapshot,
 };
 use crate::keyboard::{key_rect, Modifier};
 use crate::render::View;
@@ -101,18 +100,14 @@ impl App {
                     .map(|l| scene::menu_corners(l).map(Into::into).to_vec())
                     .unwrap_or_default(),
                 control: self.control_snapshot(i),
+                attention: p.attention.state.map(|a| a.label()),
+                attention_sent: p.attention.sender.sent().map(|a| a.label()),
+                attention_messages: p.attention.messages,
             })
             .collect();
         let snapshot = Snapshot {
             panels,
-            xr: XrSnapshot {
-                supported: self.xr_supported,
-                active: self.xr.is_some(),
-                backend: self
-                    .xr
-                    .as_ref()
-                    .and_then(|_| self.xr_gfx.as_ref().or(self.gfx.as_ref()).map(|g| g.backend.as_str())),
-            },
+            xr: self.xr_snapshot(),
             focus: self.focus,
             error: self.error.clone(),
             hud: self.hud,

@@ -26,6 +26,10 @@ impl App {
             let label = if p.control.open { format!("{label}\u{0}") } else { label };
             let hud = if self.hud {
                 let line = captions::hud_line(p.stats.fps, p.kbps, p.stats.rtt_ms, p.stats.frames_decoded);
+                let line = match p.attention.state {
+                    Some(a) => format!("{line}  ·  {}", a.label()),
+                    None => line,
+                };
                 let sound = &self.sound.panels[i];
                 match captions::hud_audio(sound.status(), sound.level()) {
                     Some(a) => format!("{line}  ·  {a}"),

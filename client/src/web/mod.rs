@@ -5,6 +5,7 @@
 //! captions), the flat view's `requestAnimationFrame` or the XR session's, DOM input events,
 //! and each video's `requestVideoFrameCallback` (which only marks the panel's texture stale).
 
+mod attention;
 mod audio;
 mod boot;
 mod control;
@@ -93,6 +94,8 @@ struct PanelRt {
     status_at: f64,
     /// What the menu texture shows now.
     menu_text: String,
+    /// Its attention (focused, visible, hidden) and what its agent was told.
+    attention: attention::PanelAttention,
     _frame_cb: Looping<dyn FnMut(f64, JsValue)>,
 }
 
@@ -128,6 +131,8 @@ struct Xr {
     ui_press: [Option<crate::scene::UiHit>; 2],
     /// Hand-tracking pinches (`selectstart` … `selectend`), by hand.
     select: Rc<[Cell<bool>; 2]>,
+    /// The layer's and display's settings, and what the last frame drew into (for the hook).
+    setup: xr::XrSetup,
 }
 
 struct Flat {

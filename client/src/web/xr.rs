@@ -14,6 +14,7 @@ use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::{spawn_local, JsFuture};
 use web_sys::{HtmlCanvasElement, HtmlElement, XrFrame, XrReferenceSpace, XrSession, XrWebGlLayer};
 
+use super::boot::query_param;
 use super::flat::start_flat_loop;
 use super::gfx::{Backend, Gfx};
 use super::util::{document, js_error, now_ms, window};
@@ -23,12 +24,19 @@ use crate::pointer::Pad;
 use crate::render::{flip_y, gl_to_wgpu_depth, View};
 use crate::scene;
 use crate::scene::UiHit;
+use crate::xrsettings::{choose_frame_rate, XrPath, XrSettings};
 
 impl App {
     pub(super) fn frame_xr(&mut self, frame: &XrFrame) {
         let t0 = now_ms();
-        let Some(xr) = self.xr.as_ref() else { return };
-        let (space, layer) = (xr.space.clone(), xr.layer.clone());
+        let Some(xr) = self.xr.as_mut() else { return };
+        let space = xr.space.clone();
+        // The session's layer now: it may be replaced mid-session (a new size or scale).
+        let layer = xr.session.render_state().base_layer().unwrap_or_else(|| xr.layer.clone());
+        if layer != xr.layer {
+            xr.setup.adopt(&layer);
+            xr.layer = layer.clone();
+        }
         let Some(pose) = frame.get_viewer_pose(&space) else { return };
         let head = pose.transform();
         let head_pos = point3(&head.position());
@@ -54,9 +62,11 @@ impl App {
         let (fw, fh) = (layer.framebuffer_width(), layer.framebuffer_height());
         let flip = if fb.is_some() { flip_y() } else { Mat4::IDENTITY };
         let mut views = Vec::new();
+        let mut viewports = Vec::new();
         for v in pose.views().iter() {
             let v: web_sys::XrView = v.unchecked_into();
             let Some(vp) = layer.get_viewport(&v) else { continue };
+            viewports.push([vp.x(), vp.y(), vp.width(), vp.height()]);
             let proj = Mat4::from_cols_slice(&v.projection_matrix());
             let view = Mat4::from_cols_slice(&v.transform().inverse().matrix());
             // XR viewports count y from the bottom; wgpu's from the top of the target.
@@ -65,6 +75,13 @@ impl App {
                 view_proj: flip * gl_to_wgpu_depth() * proj * view,
                 viewport: [vp.x() as f32, y as f32, vp.width() as f32, vp.height() as f32],
             });
+        }
+        let eyes: Vec<Mat4> = views.iter().map(|v| v.view_proj).collect();
+        self.attention_frame(Some(&eyes));
+        if let Some(x) = self.xr.as_mut() {
+            x.setup.path = Some(if fb.is_some() { XrPath::Framebuffer } else { XrPath::Canvas });
+            x.setup.framebuffer = (fw, fh);
+            x.setup.viewports = viewports;
         }
         let Some(g) = self.xr_gfx.as_mut().or(self.gfx.as_mut()) else { return };
         match fb {
@@ -279,6 +296,64 @@ impl App {
     }
 }
 
+/// The session's settings (`?scale=`, `?foveation=`, `?fps=`), what was asked of the session, and
+/// what its last frame drew into; `window.__loco.xr` shows them.
+#[derive(Default)]
+pub(super) struct XrSetup {
+    settings: XrSettings,
+    /// The rate passed to `updateTargetFrameRate`, and the rates the session offered.
+    target_rate: Option<f32>,
+    supported: Vec<f32>,
+    pub path: Option<XrPath>,
+    pub framebuffer: (u32, u32),
+    pub viewports: Vec<[i32; 4]>,
+}
+
+impl XrSetup {
+    /// A layer the session draws into from now on: no fixed foveation unless asked for
+    /// (`fixedFoveation` where the layer has it: Quest Browser; a headset's default may be on).
+    fn adopt(&self, layer: &XrWebGlLayer) {
+        if js_sys::Reflect::has(layer, &"fixedFoveation".into()).unwrap_or(false) {
+            layer.set_fixed_foveation(Some(self.settings.foveation));
+        }
+    }
+
+    /// Asks for the configured display rate (the nearest offered) where the session can change it.
+    fn set_frame_rate(&mut self, session: &XrSession) {
+        self.supported = session.supported_frame_rates().unwrap_or_default();
+        let can = js_sys::Reflect::get(session, &"updateTargetFrameRate".into()).is_ok_and(|f| f.is_function());
+        self.target_rate = if can { choose_frame_rate(&self.supported, self.settings.fps) } else { None };
+        if let Some(rate) = self.target_rate {
+            let promise = session.update_target_frame_rate(rate);
+            spawn_local(async move {
+                if let Err(e) = JsFuture::from(promise).await {
+                    web_sys::console::warn_1(&format!("loco: no {rate} Hz: {}", js_error(&e)).into());
+                }
+            });
+        }
+    }
+}
+
+impl App {
+    pub(super) fn xr_snapshot(&self) -> crate::hook::XrSnapshot {
+        let mut s =
+            crate::hook::XrSnapshot { supported: self.xr_supported, active: self.xr.is_some(), ..Default::default() };
+        let Some(xr) = self.xr.as_ref() else { return s };
+        s.backend = self.xr_gfx.as_ref().or(self.gfx.as_ref()).map(|g| g.backend.as_str());
+        s.path = xr.setup.path.map(XrPath::as_str);
+        (s.framebuffer_width, s.framebuffer_height) = xr.setup.framebuffer;
+        s.viewports = xr.setup.viewports.clone();
+        s.scale = Some(xr.setup.settings.scale);
+        if js_sys::Reflect::has(&xr.layer, &"fixedFoveation".into()).unwrap_or(false) {
+            s.foveation = xr.layer.fixed_foveation().map(f64::from);
+        }
+        s.frame_rate = xr.session.frame_rate().map(f64::from);
+        s.target_frame_rate = xr.setup.target_rate.map(f64::from);
+        s.supported_frame_rates = xr.setup.supported.iter().copied().map(f64::from).collect();
+        s
+    }
+}
+
 /// What a hand did to one of the scene's controls.
 #[derive(Debug, Clone, Copy)]
 enum UiAction {
@@ -388,10 +463,21 @@ pub(super) async fn enter_xr(shared: &Shared) -> Result<(), String> {
         let g = app.xr_gfx.as_ref().or(app.gfx.as_ref()).ok_or("no WebGL2 device")?;
         g.gl.clone().ok_or("no WebGL2 context")?
     };
-    let layer = XrWebGlLayer::new_with_web_gl2_rendering_context(&session, &gl).map_err(|e| js_error(&e))?;
+    let settings = XrSettings::from_params(
+        query_param("scale").as_deref(),
+        query_param("foveation").as_deref(),
+        query_param("fps").as_deref(),
+    );
+    let layer_init = web_sys::XrWebGlLayerInit::new();
+    layer_init.set_framebuffer_scale_factor(settings.scale);
+    let layer = XrWebGlLayer::new_with_web_gl2_rendering_context_and_layer_init(&session, &gl, &layer_init)
+        .map_err(|e| js_error(&e))?;
+    let mut setup = XrSetup { settings, ..Default::default() };
+    setup.adopt(&layer);
     let state = web_sys::XrRenderStateInit::new();
     state.set_base_layer(Some(&layer));
     session.update_render_state_with_state(&state);
+    setup.set_frame_rate(&session);
     let space: XrReferenceSpace =
         JsFuture::from(session.request_reference_space(web_sys::XrReferenceSpaceType::LocalFloor))
             .await
@@ -420,6 +506,7 @@ pub(super) async fn enter_xr(shared: &Shared) -> Result<(), String> {
             hands: Default::default(),
             ui_press: [None; 2],
             select,
+            setup,
         });
         app.pointers.clear();
         app.flat.pointer.captured = None;
