@@ -19,7 +19,9 @@ What is checked:
   does not exist is 404;
 - headless Chromium with IWER opens the page from the web container, every panel goes live,
   Enter VR draws them, and a controller click reaches the aimed VM's agent only
-  (playwright/deploy/deploy.spec.ts);
+  (playwright/deploy/deploy.spec.ts); aimed at that VM's IceWM start button once the desktops are
+  up, the click opens the start menu on that VM's screen and no other (read over the pods' VNC
+  sockets);
 - bad input: loco-web without desktops.json, the runner without its base image or with a wrong
   profile, the agent with an unreadable token file: each exits non-zero with one clear line;
 - SIGTERM to a VM pod (as the kubelet deletes it) powers the guest down over ACPI and the runner
@@ -235,18 +237,38 @@ def test_ingress_serves_loco_web_and_routes_the_agents(release):
 
 
 def test_page_from_the_web_container_in_chromium_with_iwer(release):
+    """The deploy spec clicks the aimed VM's start button once every guest's IceWM desktop is up
+    (read over each pod's VNC socket, which QEMU serves to a second client beside the agent); the
+    start menu must open on that VM's screen only."""
+    import rfbgrab
+    from loco_testkit.desktop import START_BUTTON, looks_like_icewm, start_menu_open
     cl, vms = release["cluster"], release["vms"]
+    socks = [str(cl.work / p.name / "volumes" / "vnc" / "vnc.sock") for p in vms]
+    deadline = time.monotonic() + 300
+    for p, sock in zip(vms, socks):
+        while not looks_like_icewm(rfbgrab.grab(unix=sock, timeout=20)):
+            assert time.monotonic() < deadline, f"{p.name}: no IceWM desktop 300 s after start"
+            time.sleep(2)
+    print(f"\n[images] chart release, {N} stand-in VMs: every desktop up {time.monotonic() - release['t0']:.0f} s "
+          "after the first docker run")
+    target = 1
     agents = [f"http://{cl.pod_ip(p)}:8080" for p in vms]
+    x, y = START_BUTTON
     out = run_playwright({
         "LOCO_DEPLOY_HOST": HOST, "LOCO_DEPLOY_IP": release["ip"], "LOCO_DEPLOY_URL": f"https://{HOST}/",
         "LOCO_DEPLOY_KEY": release["key"], "LOCO_DEPLOY_N": str(N), "LOCO_DEPLOY_AGENTS": ",".join(agents),
-        "LOCO_DEPLOY_TARGET": "1"}, "chart release")
-    print(f"[images] chart release, {N} stand-in VMs: first docker run → every panel live in Chromium "
-          f"{time.monotonic() - release['t0']:.0f} s (includes starting the containers and the page's test)")
+        "LOCO_DEPLOY_TARGET": str(target), "LOCO_DEPLOY_UV": f"{(x + 0.5) / 1024},{(y + 0.5) / 768}"}, "chart release")
+    assert "1 passed" in out
+    deadline = time.monotonic() + 20
+    while not start_menu_open(rfbgrab.grab(unix=socks[target], timeout=20)):
+        assert time.monotonic() < deadline, f"VM {target}'s start menu did not open after the controller click on it"
+        time.sleep(0.5)
+    for i, sock in enumerate(socks):
+        if i != target:
+            assert not start_menu_open(rfbgrab.grab(unix=sock, timeout=20)), f"VM {i}'s start menu opened (not aimed at)"
     web = next(p for p in cl.pods if p.owner.endswith("-web"))
     mem = docker("stats", "--no-stream", "--format", "{{.MemUsage}}", cl.cname(web, "web"))
     print(f"[images] web container memory: {mem}")
-    assert "1 passed" in out
 
 
 def test_bad_input_exits_with_one_clear_line(tools, tmp_path):
