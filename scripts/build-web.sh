@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the WebXR client page into www/dist/ without trunk: cargo (wasm32) → wasm-bindgen →
-# index.html with a module script. `trunk serve` in www/ does the same for local work.
+# index.html (and check.html) with a module script. `trunk serve` in www/ does the same for local work.
 #
 #   scripts/build-web.sh            size-optimised build (profile wasm-release)
 #   LOCO_WEB_PROFILE=dev scripts/build-web.sh   quick debug build
@@ -27,8 +27,10 @@ WASM=$CARGO_TARGET_DIR/wasm32-unknown-unknown/$dir/loco_client.wasm
 rm -rf "$OUT.tmp"
 mkdir -p "$OUT.tmp"
 wasm-bindgen --target web --no-typescript --out-dir "$OUT.tmp" "$WASM"
-# The trunk link becomes the module that loads the wasm (its start function runs the page).
-python3 - "$ROOT/www/index.html" "$OUT.tmp/index.html" <<'PY'
+# The trunk link becomes the module that loads the wasm (its start function runs the page);
+# check.html (the headset check) is the same page with the report beside it.
+for page in index.html check.html; do
+python3 - "$ROOT/www/$page" "$OUT.tmp/$page" <<'PY'
 import re, sys
 src, dst = sys.argv[1], sys.argv[2]
 html = open(src, encoding="utf-8").read()
@@ -36,9 +38,10 @@ html, n = re.subn(r'\s*<!-- trunk builds.*?-->\n', '\n', html, flags=re.S)
 html, n = re.subn(r'<link data-trunk rel="rust"[^>]*>',
                   '<script type="module">import init from "./loco_client.js"; init();</script>', html)
 if n != 1:
-    sys.exit("build-web: www/index.html has no trunk rust link to replace")
+    sys.exit(f"build-web: {src} has no trunk rust link to replace")
 open(dst, "w", encoding="utf-8").write(html)
 PY
+done
 cp "$ROOT/www/desktops.example.json" "$OUT.tmp/"
 rm -rf "$OUT"
 mv "$OUT.tmp" "$OUT"

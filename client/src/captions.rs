@@ -88,6 +88,23 @@ pub fn hud_line(fps: f64, kbps: f64, rtt_ms: Option<f64>, frames_decoded: u32) -
     format!("{fps:.0} fps  ·  {kbps:.0} kbit/s  ·  rtt {rtt}  ·  {frames_decoded} frames")
 }
 
+/// The decoder part of the statistics line: the codec, `getStats`' `decoderImplementation` and
+/// `power efficient` when `powerEfficientDecoder` says so (`vp8 libvpx`, `h264 MediaCodec ·
+/// power efficient`); `None` when nothing is known.
+pub fn hud_decoder(codec: Option<&str>, implementation: Option<&str>, power_efficient: Option<bool>) -> Option<String> {
+    let mut parts: Vec<String> = Vec::new();
+    let name = [codec, implementation].into_iter().flatten().collect::<Vec<_>>().join(" ");
+    if !name.is_empty() {
+        parts.push(name);
+    }
+    match power_efficient {
+        Some(true) => parts.push("power efficient".into()),
+        Some(false) => parts.push("not power efficient".into()),
+        None => {}
+    }
+    (!parts.is_empty()).then(|| parts.join("  ·  "))
+}
+
 /// The caption's status dot.
 pub fn state_colour(state: StreamState) -> &'static str {
     match state {
@@ -152,6 +169,17 @@ mod tests {
         assert_eq!(hud_audio(AudioStatus::Muted, Some(-20.0)).as_deref(), Some("muted"));
         assert_eq!(hud_audio(AudioStatus::Playing, Some(-23.4)).as_deref(), Some("♪ −23 dB"));
         assert_eq!(hud_audio(AudioStatus::Playing, None).as_deref(), Some("♪"));
+    }
+
+    #[test]
+    fn hud_decoders() {
+        assert_eq!(hud_decoder(None, None, None), None);
+        assert_eq!(
+            hud_decoder(Some("vp8"), Some("libvpx"), Some(false)).as_deref(),
+            Some("vp8 libvpx  ·  not power efficient")
+        );
+        assert_eq!(hud_decoder(Some("h264"), None, Some(true)).as_deref(), Some("h264  ·  power efficient"));
+        assert_eq!(hud_decoder(None, Some("ExternalDecoder"), None).as_deref(), Some("ExternalDecoder"));
     }
 
     #[test]

@@ -55,6 +55,22 @@ pub struct PanelSnapshot {
     pub attention_sent: Option<&'static str>,
     /// Attention messages sent to its agent so far.
     pub attention_messages: u32,
+    /// The codec in use (`h264`, `vp8`; from `getStats`, else the one asked for; `null` before).
+    pub codec: Option<&'static str>,
+    /// The codec asked of the agent (`null`: its default).
+    pub codec_requested: Option<&'static str>,
+    /// Renegotiations with another codec after a stalled decoder (or `__loco.debug.renegotiate`),
+    /// and the last one's reason.
+    pub decoder_fallbacks: u32,
+    pub decoder_fallback_reason: Option<String>,
+    /// `getStats`' `decoderImplementation` and `powerEfficientDecoder`, where the browser gives them.
+    pub decoder_implementation: Option<String>,
+    pub power_efficient_decoder: Option<bool>,
+    pub frames_dropped: u32,
+    /// Decode time per decoded frame over the session (`totalDecodeTime / framesDecoded`).
+    pub decode_ms: Option<f64>,
+    /// The statistics line under the panel (`?hud=1` or the Stats button; empty when off).
+    pub hud_line: String,
 }
 
 /// One panel's VM menu and what it knows.
@@ -236,11 +252,13 @@ pub struct FrameTimes {
     pub average_ms: f64,
     history: VecDeque<f64>,
     capacity: usize,
+    /// While `Some`, every frame's time is also kept here (the check page's measurement).
+    pub log: Option<Vec<f64>>,
 }
 
 impl FrameTimes {
     pub fn new(capacity: usize) -> Self {
-        Self { frames: 0, average_ms: 0.0, history: VecDeque::with_capacity(capacity), capacity }
+        Self { frames: 0, average_ms: 0.0, history: VecDeque::with_capacity(capacity), capacity, log: None }
     }
 
     pub fn record(&mut self, ms: f64) {
@@ -251,6 +269,9 @@ impl FrameTimes {
             self.history.pop_front();
         }
         self.history.push_back(ms);
+        if let Some(log) = &mut self.log {
+            log.push(ms);
+        }
     }
 
     pub fn percentile(&self, q: f64) -> Option<f64> {
@@ -312,6 +333,15 @@ mod tests {
                 attention: Some("visible"),
                 attention_sent: None,
                 attention_messages: 0,
+                codec: Some("vp8"),
+                codec_requested: Some("vp8"),
+                decoder_fallbacks: 1,
+                decoder_fallback_reason: Some("stalled".into()),
+                decoder_implementation: Some("libvpx".into()),
+                power_efficient_decoder: Some(false),
+                frames_dropped: 0,
+                decode_ms: Some(1.5),
+                hud_line: String::new(),
             }],
             xr: XrSnapshot { supported: true, active: false, ..Default::default() },
             focus: Some(0),
@@ -359,9 +389,10 @@ mod tests {
         );
         assert_eq!(
             keys(&v["panels"][0]),
-            "attempts,attention,attentionMessages,attentionSent,caption,captionCorners,control,corners,error,fps,\
-             framesDecoded,framesPresented,framesUploaded,inputOpen,kbps,menuCorners,name,rttMs,state,videoHeight,\
-             videoWidth,whep"
+            "attempts,attention,attentionMessages,attentionSent,caption,captionCorners,codec,codecRequested,control,\
+             corners,decodeMs,decoderFallbackReason,decoderFallbacks,decoderImplementation,error,fps,framesDecoded,\
+             framesDropped,framesPresented,framesUploaded,hudLine,inputOpen,kbps,menuCorners,name,\
+             powerEfficientDecoder,rttMs,state,videoHeight,videoWidth,whep"
         );
         assert_eq!(
             keys(&v["xr"]),

@@ -12,7 +12,8 @@
 //!   latches, repeat, placement), [`paste`] (paste as rate-limited typing), [`arrange`] (panels
 //!   pulled closer with the grip, kept by name), [`attention`] (which panels are focused, visible
 //!   or hidden, and when each agent is told), [`xrsettings`] (the headset's layer scale,
-//!   foveation and frame rate).
+//!   foveation and frame rate), [`decoder`] (a stalled video decoder and the once-a-minute VP8
+//!   fallback), [`check`] (the check page's frame-time and decode-time arithmetic).
 //! - `web` (wasm32 only): the thin shell — config, WHEP sessions, video upload, WebXR and flat
 //!   view, DOM input, the `window.__loco` getter — that carries out the core's decisions.
 //!
@@ -25,7 +26,9 @@ pub mod audio;
 pub mod budget;
 pub mod camera;
 pub mod captions;
+pub mod check;
 pub mod control;
+pub mod decoder;
 pub mod hook;
 pub mod keyboard;
 pub mod link;

@@ -275,6 +275,19 @@ impl Link {
         }
     }
 
+    /// Start over at once with a new session (another codec): the shell tears down the current
+    /// one (the returned command), and the next tick connects. The backoff is kept.
+    pub fn renegotiate(&mut self, now: f64, reason: String) -> LinkCommand {
+        self.generation += 1;
+        self.connecting = false;
+        self.state = StreamState::Connecting;
+        self.since = now;
+        self.disconnected_since = None;
+        self.probing = false;
+        self.retry_at = now;
+        LinkCommand::TearDown { reason }
+    }
+
     /// The agent was heard from (its RTP/RTCP counters moved).
     pub fn heard(&mut self, now: f64) {
         self.heard_at = now;
@@ -373,6 +386,18 @@ mod tests {
         assert_eq!(link.state(), StreamState::Connecting);
         assert_eq!(link.tick(1000.0, Some(UP), &mut mid), None);
         assert_eq!(link.state(), StreamState::Live);
+        assert_eq!(link.error(), None);
+    }
+
+    #[test]
+    fn renegotiate_starts_over_at_once() {
+        let mut link = Link::new(0.0, true);
+        let now = go_live(&mut link, 0.0);
+        let g = link.generation();
+        assert_eq!(link.renegotiate(now, "vp8".into()), LinkCommand::TearDown { reason: "vp8".into() });
+        assert_eq!(link.state(), StreamState::Connecting);
+        assert_eq!(link.generation(), g + 1, "late results of the old session are ignored");
+        assert_eq!(link.tick(now, None, &mut mid), Some(LinkCommand::Connect { generation: g + 1 }));
         assert_eq!(link.error(), None);
     }
 

@@ -4,7 +4,7 @@
     pack.py SRC DST
 
 - The wasm and its JS glue get their content's hash in their names (loco_client.<16 hex>.js,
-  loco_client_bg.<16 hex>.wasm), and the references to them (index.html → the JS, the JS → the
+  loco_client_bg.<16 hex>.wasm), and the references to them (index.html and check.html → the JS, the JS → the
   wasm) are rewritten, so nginx can let browsers cache them for a year: a new build has new names.
 - Every text or wasm file is stored precompressed beside itself, .br (brotli -q 11) and .gz (gzip -9),
   for nginx's brotli_static and gzip_static.
@@ -46,15 +46,22 @@ def main(src: Path, dst: Path) -> None:
         die("loco_client.js does not load 'loco_client_bg.wasm' (wasm-bindgen's output changed?)")
     js = js.replace("'loco_client_bg.wasm'", f"'{wasm_name}'")
     js_name = f"loco_client.{digest(js.encode())}.js"
-    html = (dst / "index.html").read_text(encoding="utf-8")
-    if '"./loco_client.js"' not in html:
-        die('index.html does not import "./loco_client.js"')
-    html = html.replace('"./loco_client.js"', f'"./{js_name}"')
+    pages = {}
+    for page in ("index.html", "check.html"):
+        if not (dst / page).is_file():
+            if page == "index.html":
+                die(f"{src / page} is missing")
+            continue  # an older build without the check page
+        html = (dst / page).read_text(encoding="utf-8")
+        if '"./loco_client.js"' not in html:
+            die(f'{page} does not import "./loco_client.js"')
+        pages[page] = html.replace('"./loco_client.js"', f'"./{js_name}"')
 
     (dst / "loco_client_bg.wasm").rename(dst / wasm_name)
     (dst / "loco_client.js").unlink()
     (dst / js_name).write_text(js, encoding="utf-8")
-    (dst / "index.html").write_text(html, encoding="utf-8")
+    for page, html in pages.items():
+        (dst / page).write_text(html, encoding="utf-8")
 
     brotli = shutil.which("brotli")
     if brotli is None:

@@ -25,6 +25,11 @@ use crate::hook::FrameTimes;
 use crate::link::{health_url, Link};
 use crate::pointer::Mouse;
 
+thread_local! {
+    /// The page's app once `run` made it (the check page reads it).
+    pub(super) static APP: RefCell<Option<Shared>> = const { RefCell::new(None) };
+}
+
 #[wasm_bindgen(start)]
 pub fn start() {
     console_error_panic_hook::set_once();
@@ -34,6 +39,10 @@ pub fn start() {
             show_error(&e);
         }
     });
+    // `/check.html`: the same page plus the headset check (`web/check.rs`).
+    if document().get_element_by_id("loco-check").is_some() {
+        spawn_local(super::check::run());
+    }
 }
 
 pub(super) fn show_error(message: &str) {
@@ -180,6 +189,7 @@ pub(super) async fn run() -> Result<(), String> {
         })
     });
     install_hook(&shared);
+    APP.with(|a| *a.borrow_mut() = Some(shared.clone()));
 
     UPLOAD_FROM_VIDEO.with(|f| f.set(query_param("upload").as_deref() == Some("video")));
     // The device first: a page that cannot draw says so even before the config loads.
@@ -214,6 +224,7 @@ pub(super) async fn run() -> Result<(), String> {
         }
     };
     let videos = doc.get_element_by_id("loco-videos").ok_or("the page has no #loco-videos")?;
+    let codec_param = query_param("codec").as_deref().and_then(crate::decoder::Codec::parse);
     {
         let mut app = shared.borrow_mut();
         app.base_url = href;
@@ -262,6 +273,10 @@ pub(super) async fn run() -> Result<(), String> {
                 status_at: f64::NEG_INFINITY,
                 menu_text: String::new(),
                 attention: Default::default(),
+                codec: codec_param,
+                decoder: Default::default(),
+                fallback: Default::default(),
+                fallback_reason: None,
                 _frame_cb: frame_cb,
             });
             app.sound.add_panel();

@@ -103,6 +103,23 @@ impl App {
                 attention: p.attention.state.map(|a| a.label()),
                 attention_sent: p.attention.sender.sent().map(|a| a.label()),
                 attention_messages: p.attention.messages,
+                codec: p
+                    .stats
+                    .codec
+                    .as_deref()
+                    .and_then(crate::decoder::Codec::parse)
+                    .or(p.codec)
+                    .filter(|_| p.session.is_some())
+                    .map(|c| c.as_str()),
+                codec_requested: p.codec.map(|c| c.as_str()),
+                decoder_fallbacks: p.fallback.count,
+                decoder_fallback_reason: p.fallback_reason.clone(),
+                decoder_implementation: p.stats.decoder_implementation.clone(),
+                power_efficient_decoder: p.stats.power_efficient,
+                frames_dropped: p.stats.frames_dropped,
+                decode_ms: (p.stats.frames_decoded > 0)
+                    .then(|| p.stats.total_decode_time * 1000.0 / p.stats.frames_decoded as f64),
+                hud_line: p.hud.clone(),
             })
             .collect();
         let snapshot = Snapshot {
@@ -186,6 +203,19 @@ pub(super) fn install_hook(shared: &Shared) {
             Err(_) => JsValue::NULL,
         });
         set(&snap, "audioSpectrum", spectrum.into_js_value());
+        // `debug.renegotiate(i, codec)`: the decoder fallback's own path (`App::decoder_fallback`),
+        // once-a-minute rule included; true if panel i renegotiates.
+        let s5 = s.clone();
+        let renegotiate = Closure::<dyn Fn(f64, String) -> bool>::new(move |i: f64, codec: String| {
+            let Some(codec) = crate::decoder::Codec::parse(&codec) else { return false };
+            match s5.try_borrow_mut() {
+                Ok(mut app) => app.decoder_fallback(i as usize, codec, "asked by __loco.debug.renegotiate".into()),
+                Err(_) => false,
+            }
+        });
+        let debug = js_sys::Object::new();
+        set(&debug, "renegotiate", renegotiate.into_js_value());
+        set(&snap, "debug", debug);
         deep_freeze(&snap);
         snap
     });

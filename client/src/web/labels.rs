@@ -26,6 +26,15 @@ impl App {
             let label = if p.control.open { format!("{label}\u{0}") } else { label };
             let hud = if self.hud {
                 let line = captions::hud_line(p.stats.fps, p.kbps, p.stats.rtt_ms, p.stats.frames_decoded);
+                let codec = p.stats.codec.as_deref().and_then(crate::decoder::Codec::parse).map(|c| c.as_str());
+                let line = match captions::hud_decoder(
+                    codec,
+                    p.stats.decoder_implementation.as_deref(),
+                    p.stats.power_efficient,
+                ) {
+                    Some(d) => format!("{line}  ·  {d}"),
+                    None => line,
+                };
                 let line = match p.attention.state {
                     Some(a) => format!("{line}  ·  {}", a.label()),
                     None => line,

@@ -8,6 +8,7 @@ use super::boot::recover;
 use super::util::now_ms;
 use super::whep;
 use super::{random, App, Shared, STATS_EVERY_MS};
+use crate::decoder::{Codec, Sample, Verdict};
 use crate::link::{health_url, LinkCommand, Negotiated, Observed, PeerState};
 use crate::scene::StreamState;
 
@@ -46,8 +47,10 @@ impl App {
                     let base = self.base_url.clone();
                     let shared = shared.clone();
                     let audio = self.sound.settings.enabled;
+                    let codec = p.codec;
+                    p.decoder.reset();
                     spawn_local(async move {
-                        let result = whep::connect(&desktop, &base, &ice, &video, audio).await;
+                        let result = whep::connect(&desktop, &base, &ice, &video, audio, codec).await;
                         if let Ok(mut app) = shared.try_borrow_mut() {
                             app.connected(i, generation, result);
                         } else if let Ok(s) = result {
@@ -156,9 +159,52 @@ impl App {
             if st.activity != p.stats.activity {
                 p.link.heard(now);
             }
+            let sample = Sample {
+                frames_decoded: st.frames_decoded,
+                frames_received: st.frames_received,
+                packets_received: st.packets_received,
+                bytes_received: st.bytes_received,
+            };
+            let verdict = p.decoder.sample(now, sample);
+            let on_vp8 = p.codec == Some(Codec::Vp8) || st.codec.as_deref().and_then(Codec::parse) == Some(Codec::Vp8);
             p.stats = st;
+            p.stats_at = now;
+            if let Verdict::Stalled { reason } = verdict {
+                if on_vp8 {
+                    web_sys::console::warn_1(
+                        &format!("loco: {}: VP8 decoder stalled too: {reason}", p.desktop.name).into(),
+                    );
+                } else {
+                    self.decoder_fallback(i, Codec::Vp8, reason);
+                }
+            }
+            return;
         }
         p.stats_at = now;
+    }
+
+    /// Panel `i`'s decoder stalled (or `__loco.debug.renegotiate` asks): a new session with
+    /// `codec`, unless this panel fell back less than a minute ago. True if it renegotiates.
+    pub(super) fn decoder_fallback(&mut self, i: usize, codec: Codec, reason: String) -> bool {
+        let now = now_ms();
+        let Some(p) = self.panels.get_mut(i) else { return false };
+        if !p.fallback.allow(now) {
+            web_sys::console::warn_1(
+                &format!("loco: {}: no decoder fallback (one a minute): {reason}", p.desktop.name).into(),
+            );
+            return false;
+        }
+        web_sys::console::warn_1(
+            &format!("loco: {}: renegotiating with {}: {reason}", p.desktop.name, codec.as_str()).into(),
+        );
+        p.codec = Some(codec);
+        p.fallback_reason = Some(reason.clone());
+        if let LinkCommand::TearDown { reason } =
+            p.link.renegotiate(now, format!("renegotiating with {}: {reason}", codec.as_str()))
+        {
+            self.tear_down(i, reason);
+        }
+        true
     }
 
     /// Panel `i`'s link went down: ends its session and forgets what it showed (the link has

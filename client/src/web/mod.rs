@@ -8,6 +8,7 @@
 mod attention;
 mod audio;
 mod boot;
+mod check;
 mod control;
 mod dom;
 mod flat;
@@ -96,6 +97,12 @@ struct PanelRt {
     menu_text: String,
     /// Its attention (focused, visible, hidden) and what its agent was told.
     attention: attention::PanelAttention,
+    /// The codec asked of the agent (`None`: its default; `?codec=`, or VP8 after a fallback).
+    codec: Option<crate::decoder::Codec>,
+    /// Watches this session's decoder; the once-a-minute fallback rule and the last reason.
+    decoder: crate::decoder::DecoderWatch,
+    fallback: crate::decoder::FallbackGate,
+    fallback_reason: Option<String>,
     _frame_cb: Looping<dyn FnMut(f64, JsValue)>,
 }
 

@@ -21,6 +21,7 @@ use web_sys::{
 };
 
 use super::util::{fetch, js_error, now_ms, set, sleep};
+use crate::decoder::Codec;
 
 const GATHER_TIMEOUT_MS: f64 = 2000.0;
 const POST_TIMEOUT_MS: i32 = 10_000;
@@ -113,13 +114,15 @@ fn rtc_configuration(ice_servers: &[IceServer]) -> JsValue {
 }
 
 /// Opens a session with `desktop`'s agent, playing its video in `video`; with `audio`, the offer
-/// asks for sound too. `frames` counts nothing here; the caller's frame callback does.
+/// asks for sound too. With `codec`, the agent is asked for it (`POST …/whep?codec=`) and the
+/// offer lists it first (`setCodecPreferences`); without, the agent's default.
 pub async fn connect(
     desktop: &Desktop,
     base_url: &str,
     ice_servers: &[IceServer],
     video: &HtmlVideoElement,
     audio: bool,
+    codec: Option<Codec>,
 ) -> Result<Session, Failed> {
     let whep_url = web_sys::Url::new_with_base(&desktop.whep, base_url)
         .map(|u| u.href())
@@ -132,7 +135,7 @@ pub async fn connect(
     servers.extend(ice_servers.iter().cloned());
     let pc = RtcPeerConnection::new_with_configuration(&rtc_configuration(&servers).unchecked_into())
         .map_err(|e| format!("cannot create a peer connection: {}", js_error(&e)))?;
-    let result = negotiate(&pc, desktop, base_url, video, audio).await;
+    let result = negotiate(&pc, desktop, base_url, video, audio, codec).await;
     if result.is_err() {
         pc.close();
     }
@@ -178,10 +181,14 @@ async fn negotiate(
     base_url: &str,
     video: &HtmlVideoElement,
     audio: bool,
+    codec: Option<Codec>,
 ) -> Result<Session, Failed> {
     let init = RtcRtpTransceiverInit::new();
     init.set_direction(RtcRtpTransceiverDirection::Recvonly);
-    pc.add_transceiver_with_str_and_init("video", &init);
+    let transceiver = pc.add_transceiver_with_str_and_init("video", &init);
+    if let Some(codec) = codec {
+        prefer_codec(&transceiver, codec);
+    }
     if audio {
         // Opus 48 kHz stereo is Chromium's first audio codec; the agent answers with it.
         pc.add_transceiver_with_str_and_init("audio", &init);
@@ -236,9 +243,12 @@ async fn negotiate(
     }
     let offer_sdp = pc.local_description().map(|d| d.sdp()).unwrap_or(sdp);
 
-    let whep_url = web_sys::Url::new_with_base(&desktop.whep, base_url)
-        .map(|u| u.href())
-        .map_err(|_| format!("{:?} is not a URL", desktop.whep))?;
+    let url =
+        web_sys::Url::new_with_base(&desktop.whep, base_url).map_err(|_| format!("{:?} is not a URL", desktop.whep))?;
+    if let Some(codec) = codec {
+        url.search_params().set("codec", codec.as_str());
+    }
+    let whep_url = url.href();
     let headers = web_sys::Headers::new().map_err(|e| js_error(&e))?;
     let _ = headers.set("Content-Type", "application/sdp");
     if let Some(token) = &desktop.token {
@@ -284,11 +294,54 @@ async fn negotiate(
     Ok(Session { pc: pc.clone(), dc, location, token: desktop.token.clone(), audio: audio_track, _on_track: on_track })
 }
 
-/// What `getStats` says about the video: frames decoded, bytes received, decoder fps and the
-/// selected candidate pair's round-trip time.
-#[derive(Debug, Clone, Copy, Default)]
+/// Puts `codec`'s entries first in the transceiver's codec list (the browser's own order
+/// otherwise), so the offer prefers it. Browsers without `setCodecPreferences` skip this: the
+/// agent still answers with the codec asked for in the URL.
+fn prefer_codec(transceiver: &web_sys::RtcRtpTransceiver, codec: Codec) {
+    let Some(caps) = receiver_codecs() else { return };
+    let (mut first, rest): (Vec<JsValue>, Vec<JsValue>) = caps
+        .iter()
+        .partition(|c| super::util::text(c, "mimeType").is_some_and(|m| m.eq_ignore_ascii_case(codec.mime())));
+    if first.is_empty() {
+        return;
+    }
+    first.extend(rest);
+    let list: js_sys::Array = first.into_iter().collect();
+    if let Ok(f) = js_sys::Reflect::get(transceiver, &"setCodecPreferences".into()) {
+        if let Ok(f) = f.dyn_into::<js_sys::Function>() {
+            if let Err(e) = f.call1(transceiver, &list) {
+                web_sys::console::warn_1(&format!("loco: setCodecPreferences: {}", js_error(&e)).into());
+            }
+        }
+    }
+}
+
+/// `RTCRtpReceiver.getCapabilities('video').codecs`, if the browser has it.
+pub fn receiver_codecs() -> Option<js_sys::Array> {
+    let receiver = js_sys::Reflect::get(&js_sys::global(), &"RTCRtpReceiver".into()).ok()?;
+    let f: js_sys::Function = js_sys::Reflect::get(&receiver, &"getCapabilities".into()).ok()?.dyn_into().ok()?;
+    let caps = f.call1(&receiver, &"video".into()).ok()?;
+    js_sys::Reflect::get(&caps, &"codecs".into()).ok()?.dyn_into().ok()
+}
+
+/// What `getStats` says about the video: frames decoded and dropped, packets and bytes received,
+/// decoder fps, time and implementation, the codec, and the selected candidate pair's
+/// round-trip time.
+#[derive(Debug, Clone, Default)]
 pub struct VideoStats {
     pub frames_decoded: u32,
+    pub frames_dropped: u32,
+    /// `framesReceived` (complete frames), where the browser gives it.
+    pub frames_received: Option<u32>,
+    pub packets_received: f64,
+    /// Seconds spent decoding `frames_decoded` frames.
+    pub total_decode_time: f64,
+    /// `decoderImplementation` (`libvpx`, `FFmpeg`, `ExternalDecoder`, `MediaCodec…`), where given.
+    pub decoder_implementation: Option<String>,
+    /// `powerEfficientDecoder` (a hardware decoder), where given.
+    pub power_efficient: Option<bool>,
+    /// The negotiated codec's MIME type (`video/H264`).
+    pub codec: Option<String>,
     /// RTP packets received plus RTCP sender reports: changes whenever the agent sends anything.
     pub activity: f64,
     pub bytes_received: f64,
@@ -300,15 +353,24 @@ pub async fn stats(pc: &RtcPeerConnection) -> Option<VideoStats> {
     let report = JsFuture::from(pc.get_stats()).await.ok()?;
     let mut out = VideoStats::default();
     let iter = js_sys::try_iter(&report).ok()??;
-    for entry in iter.flatten() {
-        let entry: js_sys::Array = entry.unchecked_into();
-        let s = entry.get(1);
+    let entries: Vec<JsValue> = iter.flatten().map(|e| e.unchecked_into::<js_sys::Array>().get(1)).collect();
+    let mut codec_id = None;
+    for s in &entries {
+        let s = s.clone();
         match super::util::text(&s, "type").as_deref() {
             Some("inbound-rtp") if super::util::text(&s, "kind").as_deref() == Some("video") => {
                 out.frames_decoded = super::util::num(&s, "framesDecoded").unwrap_or(0.0) as u32;
+                out.frames_dropped = super::util::num(&s, "framesDropped").unwrap_or(0.0) as u32;
+                out.frames_received = super::util::num(&s, "framesReceived").map(|n| n as u32);
+                out.total_decode_time = super::util::num(&s, "totalDecodeTime").unwrap_or(0.0);
                 out.bytes_received = super::util::num(&s, "bytesReceived").unwrap_or(0.0);
                 out.fps = super::util::num(&s, "framesPerSecond").unwrap_or(0.0);
-                out.activity += super::util::num(&s, "packetsReceived").unwrap_or(0.0);
+                out.packets_received = super::util::num(&s, "packetsReceived").unwrap_or(0.0);
+                out.activity += out.packets_received;
+                out.decoder_implementation = super::util::text(&s, "decoderImplementation");
+                out.power_efficient =
+                    js_sys::Reflect::get(&s, &"powerEfficientDecoder".into()).ok().and_then(|v| v.as_bool());
+                codec_id = super::util::text(&s, "codecId");
             }
             Some("remote-outbound-rtp") => {
                 out.activity += super::util::num(&s, "reportsSent").unwrap_or(0.0);
@@ -323,6 +385,12 @@ pub async fn stats(pc: &RtcPeerConnection) -> Option<VideoStats> {
             }
             _ => {}
         }
+    }
+    if let Some(id) = codec_id {
+        out.codec = entries
+            .iter()
+            .find(|s| super::util::text(s, "id").as_deref() == Some(id.as_str()))
+            .and_then(|s| super::util::text(s, "mimeType"));
     }
     Some(out)
 }
