@@ -28,20 +28,29 @@ rm -rf "$OUT.tmp"
 mkdir -p "$OUT.tmp"
 wasm-bindgen --target web --no-typescript --out-dir "$OUT.tmp" "$WASM"
 # The trunk link becomes the module that loads the wasm (its start function runs the page);
-# check.html (the headset check) is the same page with the report beside it.
-for page in index.html check.html; do
-python3 - "$ROOT/www/$page" "$OUT.tmp/$page" <<'PY'
+# check.html (the headset check) is index.html with www/check.fragment.html's title, style and
+# report section put in (one page to keep, not two copies).
+python3 - "$ROOT/www/index.html" "$ROOT/www/check.fragment.html" "$OUT.tmp" <<'PY'
 import re, sys
-src, dst = sys.argv[1], sys.argv[2]
+src, frag_path, out = sys.argv[1], sys.argv[2], sys.argv[3]
 html = open(src, encoding="utf-8").read()
 html, n = re.subn(r'\s*<!-- trunk builds.*?-->\n', '\n', html, flags=re.S)
 html, n = re.subn(r'<link data-trunk rel="rust"[^>]*>',
                   '<script type="module">import init from "./loco_client.js"; init();</script>', html)
 if n != 1:
     sys.exit(f"build-web: {src} has no trunk rust link to replace")
-open(dst, "w", encoding="utf-8").write(html)
+open(f"{out}/index.html", "w", encoding="utf-8").write(html)
+frag = open(frag_path, encoding="utf-8").read()
+title = re.search(r"<title>.*?</title>", frag).group(0)
+style = re.search(r"<style>\n(.*?)</style>", frag, re.S).group(1)
+section = frag[frag.index("<section"):]
+check, n1 = re.subn(r"<title>.*?</title>", title, html, count=1)
+check, n2 = re.subn(r"(\n  </style>)", "\n" + style.rstrip("\n") + r"\1", check, count=1)
+check, n3 = re.subn(r'(  <div id="loco-videos")', "  " + section.strip() + "\n" + r"\1", check, count=1)
+if (n1, n2, n3) != (1, 1, 1):
+    sys.exit(f"build-web: index.html lacks a <title>, a </style> or #loco-videos for check.html ({n1}, {n2}, {n3})")
+open(f"{out}/check.html", "w", encoding="utf-8").write(check)
 PY
-done
 cp "$ROOT/www/desktops.example.json" "$OUT.tmp/"
 rm -rf "$OUT"
 mv "$OUT.tmp" "$OUT"
