@@ -168,6 +168,33 @@ pub struct XrSnapshot {
     pub target_frame_rate: Option<f64>,
     /// The session's `supportedFrameRates` (empty where it has none).
     pub supported_frame_rates: Vec<f64>,
+    /// Media layers: `?layers=` (`auto`, `on`, `off`), whether the browser has the API, whether
+    /// the session uses them, and why not (or what failed) when it does not.
+    pub layers_mode: Option<&'static str>,
+    pub layers_available: bool,
+    pub layers_active: bool,
+    pub layers_error: Option<String>,
+    /// The quad layers under the projection layer, in the session's order (farthest first).
+    pub media_layers: Vec<MediaLayerSnapshot>,
+    /// Quad layers made so far (a new one per panel going live, and per video size change).
+    pub media_layers_made: u32,
+    /// Panels whose video a media layer showed in the last frame (not copied into a texture).
+    pub through_layer: Vec<usize>,
+}
+
+/// One panel's media layer: where the page put it (`XRQuadLayer.transform`, `width`, `height`
+/// in the session's `local-floor` space) and the video size it was made for.
+#[derive(Debug, Clone, PartialEq, Serialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct MediaLayerSnapshot {
+    pub panel: usize,
+    pub position: [f32; 3],
+    /// x, y, z, w.
+    pub orientation: [f32; 4],
+    pub width: f32,
+    pub height: f32,
+    pub video_width: u32,
+    pub video_height: u32,
 }
 
 /// One panel's sound.
@@ -396,8 +423,9 @@ mod tests {
         );
         assert_eq!(
             keys(&v["xr"]),
-            "active,backend,foveation,frameRate,framebufferHeight,framebufferWidth,path,scale,supported,\
-             supportedFrameRates,targetFrameRate,viewports"
+            "active,backend,foveation,frameRate,framebufferHeight,framebufferWidth,layersActive,layersAvailable,\
+             layersError,layersMode,mediaLayers,mediaLayersMade,path,scale,supported,supportedFrameRates,\
+             targetFrameRate,throughLayer,viewports"
         );
         assert_eq!(
             keys(&v["panels"][0]["control"]),

@@ -13,7 +13,8 @@
 //!   pulled closer with the grip, kept by name), [`attention`] (which panels are focused, visible
 //!   or hidden, and when each agent is told), [`xrsettings`] (the headset's layer scale,
 //!   foveation and frame rate), [`decoder`] (a stalled video decoder and the once-a-minute VP8
-//!   fallback), [`check`] (the check page's frame-time and decode-time arithmetic).
+//!   fallback), [`check`] (the check page's frame-time and decode-time arithmetic), [`medialayers`]
+//!   (each panel's video as a WebXR media layer: placement, when to make one, layer order).
 //! - `web` (wasm32 only): the thin shell — config, WHEP sessions, video upload, WebXR and flat
 //!   view, DOM input, the `window.__loco` getter — that carries out the core's decisions.
 //!
@@ -32,6 +33,7 @@ pub mod decoder;
 pub mod hook;
 pub mod keyboard;
 pub mod link;
+pub mod medialayers;
 pub mod paste;
 pub mod pointer;
 pub mod render;

@@ -5,7 +5,9 @@
 //!
 //! One pipeline: position + uv + colour, `textureSample × colour`, straight-alpha blending, no
 //! depth buffer (the scene is drawn in painter's order), no culling (so a Y-flipped projection
-//! for GL framebuffers needs no winding change).
+//! for GL framebuffers needs no winding change). [`Tex::Hole`] quads use the same shader with
+//! blending off: they replace what is under them with transparent black, for a compositor layer
+//! beneath the target to show through.
 
 use std::collections::HashMap;
 
@@ -79,6 +81,8 @@ struct Slot {
 
 pub struct Renderer {
     pipeline: wgpu::RenderPipeline,
+    /// The same without blending, for [`Tex::Hole`].
+    hole_pipeline: wgpu::RenderPipeline,
     texture_layout: wgpu::BindGroupLayout,
     sampler: wgpu::Sampler,
     uniforms: wgpu::Buffer,
@@ -145,35 +149,39 @@ impl Renderer {
             bind_group_layouts: &[Some(&uniform_layout), Some(&texture_layout)],
             immediate_size: 0,
         });
-        let pipeline = device.create_render_pipeline(&wgpu::RenderPipelineDescriptor {
-            label: Some("loco scene"),
-            layout: Some(&layout),
-            vertex: wgpu::VertexState {
-                module: &module,
-                entry_point: Some("vs"),
-                compilation_options: Default::default(),
-                buffers: &[Some(wgpu::VertexBufferLayout {
-                    array_stride: std::mem::size_of::<Vertex>() as u64,
-                    step_mode: wgpu::VertexStepMode::Vertex,
-                    attributes: &wgpu::vertex_attr_array![0 => Float32x3, 1 => Float32x2, 2 => Float32x4],
-                })],
-            },
-            primitive: wgpu::PrimitiveState { cull_mode: None, ..Default::default() },
-            depth_stencil: None,
-            multisample: wgpu::MultisampleState::default(),
-            fragment: Some(wgpu::FragmentState {
-                module: &module,
-                entry_point: Some("fs"),
-                compilation_options: Default::default(),
-                targets: &[Some(wgpu::ColorTargetState {
-                    format: target_format,
-                    blend: Some(wgpu::BlendState::ALPHA_BLENDING),
-                    write_mask: wgpu::ColorWrites::ALL,
-                })],
-            }),
-            multiview_mask: None,
-            cache: None,
-        });
+        let pipeline_with = |label: &str, blend: Option<wgpu::BlendState>| {
+            device.create_render_pipeline(&wgpu::RenderPipelineDescriptor {
+                label: Some(label),
+                layout: Some(&layout),
+                vertex: wgpu::VertexState {
+                    module: &module,
+                    entry_point: Some("vs"),
+                    compilation_options: Default::default(),
+                    buffers: &[Some(wgpu::VertexBufferLayout {
+                        array_stride: std::mem::size_of::<Vertex>() as u64,
+                        step_mode: wgpu::VertexStepMode::Vertex,
+                        attributes: &wgpu::vertex_attr_array![0 => Float32x3, 1 => Float32x2, 2 => Float32x4],
+                    })],
+                },
+                primitive: wgpu::PrimitiveState { cull_mode: None, ..Default::default() },
+                depth_stencil: None,
+                multisample: wgpu::MultisampleState::default(),
+                fragment: Some(wgpu::FragmentState {
+                    module: &module,
+                    entry_point: Some("fs"),
+                    compilation_options: Default::default(),
+                    targets: &[Some(wgpu::ColorTargetState {
+                        format: target_format,
+                        blend,
+                        write_mask: wgpu::ColorWrites::ALL,
+                    })],
+                }),
+                multiview_mask: None,
+                cache: None,
+            })
+        };
+        let pipeline = pipeline_with("loco scene", Some(wgpu::BlendState::ALPHA_BLENDING));
+        let hole_pipeline = pipeline_with("loco holes", None);
         let sampler = device.create_sampler(&wgpu::SamplerDescriptor {
             label: Some("linear clamp"),
             address_mode_u: wgpu::AddressMode::ClampToEdge,
@@ -205,6 +213,7 @@ impl Renderer {
         let vertices = Self::vertex_buffer(device, vertex_capacity);
         let mut renderer = Renderer {
             pipeline,
+            hole_pipeline,
             texture_layout,
             sampler,
             uniforms,
@@ -300,7 +309,7 @@ impl Renderer {
         self.scratch.clear();
         let mut runs: Vec<(Tex, u32, u32)> = Vec::new();
         for q in quads {
-            if !self.slots.contains_key(&q.tex) {
+            if !self.slots.contains_key(&slot_of(q.tex)) {
                 continue;
             }
             let start = self.scratch.len() as u32;
@@ -354,11 +363,28 @@ impl Renderer {
             }
             pass.set_viewport(x, y, w, h, 0.0, 1.0);
             pass.set_bind_group(0, &self.uniform_bind_group, &[(i as u64 * UNIFORM_STRIDE) as u32]);
+            let mut holes = false;
             for (tex, start, end) in &runs {
-                pass.set_bind_group(1, &self.slots[tex].bind_group, &[]);
+                if (*tex == Tex::Hole) != holes {
+                    holes = *tex == Tex::Hole;
+                    pass.set_pipeline(if holes { &self.hole_pipeline } else { &self.pipeline });
+                }
+                pass.set_bind_group(1, &self.slots[&slot_of(*tex)].bind_group, &[]);
                 pass.draw(*start..*end, 0..1);
             }
+            if holes {
+                pass.set_pipeline(&self.pipeline);
+            }
         }
+    }
+}
+
+/// The texture a quad samples: a hole is drawn with the white one.
+fn slot_of(tex: Tex) -> Tex {
+    if tex == Tex::Hole {
+        Tex::White
+    } else {
+        tex
     }
 }
 

@@ -23,6 +23,10 @@ pub enum Tex {
     Menu(usize),
     /// The in-VR keyboard.
     Keyboard,
+    /// A hole: the quad's area is made fully transparent (colour and alpha replaced by 0, not
+    /// blended), so that a compositor layer beneath the target shows through (a panel's media
+    /// layer, [`crate::medialayers`]). Drawn with the 1×1 white texture.
+    Hole,
 }
 
 /// A quad: corners top-left, top-right, bottom-right, bottom-left, with texture coordinates in
@@ -72,6 +76,9 @@ pub struct PanelView {
     pub focused: bool,
     /// A decoded frame has been uploaded into `Tex::Video(i)`.
     pub has_video: bool,
+    /// The panel's video is shown by a compositor layer beneath the target: draw a hole
+    /// ([`Tex::Hole`]) where the panel is instead of its texture.
+    pub through_layer: bool,
     /// `Tex::Label(i)` holds a caption of this width/height ratio.
     pub label_aspect: Option<f32>,
     /// `Tex::Hud(i)` holds an overlay of this width/height ratio (and the HUD is on).
@@ -307,7 +314,9 @@ pub fn build(input: &SceneInput) -> Vec<Quad> {
             ));
         }
         let corners = panel.corners();
-        if p.has_video {
+        if p.through_layer {
+            quads.push(Quad { corners, uv: FULL_UV, color: [0.0; 4], tex: Tex::Hole });
+        } else if p.has_video {
             // A stream that is not live keeps its last picture, dimmed.
             let k = if p.state == StreamState::Live { 1.0 } else { 0.35 };
             quads.push(Quad { corners, uv: FULL_UV, color: [k, k, k, 1.0], tex: Tex::Video(i) });
@@ -410,6 +419,7 @@ mod tests {
                 state: StreamState::Live,
                 focused: false,
                 has_video: true,
+                through_layer: false,
                 label_aspect: Some(20.0),
                 hud_aspect: None,
             })
@@ -553,5 +563,40 @@ mod tests {
         let c = (last.corners[0] + last.corners[2]) / 2.0;
         assert!((c - hit).dot(n) > 0.0);
         assert_eq!(quads.iter().filter(|q| q.color == LASER).count(), 2);
+    }
+
+    #[test]
+    fn a_panel_shown_by_its_layer_is_a_hole_under_everything_over_it() {
+        let mut p = panels(3);
+        p[1].through_layer = true;
+        p[1].focused = true;
+        let n = p[1].panel.normal();
+        let hit = p[1].panel.center;
+        let input = SceneInput {
+            panels: p.clone(),
+            pointers: vec![Pointer {
+                origin: Vec3::new(0.2, 1.0, -0.2),
+                end: hit,
+                hit: Some((hit, n)),
+                pressed: false,
+                beam: true,
+            }],
+            ..Default::default()
+        };
+        let quads = build(&input);
+        assert!(!quads.iter().any(|q| q.tex == Tex::Video(1)), "no texture for a panel its layer shows");
+        let holes: Vec<usize> = (0..quads.len()).filter(|&k| quads[k].tex == Tex::Hole).collect();
+        assert_eq!(holes.len(), 1);
+        let h = quads[holes[0]];
+        assert_eq!(h.corners, p[1].panel.corners(), "the hole is exactly the panel (and its layer)");
+        assert_eq!(h.color, [0.0; 4]);
+        // The focus frame is drawn before the hole (around it); the caption, laser and cursor
+        // after it (over the video).
+        let frame = quads.iter().position(|q| q.color == FOCUS).unwrap();
+        let caption = quads.iter().position(|q| q.tex == Tex::Label(1)).unwrap();
+        let cursor = quads.iter().position(|q| q.color == CURSOR).unwrap();
+        assert!(frame < holes[0] && holes[0] < caption && holes[0] < cursor);
+        // The others keep their textures.
+        assert_eq!(quads.iter().filter(|q| matches!(q.tex, Tex::Video(_))).count(), 2);
     }
 }

@@ -61,12 +61,14 @@ pub fn choose_frame_rate(supported: &[f32], wanted: f32) -> Option<f32> {
 }
 
 /// Where the scene is drawn in a session: the layer's opaque framebuffer (a headset, and the
-/// tests' device layer), or the canvas when the layer has no framebuffer (an emulator drawing
-/// the canvas itself).
+/// tests' device layer), the canvas when the layer has no framebuffer (an emulator drawing
+/// the canvas itself), or a projection layer over the panels' media layers
+/// ([`crate::medialayers`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum XrPath {
     Framebuffer,
     Canvas,
+    MediaLayers,
 }
 
 impl XrPath {
@@ -74,7 +76,45 @@ impl XrPath {
         match self {
             XrPath::Framebuffer => "framebuffer",
             XrPath::Canvas => "canvas",
+            XrPath::MediaLayers => "media-layers",
         }
+    }
+}
+
+/// `?layers=`: whether panels' videos are shown as WebXR media layers.
+/// - `auto` (default, and any value not understood): where the browser has `XRMediaBinding`
+///   and the session grants layers; otherwise the videos are textures, as before.
+/// - `on`: the same, but a browser or session without them is reported as an error in the
+///   HUD and `window.__loco` (the page then still shows the videos as textures).
+/// - `off`: always textures (the `XRWebGLLayer` path).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LayersMode {
+    #[default]
+    Auto,
+    On,
+    Off,
+}
+
+impl LayersMode {
+    pub fn from_param(v: Option<&str>) -> Self {
+        match v.map(|s| s.trim().to_ascii_lowercase()).as_deref() {
+            Some("on" | "1" | "media") => LayersMode::On,
+            Some("off" | "0" | "none") => LayersMode::Off,
+            _ => LayersMode::Auto,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LayersMode::Auto => "auto",
+            LayersMode::On => "on",
+            LayersMode::Off => "off",
+        }
+    }
+
+    /// Whether to try media layers in a browser that has (`available`) or lacks them.
+    pub fn wants(self, available: bool) -> bool {
+        self != LayersMode::Off && available
     }
 }
 
@@ -119,5 +159,19 @@ mod tests {
     fn paths() {
         assert_eq!(XrPath::Framebuffer.as_str(), "framebuffer");
         assert_eq!(XrPath::Canvas.as_str(), "canvas");
+        assert_eq!(XrPath::MediaLayers.as_str(), "media-layers");
+    }
+
+    #[test]
+    fn layers_mode() {
+        assert_eq!(LayersMode::from_param(None), LayersMode::Auto);
+        assert_eq!(LayersMode::from_param(Some("bogus")), LayersMode::Auto);
+        assert_eq!(LayersMode::from_param(Some(" ON ")), LayersMode::On);
+        assert_eq!(LayersMode::from_param(Some("off")), LayersMode::Off);
+        assert_eq!(LayersMode::from_param(Some("0")), LayersMode::Off);
+        assert!(LayersMode::Auto.wants(true) && LayersMode::On.wants(true));
+        assert!(!LayersMode::Off.wants(true));
+        assert!(!LayersMode::Auto.wants(false) && !LayersMode::On.wants(false));
+        assert_eq!(LayersMode::On.as_str(), "on");
     }
 }

@@ -63,7 +63,9 @@ fn device() -> (wgpu::Device, wgpu::Queue, String) {
 }
 
 /// Renders the nine-panel wall with panel 4 focused and a controller pointing at panel 5.
-fn render() -> (Vec<u8>, Vec<loco_shared::layout::Panel>, FlatCamera, String) {
+/// The wall of nine with a cursor on panel 5 (focus on panel 4); `through_layer` panels are
+/// drawn as holes, as under media layers.
+fn render(through_layer: &[usize]) -> (Vec<u8>, Vec<loco_shared::layout::Panel>, FlatCamera, String) {
     let (device, queue, adapter) = device();
     let mut renderer = Renderer::new(&device, &queue, TEXTURE_FORMAT);
     let origin = WallOrigin::default();
@@ -80,6 +82,7 @@ fn render() -> (Vec<u8>, Vec<loco_shared::layout::Panel>, FlatCamera, String) {
             state: StreamState::Live,
             focused: i == 4,
             has_video: true,
+            through_layer: through_layer.contains(&i),
             label_aspect: Some(24.0),
             hud_aspect: None,
         })
@@ -171,7 +174,7 @@ fn read_png(path: &std::path::Path) -> Vec<u8> {
 
 #[test]
 fn wall_renders_like_the_reference_and_where_the_layout_says() {
-    let (img, panels, camera, adapter) = render();
+    let (img, panels, camera, adapter) = render(&[]);
     println!("adapter: {adapter}");
 
     // Every panel's video is where the layout puts it, the right way up: its colour at
@@ -240,4 +243,37 @@ fn wall_renders_like_the_reference_and_where_the_layout_says() {
             out.display()
         );
     }
+}
+
+#[test]
+fn a_panel_under_a_media_layer_is_a_transparent_hole_with_the_cursor_over_it() {
+    let (img, panels, camera, _) = render(&[5, 7]);
+    let at = |i: usize, u: f32, v: f32| {
+        let c = panels[i].corners();
+        let world = c[0] + (c[1] - c[0]) * u + (c[3] - c[0]) * v;
+        let s = camera.project(world, W as f32, H as f32).expect("panel in front of the camera");
+        pixel(&img, s.x, s.y)
+    };
+    for i in [5, 7] {
+        for (u, v) in [(0.25, 0.25), (0.5, 0.5), (0.25, 0.8), (0.9, 0.1)] {
+            assert_eq!(at(i, u, v), [0, 0, 0, 0], "panel {i} at ({u}, {v}): not a hole");
+        }
+    }
+    // The cursor on panel 5 (at 0.75, 0.75; a few pixels here) is drawn over the hole, opaque.
+    let c = panels[5].corners();
+    let s = camera.project(c[0] + (c[1] - c[0]) * 0.75 + (c[3] - c[0]) * 0.75, W as f32, H as f32).unwrap();
+    let around: Vec<[u8; 4]> = (-3..=3)
+        .flat_map(|dy| (-3..=3).map(move |dx| (dx, dy)))
+        .map(|(dx, dy)| pixel(&img, s.x + dx as f32, s.y + dy as f32))
+        .collect();
+    assert!(
+        around.iter().any(|p| p[3] == 255 && p[2] > 200 && p[1] > 150 && p[0] < 150),
+        "no opaque cursor over the hole near ({}, {}): {around:?}",
+        s.x,
+        s.y
+    );
+    // Other panels keep their pictures; the background stays opaque.
+    assert!(close(at(3, 0.75, 0.75), panel_color(3), 12));
+    assert_eq!(at(3, 0.75, 0.75)[3], 255);
+    assert_eq!(pixel(&img, 2.0, 2.0)[3], 255, "the background is opaque");
 }

@@ -27,6 +27,16 @@
  * - `fixedFoveation` exists (starting at 1, so that a page's 0 is seen).
  * - IWER's stereo is turned on (two views).
  *
+ * - Under the Layers polyfill the runtime presents the polyfill's own layer (it composites the
+ *   session's `layers` into it), not the `baseLayer` the page's render state names: the
+ *   compositor works on the runtime's own render state (`_renderState` where the polyfill keeps
+ *   it). That polyfill composites in the page's own WebGL context, right after the page's frame
+ *   callback, where a headset's compositor has a context of its own: the page's GL state (wgpu
+ *   leaves sampler objects bound to texture units, a scissor box, UNPACK_ROW_LENGTH) would reach
+ *   it, and its state (UNPACK_FLIP_Y_WEBGL left on) would reach the page. So between the page's
+ *   frame and the end of the composite, samplers are unbound, scissor and pixel-unpack state are
+ *   GL's defaults, and the page's are put back after.
+ *
  * `__xrLayer.mode = 'canvas'` makes layers created afterwards IWER's own (no framebuffer), for
  * comparing both paths in one page. `__xrLayer.capture()` resolves at the end of the next frame
  * with the frame's pixels (`readPixels` of the resolved framebuffer, or of the canvas in canvas
@@ -42,12 +52,15 @@ export interface XrLayerOptions {
   eyeHeight?: number;
   /** 'framebuffer' (default) or 'canvas' (IWER's own layer, with stereo on). */
   mode?: 'framebuffer' | 'canvas';
+  /** Install IWER's WebXR Layers polyfill too (lib/xr.ts `iwerInit`): `XRMediaBinding` and
+   *  projection layers, composited into the layer the runtime presents. */
+  mediaLayers?: boolean;
 }
 
 export const EYE_HEIGHT = 900;
 
 export function deviceLayerInit(opts: XrLayerOptions): string {
-  const o = { samples: opts.samples ?? 0, eyeHeight: opts.eyeHeight ?? EYE_HEIGHT, mode: opts.mode ?? 'framebuffer' };
+  const o = { samples: opts.samples ?? 0, eyeHeight: opts.eyeHeight ?? EYE_HEIGHT, mode: opts.mode ?? 'framebuffer', mediaLayers: !!opts.mediaLayers };
   return `(() => {
   const OPTS = ${JSON.stringify(o)};
   const d = window.__iwer;
@@ -209,9 +222,12 @@ export function deviceLayerInit(opts: XrLayerOptions): string {
   }
   window.XRWebGLLayer = DeviceXRWebGLLayer;
 
+  // The layer the runtime presents (see above).
+  const presented = (session) => (session._renderState || session.renderState).baseLayer;
+
   function beginFrame(session) {
     st.inFrame = true;
-    const layer = session.renderState.baseLayer;
+    const layer = presented(session);
     const gl = layer && layer.context;
     if (!gl) return;
     drain(gl, 'runtime');
@@ -231,7 +247,7 @@ export function deviceLayerInit(opts: XrLayerOptions): string {
   function views(session, frame) {
     if (!st.space) return null;
     const pose = frame.getViewerPose(st.space);
-    const layer = session.renderState.baseLayer;
+    const layer = presented(session);
     if (!pose || !layer) return null;
     return Array.from(pose.views, (v) => {
       const vp = layer.getViewport(v);
@@ -242,7 +258,7 @@ export function deviceLayerInit(opts: XrLayerOptions): string {
 
   function endFrame(session, frameViews) {
     st.inFrame = false;
-    const layer = session.renderState.baseLayer;
+    const layer = presented(session);
     const gl = layer && layer.context;
     if (!gl) return;
     drain(gl, 'page');
@@ -282,6 +298,32 @@ export function deviceLayerInit(opts: XrLayerOptions): string {
     st.frames++;
   }
 
+  // The layers compositor's own GL state (see above): what it changed, to put back.
+  const UNPACK = ['UNPACK_ROW_LENGTH', 'UNPACK_SKIP_ROWS', 'UNPACK_SKIP_PIXELS', 'UNPACK_IMAGE_HEIGHT', 'UNPACK_SKIP_IMAGES',
+    'UNPACK_FLIP_Y_WEBGL', 'UNPACK_PREMULTIPLY_ALPHA_WEBGL'];
+  const UNPACK_DEFAULT = { UNPACK_FLIP_Y_WEBGL: false, UNPACK_PREMULTIPLY_ALPHA_WEBGL: false };
+  function isolate(gl) {
+    const units = Math.min(32, gl.getParameter(gl.MAX_COMBINED_TEXTURE_IMAGE_UNITS));
+    const active = gl.getParameter(gl.ACTIVE_TEXTURE);
+    const samplers = [];
+    for (let u = 0; u < units; u++) {
+      gl.activeTexture(gl.TEXTURE0 + u);
+      samplers.push(gl.getParameter(gl.SAMPLER_BINDING));
+      gl.bindSampler(u, null);
+    }
+    gl.activeTexture(active);
+    const unpack = UNPACK.map((k) => gl.getParameter(gl[k]));
+    UNPACK.forEach((k) => gl.pixelStorei(gl[k], k in UNPACK_DEFAULT ? UNPACK_DEFAULT[k] : 0));
+    const scissor = gl.isEnabled(gl.SCISSOR_TEST);
+    gl.disable(gl.SCISSOR_TEST);
+    return { samplers, unpack, scissor };
+  }
+  function unisolate(gl, k) {
+    k.samplers.forEach((sm, u) => gl.bindSampler(u, sm));
+    UNPACK.forEach((name, i) => gl.pixelStorei(gl[name], k.unpack[i]));
+    (k.scissor ? gl.enable : gl.disable).call(gl, gl.SCISSOR_TEST);
+  }
+
   // Every immersive session: its frame callbacks run between beginFrame and endFrame.
   const xr = navigator.xr;
   const requestSession = xr.requestSession.bind(xr);
@@ -302,7 +344,10 @@ export function deviceLayerInit(opts: XrLayerOptions): string {
         if (st.pageMs.length > 600) st.pageMs.shift();
         if (first) {
           const v = st.pendingCaptures.length ? views(s, frame) : null;
-          queueMicrotask(() => endFrame(s, v));
+          const layer = OPTS.mediaLayers ? presented(s) : null;
+          const gl = layer && layer.context;
+          const kept = gl ? isolate(gl) : null;
+          queueMicrotask(() => { if (kept) unisolate(gl, kept); endFrame(s, v); });
         }
       }
     });

@@ -18,7 +18,7 @@ import { LocoSnap, allLive, readLoco, waitLoco, waitXrAndStableCorners } from '.
 import { tail } from './procs';
 import { StaticServer, requireDist } from './server';
 import { deviceLayerInit, type XrLayerOptions } from './devicelayer';
-import { IWER_INIT } from './xr';
+import { iwerInit } from './xr';
 import { Xvnc } from './xvnc';
 
 export { expect };
@@ -110,7 +110,7 @@ export async function enterVr(loco: LocoPage, n: number): Promise<LocoSnap> {
  * runtime injected before the page's own scripts. The `loco` fixture uses it; a test that
  * launches its own browser (other flags) can too, then calls `finishPage` at its end. With `xrLayer`
  * the device-like layer (lib/devicelayer.ts: an opaque framebuffer, stereo, a compositor) is
- * injected after IWER.
+ * injected after IWER (with `mediaLayers`, IWER's WebXR Layers polyfill as well).
  */
 export async function instrumentPage(page: Page, server: StaticServer, xrLayer: XrLayerOptions | null = null): Promise<LocoPage> {
   const consoleLines: string[] = [];
@@ -121,7 +121,7 @@ export async function instrumentPage(page: Page, server: StaticServer, xrLayer: 
     consoleLines.push(`[pageerror] ${String(e)}`);
   });
   await page.addInitScript({ path: IWER_JS });
-  await page.addInitScript({ content: IWER_INIT });
+  await page.addInitScript({ content: iwerInit({ layers: !!xrLayer?.mediaLayers }) });
   if (xrLayer) await page.addInitScript({ content: deviceLayerInit(xrLayer) });
   return {
     page,

@@ -64,11 +64,52 @@ export const POINT_DOWN: Quat = [-Math.SQRT1_2, 0, 0, Math.SQRT1_2];
  * Init script run in the page before any of its own scripts (after iwer.min.js): a Meta
  * Quest 3 runtime on navigator.xr with both controllers resting low and pointing at the floor,
  * so that no ray touches a panel until a test aims one.
+ *
+ * With `layers`, IWER's WebXR Layers polyfill (webxr-layers-polyfill 1.1.0) is installed too, as
+ * the headset's compositor of layers: `XRWebGLBinding` (projection layers) and `XRMediaBinding`
+ * (video quad layers), drawn into the session's layer each frame. Two mends make it behave like
+ * the Layers spec (and Quest Browser) where the page relies on it:
+ * - IWER 2.5.0's installRuntime replaces the polyfill's `XRWebGLBinding` with its own
+ *   depth-sensing-only class (lib/device/XRDevice.js); a headset's has both, so the polyfill's is
+ *   put back.
+ * - The polyfill draws a quad layer from -width to +width (twice the spec's size: "dimensions
+ *   {1,1} refers to 1 meter by 1 meter quad") and reads width/height once, when it first draws
+ *   the layer. Each media quad layer's width/height are kept as the page sets them
+ *   (`layer.__page`), the polyfill's renderer reads half of them, and a change makes it redraw
+ *   the layer's geometry, as a compositor does.
  */
-export const IWER_INIT = `(() => {
+export function iwerInit(opts: { layers?: boolean } = {}): string {
+  const layers = !!opts.layers;
+  return `(() => {
   if (!window.IWER) throw new Error('iwer.min.js did not define window.IWER');
   const d = new IWER.XRDevice(IWER.metaQuest3);
-  d.installRuntime({ forceInstall: true });
+  const LAYERS = ${layers};
+  let layersBinding = null;
+  if (LAYERS) {
+    let current = window.XRWebGLBinding;
+    Object.defineProperty(window, 'XRWebGLBinding', { configurable: true, enumerable: false,
+      get: () => current,
+      set: (v) => { if (!layersBinding && v && v.prototype && typeof v.prototype.createProjectionLayer === 'function') layersBinding = v; current = v; } });
+  }
+  d.installRuntime({ forceInstall: true, polyfillLayers: LAYERS });
+  if (LAYERS) {
+    if (!layersBinding || typeof window.XRMediaBinding !== 'function') throw new Error('iwer: the WebXR Layers polyfill did not install');
+    Object.defineProperty(window, 'XRWebGLBinding', { configurable: true, writable: true, enumerable: false, value: layersBinding });
+    const MB = window.XRMediaBinding.prototype;
+    const createQuad = MB.createQuadLayer;
+    MB.createQuadLayer = function (video, init) {
+      const layer = createQuad.call(this, video, init);
+      const session = this.session;
+      const page = { width: layer.width, height: layer.height };
+      Object.defineProperty(layer, '__page', { value: page });
+      for (const k of ['width', 'height']) {
+        Object.defineProperty(layer, k, { configurable: true,
+          get: () => page[k] / 2,
+          set: (v) => { if (v !== page[k]) { page[k] = v; if (session.renderers) session.renderers.delete(layer); } } });
+      }
+      return layer;
+    };
+  }
   for (const [side, x] of [['left', -0.2], ['right', 0.2]]) {
     const c = d.controllers[side];
     c.position.set(x, 0.9, -0.2);
@@ -89,3 +130,7 @@ export const IWER_INIT = `(() => {
     });
   };
 })();`;
+}
+
+/** IWER's Quest 3 without the Layers polyfill (`XRMediaBinding` absent, as in a browser without layers). */
+export const IWER_INIT = iwerInit();

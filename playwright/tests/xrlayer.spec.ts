@@ -14,11 +14,12 @@
  */
 import { test, expect, openLive, enterVr, type Desktop, type LocoPage, type Rig } from '../lib/fixtures';
 import type { Page } from '@playwright/test';
+import * as fs from 'node:fs';
 import { EYE_HEIGHT } from '../lib/devicelayer';
 import { setButton, setController, waitLoco } from '../lib/loco';
 import { waitUntil } from '../lib/procs';
 import type { StaticServer } from '../lib/server';
-import { add, aimAt, cross, dot, pointOnPanel, POINT_DOWN, scale, sub, v3, type V3 } from '../lib/xr';
+import { add, aimAt, cross, dist, dot, pointOnPanel, POINT_DOWN, rotate, scale, sub, v3, type V3 } from '../lib/xr';
 import { HEIGHT, WIDTH } from '../lib/xvnc';
 
 type RGB = [number, number, number];
@@ -92,6 +93,27 @@ async function capture(page: Page): Promise<Capture> {
     if (!views) throw new Error('the capture has no views (no reference space yet?)');
     return { mode, width, height, samples, views, frame };
   });
+}
+
+/** Attaches the last capture as a PNG (alpha dropped), top row first. */
+async function attachCapture(page: Page, name: string): Promise<void> {
+  const url: string = await page.evaluate(() => {
+    const { data, width, height } = (window as any).__xrLayer.last;
+    const c = document.createElement('canvas');
+    c.width = width; c.height = height;
+    const img = new ImageData(width, height);
+    for (let y = 0; y < height; y++) {
+      const src = (height - 1 - y) * width * 4;
+      for (let k = 0; k < width * 4; k += 4) {
+        img.data.set([data[src + k], data[src + k + 1], data[src + k + 2], 255], y * width * 4 + k);
+      }
+    }
+    c.getContext('2d')!.putImageData(img, 0, 0);
+    return c.toDataURL('image/png');
+  });
+  const file = test.info().outputPath(`${name.replace(/[^a-z0-9]+/gi, '-')}.png`);
+  fs.writeFileSync(file, Buffer.from(url.split(',')[1], 'base64'));
+  await test.info().attach(name, { path: file, contentType: 'image/png' });
 }
 
 /** RGBA of pixels (x, y from the bottom, GL's rows) of the last capture. */
@@ -237,6 +259,7 @@ async function waitOracle(page: Page, roots: RGB[], pick: (c: Capture) => { x: n
     const bad = verdicts(checks, got);
     if (bad.length === 0) return { cap, g, checks, ms: Date.now() - t0 };
     if (Date.now() - t0 > 20000) {
+      await attachCapture(page, 'the last capture (rows top-down)');
       throw new Error(`${bad.length} of ${checks.length} checked pixels are wrong (${cap.mode} ${cap.width}x${cap.height}, ` +
         `samples ${cap.samples}, views ${JSON.stringify(cap.views.map((v) => [v.eye, v.viewport]))}):\n  ${bad.slice(0, 25).join('\n  ')}`);
     }
@@ -462,7 +485,7 @@ test.describe('device layer', () => {
     await expectCleanGl(loco.page);
   });
 
-  test('Quest settings: no fixed foveation, 72 Hz chosen from the offered rates, scale 1; ?fps= ?scale= ?foveation= change them', async ({ rig, server, loco }) => {
+  test('Quest settings: no fixed foveation, 72 Hz chosen from the offered rates, scale 1, no media layers without XRMediaBinding; ?fps= ?scale= ?foveation= ?layers=on change them', async ({ rig, server, loco }) => {
     const desktops = rig.desktops();
     await openLive(loco, configQuery(server, desktops), desktops.length);
     await enterVr(loco, desktops.length);
@@ -473,12 +496,13 @@ test.describe('device layer', () => {
     expect(hook.targetFrameRate).toBe(72);
     expect(hook.foveation, 'fixedFoveation (the device layer starts at 1)').toBe(0);
     expect(hook.scale).toBe(1);
+    expect([hook.layersMode, hook.layersAvailable, hook.layersActive, hook.layersError], 'no XRMediaBinding here: textures').toEqual(['auto', false, false, null]);
     let log = await layerLog(loco.page);
     expect(log.layers.at(-1).init.framebufferScaleFactor, 'framebufferScaleFactor in the layer init').toBe(1);
     expect(await loco.page.evaluate(() => typeof (window as any).__xrLayer.session.updateTargetFrameRate)).toBe('function');
 
     await endSession(loco);
-    await openLive(loco, configQuery(server, desktops, '&fps=85&scale=0.5&foveation=0.25'), desktops.length);
+    await openLive(loco, configQuery(server, desktops, '&fps=85&scale=0.5&foveation=0.25&layers=on'), desktops.length);
     await enterVr(loco, desktops.length);
     hook = await waitUntil(async () => { const h = await xrHook(loco.page); return h.path && h.frameRate === 80 ? h : null; }, 10000, '__loco.xr.frameRate = 80 (nearest offered to 85)', 100)
       .catch(async (e) => { throw new Error(`${(e as Error).message}: ${JSON.stringify(await xrHook(loco.page))}`); });
@@ -486,6 +510,9 @@ test.describe('device layer', () => {
     expect(hook.foveation).toBe(0.25);
     expect(hook.scale).toBe(0.5);
     expect([hook.framebufferWidth, hook.framebufferHeight]).toEqual([800, 450]);
+    // ?layers=on where the browser has no media layers: said, and the textures still shown.
+    expect([hook.path, hook.layersMode, hook.layersActive]).toEqual(['framebuffer', 'on', false]);
+    expect(hook.layersError).toContain('no WebXR media layers');
     log = await layerLog(loco.page);
     expect(log.layers.at(-1).init.framebufferScaleFactor).toBe(0.5);
     await expectCleanGl(loco.page);
@@ -507,6 +534,146 @@ test.describe('multisampled device layer', () => {
     await checkUpright(loco.page, cap, g, roots);
     const log = await layerLog(loco.page);
     expect(log.layers.map((l) => l.samples)).toEqual([4]);
+    await expectCleanGl(loco.page);
+  });
+});
+
+// ------------------------------------------------------------------ media layers (IWER's Layers polyfill)
+
+interface SessionLayer { kind: 'media-quad' | 'projection'; video?: boolean; live?: boolean; width?: number; height?: number; position?: V3; orientation?: [number, number, number, number]; textureWidth?: number }
+
+/** The session's `layers` as the compositor has them (the polyfill's render state). */
+async function sessionLayers(page: Page): Promise<SessionLayer[]> {
+  return page.evaluate(() => {
+    const s = (window as any).__xrLayer.session;
+    return (s.renderState.layers || []).map((l: any) => {
+      if (!l.__page) return { kind: 'projection', textureWidth: l.textureWidth };
+      const p = l.transform.position, o = l.transform.orientation;
+      return {
+        kind: 'media-quad', video: l.media instanceof HTMLVideoElement, live: !!(l.media.srcObject && l.media.readyState >= 2),
+        width: l.__page.width, height: l.__page.height, position: { x: p.x, y: p.y, z: p.z }, orientation: [o.x, o.y, o.z, o.w],
+      };
+    });
+  });
+}
+
+/** A quad layer's corners TL, TR, BR, BL (the Layers spec: centred on its transform, facing +Z, width x height). */
+function quadCorners(l: { position: V3; orientation: [number, number, number, number]; width: number; height: number }): V3[] {
+  const r = rotate(l.orientation, v3(l.width / 2, 0, 0)), u = rotate(l.orientation, v3(0, l.height / 2, 0));
+  const c = l.position;
+  return [add(sub(c, r), u), add(add(c, r), u), sub(add(c, r), u), sub(sub(c, r), u)];
+}
+
+async function panelFrames(page: Page): Promise<{ presented: number; uploaded: number }[]> {
+  return page.evaluate(() => (window as any).__loco.panels.map((p: any) => ({ presented: p.framesPresented, uploaded: p.framesUploaded })));
+}
+
+/** Waits until every one of n panels is shown through its media layer; the hook then. */
+async function waitMediaLayers(page: Page, n: number): Promise<any> {
+  return waitUntil(async () => { const h = await xrHook(page); return h.path === 'media-layers' && h.throughLayer.length === n ? h : null; }, 20000, `all ${n} panels through media layers`, 100)
+    .catch(async (e) => { throw new Error(`${(e as Error).message}: ${JSON.stringify(await xrHook(page))}`); });
+}
+
+/** The page's quad layers and the compositor's agree, and each covers its panel exactly. */
+async function checkPlacement(page: Page, hook: any, n: number): Promise<Geometry> {
+  const g = await geometry(page);
+  const layers = await sessionLayers(page);
+  expect(layers.length, 'n quad layers and the projection layer').toBe(n + 1);
+  expect(layers.at(-1)!.kind, 'the projection layer on top (rays, captions, cursor over the videos)').toBe('projection');
+  expect(hook.mediaLayers.map((m: any) => m.panel).sort(), 'one quad layer per panel').toEqual([...Array(n).keys()]);
+  const bad: string[] = [];
+  hook.mediaLayers.forEach((m: any, k: number) => {
+    const l = layers[k];
+    expect(l.kind).toBe('media-quad');
+    expect(l.video && l.live, `layer ${k} shows a live <video>`).toBe(true);
+    quadCorners(l as any).forEach((c, j) => {
+      const d = dist(c, g.corners[m.panel][j]);
+      if (d > 1e-4) bad.push(`panel ${m.panel} corner ${j}: layer ${JSON.stringify(c)} vs panel ${JSON.stringify(g.corners[m.panel][j])} (${d.toFixed(5)} m)`);
+    });
+  });
+  expect(bad, 'quad layers placed exactly on their panels').toEqual([]);
+  // Farthest first (later layers are drawn over earlier ones).
+  const head = await page.evaluate(() => { const p = (window as any).__iwer.position; return { x: p.x, y: p.y, z: p.z }; });
+  const far = hook.mediaLayers.map((m: any) => dist(head, v3(m.position[0], m.position[1], m.position[2])));
+  for (let k = 1; k < far.length; k++) expect(far[k], 'layers ordered farthest first').toBeLessThanOrEqual(far[k - 1] + 0.05);
+  return g;
+}
+
+/** The cursor (the projection layer's) at the point a controller aims at, in each eye that sees it. */
+async function cursorSeen(page: Page, cap: Capture, point: V3): Promise<string[]> {
+  const seen: string[] = [];
+  for (const v of cap.views) {
+    const c = xform(mul(v.projection, v.view), [point.x, point.y, point.z, 1]);
+    const nx = c[0] / c[3], ny = c[1] / c[3];
+    if (c[3] <= 0 || Math.abs(nx) > 0.95 || Math.abs(ny) > 0.95) continue;
+    const x = Math.floor(v.viewport.x + ((nx + 1) / 2) * v.viewport.width), y = Math.floor(v.viewport.y + ((ny + 1) / 2) * v.viewport.height);
+    const at: [number, number][] = [];
+    for (let dy = -2; dy <= 2; dy++) for (let dx = -2; dx <= 2; dx++) at.push([x + dx, y + dy]);
+    const got = await pixels(page, at);
+    // CURSOR (client/src/scene.rs): (0.35, 0.85, 1.0) = (89, 217, 255)
+    if (got.some((p) => near(p, [89, 217, 255], 40))) seen.push(v.eye);
+  }
+  return seen;
+}
+
+test.describe('media layers', () => {
+  test.use({ xrLayer: { samples: 0, mediaLayers: true } });
+
+  test('each live panel is a media quad layer exactly on its panel, under the projection layer: right pixels per eye, the cursor over a video, no texture uploads; the layers follow a recentred wall', async ({ rig, server, loco }) => {
+    test.setTimeout(120_000);
+    const roots = await livePainted(rig, server, loco);
+    const n = rig.agents.length;
+    await enterVr(loco, n);
+    const hook = await waitMediaLayers(loco.page, n);
+    expect([hook.layersMode, hook.layersAvailable, hook.layersActive, hook.layersError]).toEqual(['auto', true, true, null]);
+    expect(hook.mediaLayersMade, 'one quad layer made per panel').toBe(n);
+    const g = await checkPlacement(loco.page, hook, n);
+
+    // What the compositor shows: the videos from the quad layers, everything else from the page.
+    const { cap, checks } = await waitOracle(loco.page, roots);
+    console.log(`[medialayers] oracle: ${checks.length} pixels checked (${cap.width}x${cap.height}); projection sub-images ${JSON.stringify(hook.viewports)} of ${hook.framebufferWidth}x${hook.framebufferHeight}`);
+    await checkUpright(loco.page, cap, g, roots);
+    const t = await pageTiming(loco.page, 3000);
+    console.log(`[medialayers] page frame callback ms (media layers, ${n} panels): p50 ${t.p50.toFixed(2)} p95 ${t.p95.toFixed(2)} mean ${t.mean.toFixed(2)} (${t.n} frames)`);
+
+    // The page copies no frame of a panel its layer shows (the guest's picture changes every 0.5 s).
+    const f0 = await panelFrames(loco.page);
+    await loco.page.waitForTimeout(2500);
+    const f1 = await panelFrames(loco.page);
+    expect(f1[0].presented - f0[0].presented, 'the guest\'s video plays').toBeGreaterThan(2);
+    expect(f1.map((f, i) => f.uploaded - f0[i].uploaded), 'frames copied into textures').toEqual(f1.map(() => 0));
+
+    // A controller aimed at panel 1 (in front): its cursor is drawn over the video.
+    const point = pointOnPanel(g.corners[1], 0.7, 0.7);
+    await aim(loco.page, g, 1, 0.7, 0.7);
+    const seen = await waitUntil(async () => { const c = await capture(loco.page); const s = await cursorSeen(loco.page, c, point); return s.length ? s : null; }, 10000, 'the cursor over panel 1\'s media layer', 100)
+      .catch(async (e) => { await attachCapture(loco.page, 'no cursor'); throw new Error(`${(e as Error).message}: ${JSON.stringify(await loco.page.evaluate(() => (window as any).__loco.panels.map((p: any) => p.corners)))}`); });
+    console.log(`[medialayers] cursor over panel 1's video seen by the ${seen.join(' and ')} eye(s)`);
+    await setController(loco.page, 'right', HAND, POINT_DOWN);
+
+    // Turn the head 25 degrees and recentre (B): every panel moves, and so does every layer.
+    await loco.page.evaluate(() => { const d = (window as any).__iwer; const a = 25 * Math.PI / 180; d.quaternion.set(0, Math.sin(a / 2), 0, Math.cos(a / 2)); });
+    await setButton(loco.page, 'right', 'b-button', 1);
+    await waitUntil(async () => { const h = await geometry(loco.page); return dist(h.corners[0][0], g.corners[0][0]) > 0.3 ? h : null; }, 10000, 'the wall recentred', 100);
+    await setButton(loco.page, 'right', 'b-button', 0);
+    const moved = await waitUntil(async () => {
+      const h = await xrHook(loco.page);
+      const gg = await geometry(loco.page);
+      return h.mediaLayers.every((m: any) => dist(quadCorners({ ...m, position: v3(m.position[0], m.position[1], m.position[2]) })[0], gg.corners[m.panel][0]) < 1e-4) ? h : null;
+    }, 10000, 'the quad layers on the recentred panels', 100).catch(async (e) => { throw new Error(`${(e as Error).message}: ${JSON.stringify(await xrHook(loco.page))}`); });
+    expect(moved.mediaLayersMade, 'moved, not made again').toBe(n);
+    await checkPlacement(loco.page, moved, n);
+    await waitOracle(loco.page, roots);
+    await expectCleanGl(loco.page);
+  });
+
+  test('?layers=off keeps the videos as textures in the XRWebGLLayer even where media layers exist', async ({ rig, server, loco }) => {
+    const roots = await livePainted(rig, server, loco, '&layers=off');
+    await enterVr(loco, rig.agents.length);
+    const hook = await waitUntil(async () => { const h = await xrHook(loco.page); return h.path ? h : null; }, 10000, '__loco.xr.path', 100);
+    expect([hook.path, hook.layersMode, hook.layersAvailable, hook.layersActive, hook.throughLayer]).toEqual(['framebuffer', 'off', true, false, []]);
+    expect(await sessionLayers(loco.page), 'no layers in the render state').toEqual([]);
+    await waitOracle(loco.page, roots);
     await expectCleanGl(loco.page);
   });
 });

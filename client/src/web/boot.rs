@@ -256,6 +256,7 @@ pub(super) async fn run() -> Result<(), String> {
                 grabbed,
                 frames_presented,
                 has_video: false,
+                through_layer: false,
                 uploaded_at: 0.0,
                 uploads: 0,
                 video_size: (0, 0),

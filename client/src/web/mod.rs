@@ -17,6 +17,7 @@ mod hook;
 mod key;
 mod labels;
 mod links;
+mod medialayers;
 mod ui;
 mod util;
 mod video;
@@ -73,6 +74,8 @@ struct PanelRt {
     grabbed: Grabbed,
     frames_presented: Rc<Cell<u32>>,
     has_video: bool,
+    /// Its video is shown by a WebXR media layer this frame (not copied into its texture).
+    through_layer: bool,
     /// When a frame of this panel was last copied into its texture, and how many were.
     uploaded_at: f64,
     uploads: u64,
@@ -140,6 +143,8 @@ struct Xr {
     select: Rc<[Cell<bool>; 2]>,
     /// The layer's and display's settings, and what the last frame drew into (for the hook).
     setup: xr::XrSetup,
+    /// Media layers: `?layers=`, and the layers when in use.
+    layers: medialayers::LayersState,
 }
 
 struct Flat {
@@ -263,6 +268,7 @@ impl App {
                 state: p.link.state(),
                 focused: false,
                 has_video: p.has_video,
+                through_layer: p.through_layer,
                 label_aspect: Some(LABEL_W as f32 / LABEL_H as f32),
                 hud_aspect: (self.hud && !p.hud.is_empty()).then_some(LABEL_W as f32 / LABEL_H as f32),
             })

@@ -48,6 +48,7 @@ impl App {
                 // HAVE_CURRENT_DATA: before that, WebGPU's copyExternalImageToTexture throws
                 // (and wgpu turns that into a panic).
                 (p.new_frame.get() || every_frame)
+                    && !(xr && p.through_layer)
                     && p.session.is_some()
                     && p.video.video_width() > 0
                     && p.video.ready_state() >= 2

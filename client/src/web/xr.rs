@@ -17,6 +17,7 @@ use web_sys::{HtmlCanvasElement, HtmlElement, XrFrame, XrReferenceSpace, XrSessi
 use super::boot::query_param;
 use super::flat::start_flat_loop;
 use super::gfx::{Backend, Gfx};
+use super::medialayers::{LayersState, MediaLayers};
 use super::util::{document, js_error, now_ms, window};
 use super::{App, Looping, Shared, Xr, LABEL_H, LABEL_W};
 use crate::arrange::Placement;
@@ -24,19 +25,25 @@ use crate::pointer::Pad;
 use crate::render::{flip_y, gl_to_wgpu_depth, View};
 use crate::scene;
 use crate::scene::UiHit;
-use crate::xrsettings::{choose_frame_rate, XrPath, XrSettings};
+use crate::xrsettings::{choose_frame_rate, LayersMode, XrPath, XrSettings};
 
 impl App {
     pub(super) fn frame_xr(&mut self, frame: &XrFrame) {
         let t0 = now_ms();
         let Some(xr) = self.xr.as_mut() else { return };
         let space = xr.space.clone();
+        let media = xr.layers.active.is_some();
         // The session's layer now: it may be replaced mid-session (a new size or scale).
-        let layer = xr.session.render_state().base_layer().unwrap_or_else(|| xr.layer.clone());
-        if layer != xr.layer {
-            xr.setup.adopt(&layer);
-            xr.layer = layer.clone();
-        }
+        let layer = if media {
+            xr.layer.clone()
+        } else {
+            let layer = xr.session.render_state().base_layer().unwrap_or_else(|| xr.layer.clone());
+            if layer != xr.layer {
+                xr.setup.adopt(&layer);
+                xr.layer = layer.clone();
+            }
+            layer
+        };
         let Some(pose) = frame.get_viewer_pose(&space) else { return };
         let head = pose.transform();
         let head_pos = point3(&head.position());
@@ -55,8 +62,15 @@ impl App {
         if self.extras.keyboard.visible {
             self.update_keyboard_texture();
         }
+        if media {
+            self.media_layers_frame(&space, self.origin.eye);
+        }
         self.upload_videos(true);
         let quads = scene::build(&self.scene());
+        if media {
+            self.draw_media_layers(&pose, &quads, t0);
+            return;
+        }
 
         let fb = layer.framebuffer();
         let (fw, fh) = (layer.framebuffer_width(), layer.framebuffer_height());
@@ -103,6 +117,78 @@ impl App {
             }
         }
         self.account(now_ms() - t0);
+    }
+
+    /// Draws the scene into the projection layer (over the panels' media layers), each view
+    /// into its sub-image. A failure leaves media layers for the `XRWebGLLayer` from the next
+    /// frame on, and says why in the hook.
+    fn draw_media_layers(&mut self, pose: &web_sys::XrViewerPose, quads: &[scene::Quad], t0: f64) {
+        let Some(gl) = self.xr_gfx.as_ref().or(self.gfx.as_ref()).and_then(|g| g.gl.clone()) else { return };
+        // Straight from the view to its target: views sharing a texture are drawn in one pass.
+        let mut targets: Vec<(super::medialayers::ViewTarget, Vec<View>)> = Vec::new();
+        let mut viewports = Vec::new();
+        let mut size = (0, 0);
+        let mut failed = None;
+        {
+            let Some(xr) = self.xr.as_mut() else { return };
+            let Some(ml) = xr.layers.active.as_mut() else { return };
+            for v in pose.views().iter() {
+                let v: web_sys::XrView = v.unchecked_into();
+                let t = match ml.target(&gl, &v) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                };
+                let [x, y, w, h] = t.viewport;
+                viewports.push(t.viewport);
+                size = t.size;
+                let proj = Mat4::from_cols_slice(&v.projection_matrix());
+                let view = Mat4::from_cols_slice(&v.transform().inverse().matrix());
+                let view = View {
+                    // Bottom-up GL texture: flipped, and the viewport's y counts from the bottom.
+                    view_proj: flip_y() * gl_to_wgpu_depth() * proj * view,
+                    viewport: [x as f32, y as f32, w as f32, h as f32],
+                };
+                match targets.iter_mut().find(|(o, _)| o.framebuffer == t.framebuffer) {
+                    Some((_, views)) => views.push(view),
+                    None => targets.push((t, vec![view])),
+                }
+            }
+        }
+        if let Some(e) = failed {
+            self.leave_media_layers(e);
+            return;
+        }
+        let eyes: Vec<Mat4> = targets.iter().flat_map(|(_, vs)| vs.iter().map(|v| v.view_proj)).collect();
+        self.attention_frame(Some(&eyes));
+        if let Some(x) = self.xr.as_mut() {
+            x.setup.path = Some(XrPath::MediaLayers);
+            x.setup.framebuffer = size;
+            x.setup.viewports = viewports;
+        }
+        let Some(g) = self.xr_gfx.as_mut().or(self.gfx.as_mut()) else { return };
+        let t1 = now_ms();
+        for (t, views) in &targets {
+            let texture = g.wrap_xr_framebuffer(t.framebuffer.clone(), t.size.0, t.size.1);
+            let target = texture.create_view(&Default::default());
+            g.draw(&target, views, quads);
+        }
+        self.budget.record(self.uploads_this_frame, now_ms() - t1);
+        self.account(now_ms() - t0);
+    }
+
+    /// Back to the `XRWebGLLayer` (media layers failed mid-session).
+    fn leave_media_layers(&mut self, why: String) {
+        web_sys::console::warn_1(&format!("loco: media layers off: {why}").into());
+        let Some(xr) = self.xr.as_mut() else { return };
+        xr.layers.active = None;
+        xr.layers.error = Some(why);
+        let state = web_sys::XrRenderStateInit::new();
+        state.set_base_layer(Some(&xr.layer));
+        xr.session.update_render_state_with_state(&state);
+        super::medialayers::release_panels(self);
     }
 
     pub(super) fn xr_input(&mut self, frame: &XrFrame, space: &XrReferenceSpace, head_pos: Vec3, head_rot: Quat) {
@@ -350,6 +436,27 @@ impl App {
         s.frame_rate = xr.session.frame_rate().map(f64::from);
         s.target_frame_rate = xr.setup.target_rate.map(f64::from);
         s.supported_frame_rates = xr.setup.supported.iter().copied().map(f64::from).collect();
+        s.layers_mode = Some(xr.layers.mode.as_str());
+        s.layers_available = xr.layers.available;
+        s.layers_error = xr.layers.error.clone();
+        if let Some(ml) = xr.layers.active.as_ref() {
+            s.layers_active = true;
+            s.media_layers_made = ml.made;
+            s.media_layers = ml
+                .quads()
+                .into_iter()
+                .map(|(panel, q, (vw, vh))| crate::hook::MediaLayerSnapshot {
+                    panel,
+                    position: q.position.to_array(),
+                    orientation: q.orientation.to_array(),
+                    width: q.width,
+                    height: q.height,
+                    video_width: vw,
+                    video_height: vh,
+                })
+                .collect();
+        }
+        s.through_layer = (0..self.panels.len()).filter(|&i| self.panels[i].through_layer).collect();
         s
     }
 }
@@ -438,7 +545,8 @@ pub(super) async fn enter_xr(shared: &Shared) -> Result<(), String> {
     let init = web_sys::XrSessionInit::new();
     init.set_required_features(&[JsValue::from_str("local-floor")]);
     // Hands: their rays and pinches work like controllers (`select` is the trigger).
-    init.set_optional_features(&[JsValue::from_str("hand-tracking")]);
+    // Layers: the panels' videos as media layers where the browser has them (`?layers=`).
+    init.set_optional_features(&[JsValue::from_str("hand-tracking"), JsValue::from_str("layers")]);
     let session: XrSession =
         JsFuture::from(xr.request_session_with_options(web_sys::XrSessionMode::ImmersiveVr, &init))
             .await
@@ -478,6 +586,24 @@ pub(super) async fn enter_xr(shared: &Shared) -> Result<(), String> {
     state.set_base_layer(Some(&layer));
     session.update_render_state_with_state(&state);
     setup.set_frame_rate(&session);
+    // Media layers over that layer where wanted and possible; the layer stays as the fallback.
+    let mut layers = LayersState {
+        mode: LayersMode::from_param(query_param("layers").as_deref()),
+        available: super::medialayers::available(),
+        ..Default::default()
+    };
+    if layers.mode.wants(layers.available) {
+        let panels = shared.borrow().panels.len();
+        match MediaLayers::start(&session, &gl, settings.scale, settings.foveation, panels) {
+            Ok(m) => layers.active = Some(m),
+            Err(e) => {
+                web_sys::console::warn_1(&format!("loco: no media layers ({e}); videos as textures").into());
+                layers.error = Some(e);
+            }
+        }
+    } else if layers.mode == LayersMode::On {
+        layers.error = Some("this browser has no WebXR media layers (XRMediaBinding)".into());
+    }
     let space: XrReferenceSpace =
         JsFuture::from(session.request_reference_space(web_sys::XrReferenceSpaceType::LocalFloor))
             .await
@@ -507,6 +633,7 @@ pub(super) async fn enter_xr(shared: &Shared) -> Result<(), String> {
             ui_press: [None; 2],
             select,
             setup,
+            layers,
         });
         app.pointers.clear();
         app.flat.pointer.captured = None;
@@ -523,6 +650,7 @@ pub(super) async fn enter_xr(shared: &Shared) -> Result<(), String> {
     let on_end = Closure::<dyn FnMut()>::new(move || {
         if let Ok(mut app) = s.try_borrow_mut() {
             app.xr = None;
+            super::medialayers::release_panels(&mut app);
             let up = app.extras.keyboard.release_all();
             if let Some(i) = app.focus {
                 app.send_keys(i, &up);
