@@ -4,6 +4,7 @@ receivers, wall-clock time on this machine.
 compare  One Xvnc desktop (TigerVNC, 1024x768), one workload at a time, each system in turn on
          the same running workload:
            loco/aiortc    loco-agent + an aiortc WHEP viewer decoding every frame
+           loco-crf/aiortc the same with `--rate-control crf --qp-min 20` (experimental)
            loco/chromium  loco-agent + headless Chromium (the e2e WHEP page)
            novnc/chromium noVNC in headless Chromium through websockify
            gstreamer      rfbsrc ! videoconvert ! x264enc (CPU per frame; motion only)
@@ -42,7 +43,9 @@ import peers
 import recorder
 
 COMPARE_WORKLOADS = ["idle", "typing", "scroll", "pattern", "motion"]
-COMPARE_SYSTEMS = ["loco/aiortc", "loco/chromium", "novnc/chromium", "gstreamer", "x264"]
+COMPARE_SYSTEMS = ["loco/aiortc", "loco-crf/aiortc", "loco/chromium", "novnc/chromium", "gstreamer", "x264"]
+# The agent's flags per loco system: its defaults, and its experimental desktop-tuned rate control.
+AGENT_FLAGS = {"loco/aiortc": [], "loco-crf/aiortc": ["--rate-control", "crf", "--qp-min", "20"]}
 SCALE_BACKENDS = ["xvnc", "standin"]
 CLICK_XY = (lp.ORIGIN[0] + lp.WIDTH // 2, lp.ORIGIN[1] + lp.HEIGHT // 2)
 
@@ -56,7 +59,7 @@ UNITS = {
     "agent_rss_mib": "MiB", "agent_peak_rss_mib": "MiB", "server_cpu_cores": "cores",
     "client_cpu_cores": "cores", "receiver_cpu_cores": "cores", "proxy_cpu_cores": "cores",
     "host_cpu_cores": "cores", "other_cpu_cores": "cores", "host_busy_percent": "%", "cpu_s": "s", "cpu_ms_per_frame": "ms",
-    "fps_min": "fps", "fps_mean": "fps", "bitrate_kbps_per_instance": "kbit/s", "boot_s": "s",
+    "jitter_buffer_ms": "ms", "fps_min": "fps", "fps_mean": "fps", "bitrate_kbps_per_instance": "kbit/s", "boot_s": "s",
     "ratio": "x", "viewers_lost": "count", "udp_rcvbuf_errors": "datagrams",
 }
 
@@ -270,8 +273,8 @@ def _compare_one(system: str, w: str, inst: live.XvncInstance, seconds: float, c
     out: dict = {}
     receiver = system.split("/")[1] if "/" in system else ""
     name = system.split("/")[0]
-    if system == "loco/aiortc":
-        inst.start_agent()
+    if system in AGENT_FLAGS:
+        inst.start_agent(extra=AGENT_FLAGS[system])
         inst.wait_agent(30)
         viewers = live.Viewers(inst.work)
         try:
@@ -321,6 +324,7 @@ def _compare_one(system: str, w: str, inst: live.XvncInstance, seconds: float, c
             a = meter.snap()
             ta = time.time()
             m0 = live.metrics_of(inst.url) if name == "loco" else None
+            jb0 = s.inbound() if name == "loco" else None
             d0 = proxy.down if proxy else None
             u0 = s.unreadable
             time.sleep(seconds)
@@ -328,6 +332,7 @@ def _compare_one(system: str, w: str, inst: live.XvncInstance, seconds: float, c
             tb = time.time()
             d1 = proxy.down if proxy else None
             m1 = live.metrics_of(inst.url) if name == "loco" else None
+            jb1 = s.inbound() if name == "loco" else None
             s.drain()
             dur = b["_t"] - a["_t"]
             # The page stamps frames with Date.now(): count those inside the window.
@@ -340,6 +345,11 @@ def _compare_one(system: str, w: str, inst: live.XvncInstance, seconds: float, c
                 # The browser's own byte count would need getStats; the agent's encoded bytes are
                 # in agent figures. Bytes on the wire come from the aiortc run.
                 out.update(_agent_figures(inst, m0, m1, b["agent_cpu"] - a["agent_cpu"]))
+                # Chromium's jitter buffer: the mean time a frame waited in it over the window
+                # (getStats jitterBufferDelay / jitterBufferEmittedCount).
+                if jb0 and jb1 and jb1["jitterBufferEmittedCount"] > jb0["jitterBufferEmittedCount"]:
+                    out["jitter_buffer_ms"] = 1000 * (jb1["jitterBufferDelay"] - jb0["jitterBufferDelay"]) / (
+                        jb1["jitterBufferEmittedCount"] - jb0["jitterBufferEmittedCount"])
             out.update(Meter.diff(a, b))
             if pattern and clicks:
                 def readings_since(idx):

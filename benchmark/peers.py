@@ -232,6 +232,10 @@ class BrowserSession:
             else:
                 self.readings.append((t / 1000.0, r))
 
+    def inbound(self) -> dict | None:
+        """The loco page's last video inbound-rtp stats (viewer.html polls getStats)."""
+        return self.page.evaluate("() => window.__t.inbound") if self.kind == "loco" else None
+
     def click(self, x: int, y: int) -> float:
         return self.page.evaluate("([x, y]) => window.click(x, y)", [x, y]) / 1000.0
 

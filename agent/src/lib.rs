@@ -68,6 +68,20 @@ pub struct Args {
     #[arg(long, default_value_t = 6000, value_parser = clap::value_parser!(u32).range(100..=100_000))]
     bitrate_kbps: u32,
 
+    /// Rate control: `cbr` (constant bitrate, two refinement frames after motion) or,
+    /// experimental, `crf` (H.264: constant quality under the bitrate cap, a wide motion search,
+    /// one top-off frame after motion). VP8 is CBR either way.
+    #[arg(long, value_enum, default_value_t = encode::RateMode::Cbr)]
+    rate_control: encode::RateMode,
+
+    /// x264's rate factor with `--rate-control crf` (0-51; lower is finer and costs more).
+    #[arg(long, default_value_t = 23.0, value_parser = parse_crf)]
+    crf: f32,
+
+    /// The finest quantiser x264 may use (0-51; 20 with `--rate-control crf` is what was measured).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=51))]
+    qp_min: u32,
+
     /// Lowest bitrate the loss-based congestion control may go down to, in kbit/s.
     #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u32).range(50..=100_000))]
     min_bitrate_kbps: u32,
@@ -207,6 +221,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             visible_fps: args.visible_fps,
             hidden_fps: args.hidden_fps,
             min_bitrate_kbps: args.min_bitrate_kbps.min(args.bitrate_kbps),
+            rate: encode::RateSettings { mode: args.rate_control, crf: args.crf, qp_min: args.qp_min },
         },
         screen.clone(),
         metrics.clone(),
@@ -318,6 +333,14 @@ pub fn limit_malloc_arenas() {
     // SAFETY: mallopt only adjusts allocator tuning; called before any other thread exists.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
+/// A rate factor 0-51 for clap.
+fn parse_crf(s: &str) -> Result<f32, String> {
+    match s.trim().parse::<f32>() {
+        Ok(v) if (0.0..=51.0).contains(&v) => Ok(v),
+        _ => Err(format!("{s:?} is not a rate factor from 0 to 51")),
     }
 }
 

@@ -16,6 +16,7 @@ pub struct Metrics {
     pub frames_dropped: IntCounterVec,
     pub bytes_sent: IntCounterVec,
     pub keyframes: IntCounterVec,
+    pub topoff_frames: IntCounterVec,
     pub keyframe_requests: IntCounterVec,
     pub nack_packets: IntCounterVec,
     pub encode_seconds: HistogramVec,
@@ -92,6 +93,14 @@ impl Metrics {
                 counter_vec("loco_bytes_sent_total", "Encoded video bytes written to viewers (per viewer)", &["codec"]),
             ),
             keyframes: register(reg, counter_vec("loco_keyframes_total", "Keyframes encoded", &["codec"])),
+            topoff_frames: register(
+                reg,
+                counter_vec(
+                    "loco_topoff_frames_total",
+                    "Still periods after motion: a top-off frame sent (result=sent) or not needed (result=skipped)",
+                    &["codec", "result"],
+                ),
+            ),
             keyframe_requests: register(
                 reg,
                 counter_vec(

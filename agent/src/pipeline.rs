@@ -27,7 +27,10 @@ use loco_shared::pacer::{FramePacer, PacerConfig, PacerDecision};
 use loco_shared::{Attention, Rect};
 use tokio::sync::mpsc;
 
-use crate::encode::{self, Codec, EncoderSettings, VideoEncoder};
+use crate::encode::{self, Codec, EncoderSettings, RateMode, RateSettings, VideoEncoder};
+
+/// Stillness before a top-off frame.
+pub const TOPOFF_AFTER: Duration = Duration::from_millis(500);
 use crate::framebuffer::{Framebuffer, I420};
 use crate::metrics::Metrics;
 
@@ -179,6 +182,8 @@ pub struct PipelineConfig {
     pub hidden_fps: u32,
     /// The bitrate floor for panels that are not focused (`--min-bitrate-kbps`).
     pub min_bitrate_kbps: u32,
+    /// `--rate-control`, `--crf`, `--qp-min`.
+    pub rate: RateSettings,
 }
 
 impl PipelineConfig {
@@ -191,7 +196,25 @@ impl PipelineConfig {
             visible_fps: max_fps,
             hidden_fps: max_fps,
             min_bitrate_kbps: bitrate_kbps,
+            rate: RateSettings::default(),
         }
+    }
+
+    /// How the frame pacer follows motion for `codec`: with constant quality (H.264 CRF), one
+    /// top-off chance after half a second of stillness (taken only if the encoder says the last
+    /// frames were coarse); otherwise two blind refinement frames 150 ms apart.
+    pub fn pacer_config(&self, codec: Codec) -> PacerConfig {
+        let base = PacerConfig { max_fps: self.max_fps, ..PacerConfig::default() };
+        if self.topoff(codec) {
+            PacerConfig { refine_frames: 1, refine_delay: TOPOFF_AFTER, ..base }
+        } else {
+            base
+        }
+    }
+
+    /// Whether `codec` refines with a top-off frame (rather than blind refinement frames).
+    pub fn topoff(&self, codec: Codec) -> bool {
+        codec == Codec::H264 && self.rate.mode == RateMode::Crf
     }
 
     /// What each attention state may cost `codec`'s encoder.
@@ -346,7 +369,8 @@ impl EncoderWorker {
     fn run(self) {
         let codec = self.pipeline.codec;
         let origin = Instant::now();
-        let mut pacer = FramePacer::new(PacerConfig { max_fps: self.config.max_fps, ..PacerConfig::default() });
+        let mut pacer = FramePacer::new(self.config.pacer_config(codec));
+        let topoff = self.config.topoff(codec);
         let mut damage = Damage::default();
         let mut damaged_at: Option<Instant> = None;
         let mut encoder: Option<Box<dyn VideoEncoder>> = None;
@@ -398,7 +422,9 @@ impl EncoderWorker {
                         }
                     }
                     match pacer.poll(now) {
-                        PacerDecision::Encode { keyframe, .. } => break keyframe,
+                        PacerDecision::Encode { keyframe, damaged_since } => {
+                            break (keyframe, !keyframe && damaged_since.is_none())
+                        }
                         PacerDecision::WaitUntil(t) => {
                             let wait = t.saturating_sub(now).max(Duration::from_micros(200));
                             inbox =
@@ -410,7 +436,7 @@ impl EncoderWorker {
                     }
                 }
             };
-            let mut keyframe = decision;
+            let (mut keyframe, refinement) = decision;
 
             let started = Instant::now();
             // Convert what changed while holding the screen lock only for the conversion.
@@ -440,6 +466,7 @@ impl EncoderWorker {
                         bitrate_kbps,
                         max_fps: self.config.max_fps,
                         threads: self.config.encoder_threads,
+                        rate: self.config.rate,
                     };
                     match encode::open(codec, settings) {
                         Ok(e) => encoder = Some(e),
@@ -468,7 +495,19 @@ impl EncoderWorker {
             // Strictly increasing millisecond timestamps for the encoder's rate control.
             let pts_ms = (origin.elapsed().as_millis() as i64).max(last_pts_ms + 1);
             last_pts_ms = pts_ms;
-            let frame = match enc.encode(&picture, pts_ms, keyframe) {
+            // A refinement under constant quality is a top-off, only where the last frames
+            // came out coarse (the cap held them back); otherwise nothing is sent.
+            let topoff_now = topoff && refinement && !keyframe;
+            if topoff_now && !enc.wants_topoff() {
+                self.metrics.topoff_frames.with_label_values(&[codec.label(), "skipped"]).inc();
+                continue;
+            }
+            let result =
+                if topoff_now { enc.encode_topoff(&picture, pts_ms) } else { enc.encode(&picture, pts_ms, keyframe) };
+            if topoff_now {
+                self.metrics.topoff_frames.with_label_values(&[codec.label(), "sent"]).inc();
+            }
+            let frame = match result {
                 Ok(Some(f)) => f,
                 Ok(None) => continue,
                 Err(e) => {
@@ -623,6 +662,67 @@ mod tests {
         assert_eq!(p.attention(), Some(Attention::Hidden));
         p.unsubscribe(Codec::Vp8, 1);
         assert_eq!(p.attention(), None);
+    }
+
+    /// Frames arriving within `d`.
+    fn frames_within(rx: &mut mpsc::Receiver<Arc<FramePacket>>, d: Duration) -> usize {
+        let end = Instant::now() + d;
+        let mut n = 0;
+        while Instant::now() < end {
+            while rx.try_recv().is_ok() {
+                n += 1;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        n
+    }
+
+    #[test]
+    fn constant_quality_tops_off_once_per_still_period_and_only_after_coarse_frames() {
+        let (w, h) = (320, 240);
+        let screen = screen_with(w, h);
+        let metrics = Arc::new(Metrics::new());
+        // 150 kbit/s: full-screen noise at 30 fps is far over the cap, so it comes out coarse.
+        let config = PipelineConfig { rate: RateSettings::desktop(), ..PipelineConfig::full(150, 30, 1) };
+        let p = Pipelines::new(config, screen.clone(), metrics.clone());
+        let count = |result: &str| metrics.topoff_frames.with_label_values(&["h264", result]).get();
+        let mut rx = p.subscribe(Codec::H264, 1, Attention::Focused);
+        assert!(recv(&mut rx).keyframe);
+        // The join keyframe may be followed by one frame once still (see h264.rs), no more.
+        assert!(frames_within(&mut rx, Duration::from_millis(800)) <= 1);
+        let (sent, skipped) = (count("sent"), count("skipped"));
+        // A small change under the cap is coded finely at once: the top-off is skipped.
+        {
+            let mut s = screen.lock();
+            s.fb.put(Rect::new(0, 0, 2, 2), &[255; 16]).unwrap();
+        }
+        p.damage(Rect::new(0, 0, 2, 2), Instant::now());
+        assert_eq!(frames_within(&mut rx, Duration::from_millis(1200)), 1, "the change itself only");
+        assert_eq!((count("sent"), count("skipped")), (sent, skipped + 1));
+        let mut state = 12345u32;
+        for period in 1..=2u64 {
+            for _ in 0..12 {
+                let px: Vec<u8> = (0..w * h * 4)
+                    .map(|_| {
+                        state ^= state << 13;
+                        state ^= state >> 17;
+                        state ^= state << 5;
+                        state as u8
+                    })
+                    .collect();
+                {
+                    let mut s = screen.lock();
+                    let r = s.fb.full_rect();
+                    s.fb.put(r, &px).unwrap();
+                }
+                p.damage(Rect::new(0, 0, w, h), Instant::now());
+                std::thread::sleep(Duration::from_millis(33));
+            }
+            // The last motion frames, then one top-off half a second into the stillness, then none.
+            assert!(frames_within(&mut rx, Duration::from_millis(250)) > 0);
+            assert_eq!(frames_within(&mut rx, Duration::from_millis(1300)), 1, "still period {period}: one top-off");
+            assert_eq!((count("sent"), count("skipped")), (sent + period, skipped + 1));
+        }
     }
 
     #[test]

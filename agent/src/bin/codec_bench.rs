@@ -50,7 +50,7 @@ mod framebuffer;
 #[path = "../encode/mod.rs"]
 mod encode;
 
-use encode::{Codec, EncodeError, EncodedFrame, EncoderSettings, VideoEncoder};
+use encode::{Codec, EncodeError, EncodedFrame, EncoderSettings, RateSettings, VideoEncoder};
 use framebuffer::{Framebuffer, I420};
 
 const MAGIC: &[u8; 8] = b"LOCOREC1";
@@ -324,6 +324,7 @@ fn run_codec(
         bitrate_kbps: args.bitrate_kbps,
         max_fps: args.max_fps,
         threads: 1,
+        rate: RateSettings::default(),
     };
     let mut enc = open_encoder(codec, settings, args.mjpeg_quality)?;
     let mut pkt = BufWriter::new(File::create(args.out_dir.join(format!("{codec}.pkt")))?);

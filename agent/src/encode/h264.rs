@@ -2,9 +2,17 @@
 //!
 //! Settings: preset `ultrafast`, tune `zerolatency` (no lookahead, no B-frames, no frame
 //! threading delay), constrained baseline profile (`42e01f`, what every WebRTC stack decodes),
-//! ABR with VBV max rate = target rate and a VBV buffer of a quarter second, an endless GOP
-//! with IDR frames only on request, Annex-B output with SPS/PPS repeated before every IDR, and
-//! BT.601 limited-range colour signalled in the VUI. Zero frames of encoder delay.
+//! rate control per [`super::RateSettings`] — ABR (the default) or, experimental, CRF — either way
+//! under a VBV cap at the target rate with a quarter second's buffer and the QP floor (default
+//! none; no NAL-HRD, no filler); with CRF an uneven-multi-hexagon motion search over ±64 pixels
+//! (ultrafast's diamond over ±16 cannot follow a scrolled page), an endless GOP with IDR frames
+//! only on request, Annex-B output with SPS/PPS repeated before every IDR, and BT.601
+//! limited-range colour signalled in the VUI. Zero frames of encoder delay.
+//!
+//! Top-off: x264 reports each frame's average quantiser; a frame coarser than the top-off
+//! quantiser ([`super::RateSettings::topoff_qp`]) by more than [`COARSE_BY`] (the VBV cap held
+//! it back) leaves `wants_topoff` set, and `encode_topoff` re-codes the still picture once at
+//! that forced, finer quantiser. A keyframe leaves it set too (see `encode_with`).
 
 use std::ffi::CString;
 use std::mem::MaybeUninit;
@@ -14,13 +22,19 @@ use std::ptr;
 use bytes::Bytes;
 use x264_sys as x;
 
-use super::{check_size, Codec, EncodeError, EncodedFrame, EncoderSettings, VideoEncoder};
+use super::{check_size, Codec, EncodeError, EncodedFrame, EncoderSettings, RateMode, VideoEncoder};
 use crate::framebuffer::I420;
+
+/// A frame whose average quantiser is this much above the top-off's was held back by the cap
+/// (nearly still frames sit at the floor; capped motion goes far above it).
+pub const COARSE_BY: i64 = 2;
 
 /// An open libx264 encoder.
 pub struct X264Encoder {
     settings: EncoderSettings,
     handle: *mut x::x264_t,
+    /// The last frame came out coarser than the CRF asks, or was a keyframe (CRF mode only).
+    coarse: bool,
 }
 
 // SAFETY: the x264 handle is used from one thread at a time (`&mut self` methods only);
@@ -65,7 +79,18 @@ impl X264Encoder {
         p.i_timebase_den = 1000;
         p.i_fps_num = settings.max_fps.max(1);
         p.i_fps_den = 1;
-        p.rc.i_rc_method = x::X264_RC_ABR as c_int;
+        p.rc.i_rc_method = match settings.rate.mode {
+            RateMode::Crf => x::X264_RC_CRF,
+            RateMode::Cbr => x::X264_RC_ABR,
+        } as c_int;
+        p.rc.f_rf_constant = settings.rate.crf.clamp(0.0, 51.0);
+        p.rc.i_qp_min = settings.rate.qp_min.min(51) as c_int;
+        p.i_nal_hrd = x::X264_NAL_HRD_NONE as c_int;
+        p.rc.b_filler = 0;
+        if settings.rate.mode == RateMode::Crf {
+            p.analyse.i_me_method = x::X264_ME_UMH as c_int;
+            p.analyse.i_me_range = 64;
+        }
         set_rate(&mut p, settings.bitrate_kbps);
         p.rc.i_lookahead = 0;
         p.rc.b_mb_tree = 0;
@@ -85,7 +110,7 @@ impl X264Encoder {
         if handle.is_null() {
             return Err(open_error(&settings, "x264_encoder_open returned NULL"));
         }
-        Ok(Self { settings, handle })
+        Ok(Self { settings, handle, coarse: false })
     }
 }
 
@@ -95,6 +120,33 @@ impl VideoEncoder for X264Encoder {
     }
 
     fn encode(&mut self, picture: &I420, pts_ms: i64, keyframe: bool) -> Result<Option<EncodedFrame>, EncodeError> {
+        self.encode_with(picture, pts_ms, keyframe, None)
+    }
+
+    fn set_bitrate(&mut self, kbps: u32) -> Result<(), EncodeError> {
+        self.reconfigure(kbps)
+    }
+
+    fn wants_topoff(&self) -> bool {
+        self.coarse
+    }
+
+    fn encode_topoff(&mut self, picture: &I420, pts_ms: i64) -> Result<Option<EncodedFrame>, EncodeError> {
+        let qp = self.settings.rate.topoff_qp();
+        let out = self.encode_with(picture, pts_ms, false, Some(qp));
+        self.coarse = false;
+        out
+    }
+}
+
+impl X264Encoder {
+    fn encode_with(
+        &mut self,
+        picture: &I420,
+        pts_ms: i64,
+        keyframe: bool,
+        force_qp: Option<u32>,
+    ) -> Result<Option<EncodedFrame>, EncodeError> {
         check_size(&self.settings, picture)?;
         let mut pic = MaybeUninit::<x::x264_picture_t>::zeroed();
         let mut out = MaybeUninit::<x::x264_picture_t>::zeroed();
@@ -116,6 +168,7 @@ impl VideoEncoder for X264Encoder {
             pic.img.i_stride[2] = picture.chroma_stride() as c_int;
             pic.i_pts = pts_ms;
             pic.i_type = if keyframe { x::X264_TYPE_IDR as c_int } else { 0 };
+            pic.i_qpplus1 = force_qp.map_or(0, |q| q as c_int + 1);
             let size = x::x264_encoder_encode(self.handle, &mut nals, &mut nal_count, &mut pic, out.as_mut_ptr());
             (size, out.assume_init())
         };
@@ -131,10 +184,18 @@ impl VideoEncoder for X264Encoder {
         // SAFETY: x264 guarantees the payloads of one call's NALs are contiguous, starting at
         // the first NAL's payload, `size` bytes in all.
         let data = unsafe { std::slice::from_raw_parts((*nals).p_payload, size as usize) };
+        if self.settings.rate.mode == RateMode::Crf {
+            // x264 returns the frame's average quantiser (+1) in the output picture. A keyframe
+            // is also followed by one frame once the screen is still: receivers that close a
+            // frame only when the next one starts (aiortc) would otherwise hold a new viewer's
+            // only frame of an idle desktop; at the floor it is a near-empty P-frame.
+            let qp = i64::from(out.i_qpplus1) - 1;
+            self.coarse = qp > i64::from(self.settings.rate.topoff_qp()) + COARSE_BY || out.b_keyframe != 0;
+        }
         Ok(Some(EncodedFrame { data: Bytes::copy_from_slice(data), keyframe: out.b_keyframe != 0 }))
     }
 
-    fn set_bitrate(&mut self, kbps: u32) -> Result<(), EncodeError> {
+    fn reconfigure(&mut self, kbps: u32) -> Result<(), EncodeError> {
         let mut param = MaybeUninit::<x::x264_param_t>::zeroed();
         // SAFETY: x264_encoder_parameters fills the struct from the open handle; reconfig reads
         // it back (only rate-control fields changed, which x264 allows to change).
