@@ -99,10 +99,7 @@ pub fn decide(p: &PanelLayerInput) -> (LayerAction, bool) {
 /// layer; ties keep panel order.
 pub fn layer_order(panels: &[Panel], with_layer: &[usize], eye: Vec3) -> Vec<usize> {
     let mut order: Vec<usize> = with_layer.iter().copied().filter(|&i| i < panels.len()).collect();
-    order.sort_by(|&a, &b| {
-        let d = |i: usize| panels[i].center.distance_squared(eye);
-        d(b).total_cmp(&d(a)).then(a.cmp(&b))
-    });
+    crate::scene::farthest_first(&mut order, |i| panels[i].center, eye);
     order
 }
 

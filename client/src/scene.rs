@@ -274,17 +274,22 @@ fn rect(center: Vec3, right: Vec3, up: Vec3, half_w: f32, half_h: f32) -> [Vec3;
     [center - r + u, center + r + u, center + r - u, center - r - u]
 }
 
+/// Sorts panel indices by their centre's distance from `eye`, farthest first (ties: panel order):
+/// the drawing order of the panels, and of their media layers.
+pub fn farthest_first(order: &mut [usize], center: impl Fn(usize) -> Vec3, eye: Vec3) {
+    order.sort_by(|&a, &b| {
+        let d = |i: usize| center(i).distance_squared(eye);
+        d(b).total_cmp(&d(a)).then(a.cmp(&b))
+    });
+}
+
 /// The quads for one frame, in drawing order.
 pub fn build(input: &SceneInput) -> Vec<Quad> {
     let mut quads = Vec::with_capacity(8 + input.panels.len() * 4 + input.pointers.len() * 3);
     floor(input.floor_center, &mut quads);
     // Farthest first, so a panel pulled closer is drawn over the wall behind it.
     let mut order: Vec<usize> = (0..input.panels.len()).collect();
-    let eye = input.floor_center;
-    order.sort_by(|&a, &b| {
-        let d = |i: usize| input.panels[i].panel.center.distance_squared(eye);
-        d(b).total_cmp(&d(a)).then(a.cmp(&b))
-    });
+    farthest_first(&mut order, |i| input.panels[i].panel.center, input.floor_center);
     for i in order {
         let p = &input.panels[i];
         let panel = &p.panel;
@@ -540,22 +545,24 @@ mod tests {
         assert!(!quads.iter().any(|q| q.tex == Tex::Video(2)));
     }
 
+    /// A controller's ray from below the eye ending on the centre of `p`.
+    fn pointer_at_centre(p: &PanelView) -> Pointer {
+        let hit = p.panel.center;
+        Pointer {
+            origin: Vec3::new(0.2, 1.0, -0.2),
+            end: hit,
+            hit: Some((hit, p.panel.normal())),
+            pressed: false,
+            beam: true,
+        }
+    }
+
     #[test]
     fn pointer_draws_a_beam_and_a_cursor_last() {
         let p = panels(1);
         let n = p[0].panel.normal();
         let hit = p[0].panel.center;
-        let input = SceneInput {
-            panels: p,
-            pointers: vec![Pointer {
-                origin: Vec3::new(0.2, 1.0, -0.2),
-                end: hit,
-                hit: Some((hit, n)),
-                pressed: false,
-                beam: true,
-            }],
-            ..Default::default()
-        };
+        let input = SceneInput { pointers: vec![pointer_at_centre(&p[0])], panels: p, ..Default::default() };
         let quads = build(&input);
         let last = quads.last().unwrap();
         assert_eq!(last.color, CURSOR);
@@ -570,19 +577,7 @@ mod tests {
         let mut p = panels(3);
         p[1].through_layer = true;
         p[1].focused = true;
-        let n = p[1].panel.normal();
-        let hit = p[1].panel.center;
-        let input = SceneInput {
-            panels: p.clone(),
-            pointers: vec![Pointer {
-                origin: Vec3::new(0.2, 1.0, -0.2),
-                end: hit,
-                hit: Some((hit, n)),
-                pressed: false,
-                beam: true,
-            }],
-            ..Default::default()
-        };
+        let input = SceneInput { pointers: vec![pointer_at_centre(&p[1])], panels: p.clone(), ..Default::default() };
         let quads = build(&input);
         assert!(!quads.iter().any(|q| q.tex == Tex::Video(1)), "no texture for a panel its layer shows");
         let holes: Vec<usize> = (0..quads.len()).filter(|&k| quads[k].tex == Tex::Hole).collect();
