@@ -68,19 +68,19 @@ pub struct Args {
     #[arg(long, default_value_t = 6000, value_parser = clap::value_parser!(u32).range(100..=100_000))]
     bitrate_kbps: u32,
 
-    /// Rate control: `cbr` (constant bitrate, two refinement frames after motion) or,
-    /// experimental, `crf` (H.264: constant quality under the bitrate cap, a wide motion search,
-    /// one top-off frame after motion). VP8 is CBR either way.
-    #[arg(long, value_enum, default_value_t = encode::RateMode::Cbr)]
+    /// Rate control: `crf` (H.264: constant quality under the bitrate cap, a wide motion
+    /// search, one top-off frame after motion) or `cbr` (constant bitrate, two refinement
+    /// frames after motion: the H.264 encoder before `crf`). VP8 is CBR either way.
+    #[arg(long, value_enum, default_value_t = encode::RateMode::Crf)]
     rate_control: encode::RateMode,
 
     /// x264's rate factor with `--rate-control crf` (0-51; lower is finer and costs more).
     #[arg(long, default_value_t = 23.0, value_parser = parse_crf)]
     crf: f32,
 
-    /// The finest quantiser x264 may use (0-51; 20 with `--rate-control crf` is what was measured).
-    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=51))]
-    qp_min: u32,
+    /// The finest quantiser x264 may use (0-51). Default: 20 with `crf`, none (0) with `cbr`.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(0..=51))]
+    qp_min: Option<u32>,
 
     /// Lowest bitrate the loss-based congestion control may go down to, in kbit/s.
     #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u32).range(50..=100_000))]
@@ -221,7 +221,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             visible_fps: args.visible_fps,
             hidden_fps: args.hidden_fps,
             min_bitrate_kbps: args.min_bitrate_kbps.min(args.bitrate_kbps),
-            rate: encode::RateSettings { mode: args.rate_control, crf: args.crf, qp_min: args.qp_min },
+            rate: encode::RateSettings {
+                mode: args.rate_control,
+                crf: args.crf,
+                qp_min: args.qp_min.unwrap_or_else(|| encode::RateSettings::default_qp_min(args.rate_control)),
+            },
         },
         screen.clone(),
         metrics.clone(),

@@ -11,6 +11,9 @@ Frame: .rgb (numpy HxWx3 uint8, converted on first use with to_ndarray(format="r
        .width, .height, .time (time.monotonic() at arrival), .index (1-based decode order).
 
 SyncViewer wraps a viewer for plain (non-async) tests; its loop runs in a LoopThread.
+
+Importing this module mends aiortc's jitter buffer to complete a video frame at its RTP marker
+bit, as browsers do (see complete_frames_at_marker).
 """
 from __future__ import annotations
 
@@ -46,6 +49,47 @@ def _host_addresses_with_loopback(use_ipv4: bool, use_ipv6: bool) -> list[str]:
 
 
 aioice.ice.get_host_addresses = _host_addresses_with_loopback
+
+
+def complete_frames_at_marker() -> None:
+    """aiortc 1.16's jitter buffer hands a video frame to the decoder only when the first packet
+    of the *next* frame arrives (it ignores the RTP marker bit): that adds a frame interval to
+    every frame, and holds the last frame of a burst (a click's effect on a still desktop, the
+    last frame before stillness) until the screen changes again. Browsers complete a frame at
+    its marker bit; so do these viewers, from their import on: a video frame is complete when
+    the packet with the marker bit is in and every packet before it since the last frame.
+    Idempotent."""
+    from aiortc import jitterbuffer
+    if getattr(jitterbuffer.JitterBuffer._remove_frame, "_loco_marker", False):
+        return
+    orig = jitterbuffer.JitterBuffer._remove_frame
+
+    def remove_frame(self, sequence_number):
+        if not self._is_video:
+            return orig(self, sequence_number)
+        packets, timestamp = [], None
+        for count in range(self.capacity):
+            packet = self._packets[(self._origin + count) % self._capacity]
+            if packet is None:
+                return None
+            if timestamp is None:
+                timestamp = packet.timestamp
+            elif packet.timestamp != timestamp:  # the next frame began (its marker was lost)
+                frame = jitterbuffer.JitterFrame(data=b"".join(x._data for x in packets), timestamp=timestamp)
+                self.remove(count)
+                return frame
+            packets.append(packet)
+            if packet.marker:
+                frame = jitterbuffer.JitterFrame(data=b"".join(x._data for x in packets), timestamp=timestamp)
+                self.remove(count + 1)
+                return frame
+        return None
+
+    remove_frame._loco_marker = True
+    jitterbuffer.JitterBuffer._remove_frame = remove_frame
+
+
+complete_frames_at_marker()
 
 
 class WhepError(RuntimeError):

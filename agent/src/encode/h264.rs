@@ -2,9 +2,9 @@
 //!
 //! Settings: preset `ultrafast`, tune `zerolatency` (no lookahead, no B-frames, no frame
 //! threading delay), constrained baseline profile (`42e01f`, what every WebRTC stack decodes),
-//! rate control per [`super::RateSettings`] — ABR (the default) or, experimental, CRF — either way
-//! under a VBV cap at the target rate with a quarter second's buffer and the QP floor (default
-//! none; no NAL-HRD, no filler); with CRF an uneven-multi-hexagon motion search over ±64 pixels
+//! rate control per [`super::RateSettings`] — CRF (the default) or ABR — either way under a VBV
+//! cap at the target rate with a quarter second's buffer and the QP floor (by default 20 with CRF,
+//! none with ABR; no NAL-HRD, no filler); with CRF an uneven-multi-hexagon motion search over ±64 pixels
 //! (ultrafast's diamond over ±16 cannot follow a scrolled page), an endless GOP with IDR frames
 //! only on request, Annex-B output with SPS/PPS repeated before every IDR, and BT.601
 //! limited-range colour signalled in the VUI. Zero frames of encoder delay.

@@ -65,15 +65,15 @@ impl FromStr for Codec {
 /// How an encoder spends its bits (`--rate-control`, `--crf`, `--qp-min`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum RateMode {
-    /// Constant bitrate (x264 ABR with VBV max = target; libvpx CBR); two blind refinement
-    /// frames after motion. The default.
+    /// Constant bitrate (x264 ABR with VBV max = target; libvpx CBR) with ultrafast's ±16
+    /// diamond search; two blind refinement frames after motion. H.264's encoder before
+    /// `crf` existed (with `--qp-min 0`, its default in this mode); VP8's always.
     Cbr,
-    /// Experimental, H.264 only: constant quality (x264's CRF) under a VBV cap at the target
+    /// H.264, the default: constant quality (x264's CRF) under a VBV cap at the target
     /// bitrate, with an uneven-multi-hexagon motion search over ±64 pixels: a nearly still
     /// screen costs what its changes need at that quality, and motion is held to the target.
     /// After motion, one top-off frame at a finer quantiser once the screen has been still
-    /// for half a second, only if the last frame was coarse (or a keyframe). Not the default:
-    /// under 10 % loss with aiortc as the viewer it recovered worse than CBR (see README).
+    /// for half a second, only if the last frame was coarse (or a keyframe).
     Crf,
 }
 
@@ -88,16 +88,30 @@ pub struct RateSettings {
 }
 
 impl Default for RateSettings {
-    /// The agent's defaults: CBR, no quantiser floor (as before these settings existed).
+    /// The agent's defaults: [`RateSettings::desktop`].
     fn default() -> Self {
-        Self { mode: RateMode::Cbr, crf: 23.0, qp_min: 0 }
+        Self::desktop()
     }
 }
 
 impl RateSettings {
-    /// Tuned for desktops (`--rate-control crf --qp-min 20`): CRF 23, QP floor 20.
+    /// Tuned for desktops (the defaults): CRF 23, QP floor 20.
     pub fn desktop() -> Self {
         Self { mode: RateMode::Crf, crf: 23.0, qp_min: 20 }
+    }
+
+    /// `--rate-control cbr`: constant bitrate without a quantiser floor (the encoder before
+    /// the desktop settings).
+    pub fn cbr() -> Self {
+        Self { mode: RateMode::Cbr, crf: 23.0, qp_min: 0 }
+    }
+
+    /// The floor `--qp-min` gives when it is not set: 20 with CRF, none with CBR.
+    pub fn default_qp_min(mode: RateMode) -> u32 {
+        match mode {
+            RateMode::Crf => Self::desktop().qp_min,
+            RateMode::Cbr => Self::cbr().qp_min,
+        }
     }
 
     /// The quantiser of a top-off frame: three steps finer than the CRF, not below the floor.
@@ -312,7 +326,7 @@ mod tests {
     fn h264_typing_costs_less_with_constant_quality_and_a_quantiser_floor() {
         let crf = typing_bytes(RateSettings::desktop(), 20);
         let cbr_floor = typing_bytes(RateSettings { mode: RateMode::Cbr, ..RateSettings::desktop() }, 20);
-        let cbr_bare = typing_bytes(RateSettings::default(), 20);
+        let cbr_bare = typing_bytes(RateSettings::cbr(), 20);
         println!(
             "20 typed characters: CRF 23 {crf} B, CBR + QP floor 20 {cbr_floor} B, CBR without a floor {cbr_bare} B"
         );
@@ -344,7 +358,7 @@ mod tests {
         let vp8 = open(Codec::Vp8, with_rate(320, 240, 150, RateSettings::desktop())).unwrap();
         assert!(!vp8.wants_topoff());
         // CBR never asks for one either.
-        let mut cbr = open(Codec::H264, with_rate(320, 240, 150, RateSettings::default())).unwrap();
+        let mut cbr = open(Codec::H264, with_rate(320, 240, 150, RateSettings::cbr())).unwrap();
         for k in 0..4 {
             cbr.encode(&noise(320, 240, k), i64::from(k) * 33, false).unwrap();
         }

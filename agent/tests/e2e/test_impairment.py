@@ -37,8 +37,19 @@ from udp_impair import ImpairedPath
 from loco_testkit.whep_aiortc import SyncViewer, WhepViewer
 from whep_proxy import WhepProxy
 
-SCROLL = ("i=0; while :; do i=$((i+1)); echo \"line $i: $(date +%T.%N) the quick brown fox\"; "
-          "sleep 0.005; done")
+# What the screen shows while the path is impaired, per codec: the agent's encoder must run at its
+# bitrate cap.
+# - H.264 (constant quality by default): random hex bytes, a line every 2 ms. Dated lines of text
+#   cost it a few hundred kbit/s at CRF 23: too little for a 1.5 Mbit/s bottleneck, and so few
+#   packets that aiortc, which asks for a keyframe only once 128 packets queue behind a lost one,
+#   recovers more slowly than the agent lets it.
+# - VP8 (CBR): dated lines of text fill its budget. Random hex does not fit into 300 kbit/s even at
+#   libvpx's coarsest quantiser here, and without frame dropping VP8 then overshoots many times.
+SCROLL = {
+    "h264": "od -An -tx1 -w50 /dev/urandom | while read -r l; do echo \"$l\"; sleep 0.002; done",
+    "vp8": ("i=0; while :; do i=$((i+1)); echo \"line $i: $(date +%T.%N) the quick brown fox\"; "
+            "sleep 0.005; done"),
+}
 OUTCOMES = ("resent", "unknown", "expired", "too_soon", "too_many", "queued")
 
 LOSS, JITTER_MS = 0.10, 100
@@ -53,9 +64,9 @@ def _relay(request, tmp_path, loss: float, jitter_ms: float, seed: int) -> Impai
     return ImpairedPath(loss, jitter_ms, seed=seed, log_path=log)
 
 
-def _scrolling_xterm(xvnc, tmp_path):
-    """An xterm printing lines without pause: the agent encodes up to its frame cap."""
-    return xvnc.spawn("xterm", "-geometry", "160x50+0+0", "-e", "sh", "-c", SCROLL,
+def _scrolling_xterm(xvnc, tmp_path, codec: str):
+    """An xterm printing without pause (SCROLL): the agent encodes up to its frame and bit caps."""
+    return xvnc.spawn("xterm", "-geometry", "160x50+0+0", "-e", "sh", "-c", SCROLL[codec],
                       log_path=tmp_path / "scroll-xterm.log")
 
 
@@ -119,7 +130,7 @@ def test_loss_and_jitter(codec, xvnc, agent, aio_loop, tmp_path, request):
     relay = _relay(request, tmp_path, LOSS, JITTER_MS, seed=8)
     a = agent(xvnc.port, codec=codec)
     a.wait_vnc(True, 30)
-    xterm = _scrolling_xterm(xvnc, tmp_path)
+    xterm = _scrolling_xterm(xvnc, tmp_path, codec)
     v = None
     try:
         async def _connect():
@@ -235,7 +246,7 @@ def test_loss_and_jitter_chromium(xvnc, agent, chromium, tmp_path, request):
     a = agent(xvnc.port, codec=codec)
     a.wait_vnc(True, 30)
 
-    xterm = _scrolling_xterm(xvnc, tmp_path)
+    xterm = _scrolling_xterm(xvnc, tmp_path, codec)
     proxy = None
     try:
         v, proxy = _relayed_chromium(a, relay, chromium, codec)
@@ -344,7 +355,7 @@ def test_bottleneck_chromium(xvnc, agent, chromium, tmp_path, request):
     relay = _relay(request, tmp_path, 0.0, 0, seed=10)
     a = agent(xvnc.port, codec=codec)
     a.wait_vnc(True, 30)
-    xterm = _scrolling_xterm(xvnc, tmp_path)
+    xterm = _scrolling_xterm(xvnc, tmp_path, codec)
     proxy = None
     try:
         v, proxy = _relayed_chromium(a, relay, chromium, codec)
