@@ -50,7 +50,7 @@ mod framebuffer;
 #[path = "../encode/mod.rs"]
 mod encode;
 
-use encode::{Codec, EncodeError, EncodedFrame, EncoderSettings, RateSettings, VideoEncoder};
+use encode::{Codec, EncodeError, EncodedFrame, EncoderSettings, RateMode, RateSettings, VideoEncoder};
 use framebuffer::{Framebuffer, I420};
 
 const MAGIC: &[u8; 8] = b"LOCOREC1";
@@ -125,6 +125,8 @@ impl Recording {
 struct Encode {
     at: Duration,
     keyframe: bool,
+    /// No damage since the last encode: a refinement of the still screen.
+    refinement: bool,
     upto: usize,
 }
 
@@ -141,8 +143,8 @@ fn schedule(times: &[Duration], end: Duration, max_fps: u32) -> Vec<Encode> {
         }
         let next_update = times.get(i).copied();
         let next = match pacer.poll(now) {
-            PacerDecision::Encode { keyframe, .. } => {
-                out.push(Encode { at: now, keyframe, upto: i });
+            PacerDecision::Encode { keyframe, damaged_since } => {
+                out.push(Encode { at: now, keyframe, refinement: damaged_since.is_none() && !keyframe, upto: i });
                 continue;
             }
             PacerDecision::WaitUntil(t) => Some(next_update.map_or(t, |u| u.min(t))),
@@ -337,6 +339,8 @@ fn run_codec(
     let mut keyframe_sizes: Vec<usize> = Vec::new();
     let ru0 = rusage_thread();
     let mut first = true;
+    let topoff_mode = codec == "h264" && settings.rate.mode == RateMode::Crf;
+    let mut topoff_taken = false;
     for ev in plan {
         // The VNC task's work (not the encoder's): apply the updates that arrived.
         for u in &rec.updates[applied..ev.upto] {
@@ -357,7 +361,22 @@ fn run_codec(
         if let Some(rect) = damage.take() {
             picture.convert_from(&fb, rect)?;
         }
-        let out = enc.encode(&picture, pts, ev.keyframe)?;
+        // As the agent's pipeline does under constant quality (H.264 CRF, its default): of the
+        // refinement slots after motion, only the first may carry a frame, a top-off at a finer
+        // quantiser, and only if the encoder says the last frame was coarse (the pacer's own
+        // single slot comes 0.5 s into stillness rather than at the first of these slots).
+        let out = if topoff_mode && ev.refinement {
+            let now = !topoff_taken && enc.wants_topoff();
+            topoff_taken = true;
+            if now {
+                enc.encode_topoff(&picture, pts)?
+            } else {
+                None
+            }
+        } else {
+            topoff_taken = false;
+            enc.encode(&picture, pts, ev.keyframe)?
+        };
         let c1 = thread_cpu();
         cpu_ms.push((c1 - c0).as_secs_f64() * 1000.0);
         if let Some(w) = refw.as_mut() {
