@@ -118,42 +118,9 @@ def _patch_aioice() -> None:
         return orig_made(self, transport)
 
     aioice.ice.StunProtocol.connection_made = made
-    _patch_jitter_buffer()
+    from loco_testkit import whep_aiortc
+    whep_aiortc.complete_frames_at_marker()  # frames complete at their marker bit, as in browsers
     _patched = True
-
-
-def _patch_jitter_buffer() -> None:
-    """aiortc 1.16's jitter buffer hands a video frame to the decoder only when the first packet
-    of the *next* frame arrives (it ignores the RTP marker bit): that adds a frame interval to
-    every frame, and holds the last frame of a burst (a click's effect on a still desktop) until
-    the screen changes again. Browsers complete a frame at its marker bit; so do the benchmark's
-    viewers: a video frame is complete when the packet with the marker bit is in and every
-    packet before it since the last frame."""
-    from aiortc import jitterbuffer
-    orig = jitterbuffer.JitterBuffer._remove_frame
-
-    def remove_frame(self, sequence_number):
-        if not self._is_video:
-            return orig(self, sequence_number)
-        packets, timestamp = [], None
-        for count in range(self.capacity):
-            packet = self._packets[(self._origin + count) % self._capacity]
-            if packet is None:
-                return None
-            if timestamp is None:
-                timestamp = packet.timestamp
-            elif packet.timestamp != timestamp:  # the next frame began (its marker was lost)
-                frame = jitterbuffer.JitterFrame(data=b"".join(x._data for x in packets), timestamp=timestamp)
-                self.remove(count)
-                return frame
-            packets.append(packet)
-            if packet.marker:
-                frame = jitterbuffer.JitterFrame(data=b"".join(x._data for x in packets), timestamp=timestamp)
-                self.remove(count + 1)
-                return frame
-        return None
-
-    jitterbuffer.JitterBuffer._remove_frame = remove_frame
 
 
 UDP_IP_HEADER = 28  # IPv4 + UDP header bytes per datagram, added for "wire" figures
@@ -184,6 +151,10 @@ def make_viewer_class():
             self.unreadable = 0
             self.last_av = None
             self.size = (0, 0)
+            # capture(): luma of the pictures decoded until capture_until, cropped to capture_rect
+            self.capture_until = 0.0
+            self.capture_rect = (0, 0, 0, 0)
+            self.captured: list = []
 
         async def _consume(self, track) -> None:
             try:
@@ -194,6 +165,8 @@ def make_viewer_class():
                     self.times.append(now)
                     self.size = (av_frame.width, av_frame.height)
                     self.last_av = av_frame
+                    if now <= self.capture_until:
+                        self.captured.append(self.luma(av_frame))
                     if self.read_pattern:
                         r = latency_pattern.read_yuv_frame(av_frame)
                         if r is None:
@@ -209,6 +182,17 @@ def make_viewer_class():
             finally:
                 with self._cond:
                     self._cond.notify_all()
+
+        def luma(self, av_frame):
+            """The frame's Y plane cropped to capture_rect (a copy)."""
+            x, y, w, h = self.capture_rect
+            plane = av_frame.to_ndarray(format="yuv420p")[:av_frame.height]
+            return plane[y:y + h, x:x + w].copy()
+
+        def start_capture(self, seconds: float, rect) -> None:
+            self.capture_rect = tuple(rect)
+            self.captured = [self.luma(self.last_av)] if self.last_av is not None else []
+            self.capture_until = time.monotonic() + seconds
 
         def local_ports(self) -> list[int]:
             return sorted({c["port"] for c in sdp_candidates(self.offer_sdp)})
@@ -340,6 +324,17 @@ class ViewerProcess:
 
     def click(self, x: int, y: int) -> float:
         return self._call(cmd="click", x=x, y=y)["t0"]
+
+    def send(self, msg: dict) -> None:
+        """One message on the input channel, e.g. {"type": "attention", "state": "visible"}."""
+        self._call(cmd="send", msg=msg)
+
+    def capture(self, seconds: float, rect: tuple[int, int, int, int], path: Path) -> list:
+        """The luma (cropped to rect) of the picture shown now and of every frame decoded in the
+        next `seconds` (text_quality.py), through a file at path."""
+        self._call(timeout=seconds + 30, cmd="capture", seconds=seconds, rect=list(rect), path=str(path))
+        with np.load(path) as z:
+            return [z[k] for k in sorted(z.files, key=lambda k: int(k[1:]))]
 
     def cpu_seconds(self) -> float:
         return proc_cpu_seconds(self.p.pid)

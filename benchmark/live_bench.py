@@ -4,7 +4,7 @@ receivers, wall-clock time on this machine.
 compare  One Xvnc desktop (TigerVNC, 1024x768), one workload at a time, each system in turn on
          the same running workload:
            loco/aiortc    loco-agent + an aiortc WHEP viewer decoding every frame
-           loco-crf/aiortc the same with `--rate-control crf --qp-min 20` (experimental)
+           loco-cbr/aiortc the same with `--rate-control cbr` (the H.264 encoder before CRF)
            loco/chromium  loco-agent + headless Chromium (the e2e WHEP page)
            novnc/chromium noVNC in headless Chromium through websockify
            gstreamer      rfbsrc ! videoconvert ! x264enc (CPU per frame; motion only)
@@ -26,6 +26,8 @@ metric, value, unit}.
 """
 from __future__ import annotations
 
+import contextlib
+import itertools
 import math
 import os
 import shutil
@@ -41,11 +43,13 @@ import latency_pattern as lp
 import live
 import peers
 import recorder
+import text_quality
+from loco_testkit.xvnc import HEIGHT as XVNC_H, WIDTH as XVNC_W
 
 COMPARE_WORKLOADS = ["idle", "typing", "scroll", "pattern", "motion"]
-COMPARE_SYSTEMS = ["loco/aiortc", "loco-crf/aiortc", "loco/chromium", "novnc/chromium", "gstreamer", "x264"]
-# The agent's flags per loco system: its defaults, and its experimental desktop-tuned rate control.
-AGENT_FLAGS = {"loco/aiortc": [], "loco-crf/aiortc": ["--rate-control", "crf", "--qp-min", "20"]}
+COMPARE_SYSTEMS = ["loco/aiortc", "loco-cbr/aiortc", "loco/chromium", "novnc/chromium", "gstreamer", "x264"]
+# The agent's flags per loco system: its defaults, and the constant-bitrate H.264 encoder it had before.
+AGENT_FLAGS = {"loco/aiortc": [], "loco-cbr/aiortc": ["--rate-control", "cbr"]}
 SCALE_BACKENDS = ["xvnc", "standin"]
 CLICK_XY = (lp.ORIGIN[0] + lp.WIDTH // 2, lp.ORIGIN[1] + lp.HEIGHT // 2)
 
@@ -59,8 +63,9 @@ UNITS = {
     "agent_rss_mib": "MiB", "agent_peak_rss_mib": "MiB", "server_cpu_cores": "cores",
     "client_cpu_cores": "cores", "receiver_cpu_cores": "cores", "proxy_cpu_cores": "cores",
     "host_cpu_cores": "cores", "other_cpu_cores": "cores", "host_busy_percent": "%", "cpu_s": "s", "cpu_ms_per_frame": "ms",
-    "jitter_buffer_ms": "ms", "fps_min": "fps", "fps_mean": "fps", "bitrate_kbps_per_instance": "kbit/s", "boot_s": "s",
+    "jitter_buffer_ms": "ms", "fps_min": "fps", "fps_mean": "fps", "fps_first": "fps", "fps_min_others": "fps", "bitrate_kbps_per_instance": "kbit/s", "boot_s": "s",
     "ratio": "x", "viewers_lost": "count", "udp_rcvbuf_errors": "datagrams",
+    "text_psnr_db": "dB", "text_ssim": "", "text_samples": "count", "text_identical": "count",
 }
 
 
@@ -80,6 +85,39 @@ class XWorkload:
         self.stop_ev = threading.Event()
         self.thread: threading.Thread | None = None
         self.procs: list = []
+        self.text_rect: tuple[int, int, int, int] | None = None  # the xterm of typing and scroll
+        self._go = threading.Event()    # cleared: the driving thread pauses between its steps
+        self._go.set()
+        self._idle = threading.Event()  # set by the driving thread while it pauses
+
+    def _loop(self, step) -> None:
+        """Runs step() until stop(), holding off between steps while paused()."""
+        while not self.stop_ev.is_set():
+            if not self._go.is_set():
+                self._idle.set()
+                self._go.wait(0.05)
+                continue
+            self._idle.clear()
+            step()
+
+    @contextlib.contextmanager
+    def paused(self):
+        """The typing or scrolling holds off (once its current xdotool call is done) inside."""
+        self._go.clear()
+        self._idle.clear()
+        try:
+            if self.thread and not self._idle.wait(30):
+                raise TimeoutError(f"the {self.name} workload did not pause")
+            yield
+        finally:
+            self._go.set()
+
+    def _window_rect(self, wid: str) -> tuple[int, int, int, int]:
+        geo = dict(line.split("=", 1) for line in
+                   self.inst.x.run("xdotool", "getwindowgeometry", "--shell", wid, timeout=10).split())
+        x, y, w, h = (int(geo[k]) for k in ("X", "Y", "WIDTH", "HEIGHT"))
+        x, y = max(0, x), max(0, y)
+        return x, y, min(w, XVNC_W - x), min(h, XVNC_H - y)
 
     def start(self) -> "XWorkload":
         x, work = self.inst.x, self.inst.work
@@ -87,15 +125,15 @@ class XWorkload:
         if self.name == "typing":
             client = x.xterm_cat(work / "typed.txt", work, geometry="100x30+40+40")
             self.procs.append(client.proc)
+            self.text_rect = self._window_rect(client.wid)
             text = recorder.LOREM * 4
             lines = [text[i:i + 70] for i in range(0, len(text), 70)]
 
-            def go():
-                i = 0
-                while not self.stop_ev.is_set():
-                    x.run("xdotool", "type", "--delay", "60", lines[i % len(lines)] + "\n", timeout=60, check=False)
-                    i += 1
-            self.thread = threading.Thread(target=go, daemon=True)
+            count = itertools.count()
+
+            def line():
+                x.run("xdotool", "type", "--delay", "60", lines[next(count) % len(lines)] + "\n", timeout=60, check=False)
+            self.thread = threading.Thread(target=self._loop, args=(line,), daemon=True)
         elif self.name == "scroll":
             page = work / "page.txt"
             page.write_text("".join(f"{i:6d}  {recorder.LOREM[(i * 13) % 100:(i * 13) % 100 + 90]}\n"
@@ -105,11 +143,11 @@ class XWorkload:
                                       str(page), log_path=work / "scroll.log"))
             wid = x.run("xdotool", "search", "--sync", "--onlyvisible", "--class", cls, timeout=20).split()[0]
             x.focus(wid)
+            self.text_rect = self._window_rect(wid)
 
-            def go():
-                while not self.stop_ev.is_set():
-                    x.run("xdotool", "key", "--delay", "40", "--repeat", "25", "Down", timeout=30, check=False)
-            self.thread = threading.Thread(target=go, daemon=True)
+            def page_down():
+                x.run("xdotool", "key", "--delay", "40", "--repeat", "25", "Down", timeout=30, check=False)
+            self.thread = threading.Thread(target=self._loop, args=(page_down,), daemon=True)
         elif self.name in ("pattern", "motion"):
             self.inst.start_pattern(motion=self.name == "motion")
         elif self.name != "idle":
@@ -132,7 +170,10 @@ class XWorkload:
 
 # ---- measuring one receiver -----------------------------------------------------------------
 
-CONTINUOUS = ("pattern", "motion", "flood")  # workloads that change the screen all the time
+# The motion workload again, with attention messages: viewer 1 says its panel is focused, the others
+# say theirs are only visible (the agent's --visible-fps applies to them).
+ATTENTION_WORKLOAD = "motion-attention"
+CONTINUOUS = ("pattern", "motion", "flood", ATTENTION_WORKLOAD)  # workloads that change the screen all the time
 
 
 def summarize_receiver(times: list[float], readings: list, unreadable: int, duration: float,
@@ -228,7 +269,7 @@ class Meter:
 # ---- compare: one desktop, each system in turn ---------------------------------------------
 
 def run_compare(workloads: list[str], systems: list[str], seconds: float, clicks: int, work: Path,
-                step) -> list[dict]:
+                step, text_samples: int = text_quality.SAMPLES) -> list[dict]:
     rows: list[dict] = []
     web = browser = None
     need_browser = any(s.endswith("/chromium") for s in systems)
@@ -244,7 +285,7 @@ def run_compare(workloads: list[str], systems: list[str], seconds: float, clicks
                     if system in ("gstreamer", "x264") and w != "motion":
                         continue
                     step(f"compare {w}: {system}")
-                    rows += _compare_one(system, w, inst, seconds, clicks, web, browser)
+                    rows += _compare_one(system, w, inst, seconds, clicks, web, browser, wl, text_samples)
             finally:
                 if wl:
                     wl.stop()
@@ -268,7 +309,9 @@ def _warmup(w: str) -> float:
     return 3.0 if w == "idle" else 1.5
 
 
-def _compare_one(system: str, w: str, inst: live.XvncInstance, seconds: float, clicks: int, web, browser) -> list[dict]:
+def _compare_one(system: str, w: str, inst: live.XvncInstance, seconds: float, clicks: int, web, browser,
+                 wl: XWorkload, text_samples: int = text_quality.SAMPLES) -> list[dict]:
+    text_rect = wl.text_rect
     pattern = w in ("pattern", "motion")
     out: dict = {}
     receiver = system.split("/")[1] if "/" in system else ""
@@ -297,6 +340,10 @@ def _compare_one(system: str, w: str, inst: live.XvncInstance, seconds: float, c
             if pattern and clicks:
                 lat = input_to_photon(lambda: v.click(*CLICK_XY), _readings_since(v), clicks)
                 out.update(_click_figures(lat))
+            if text_rect:  # after the window: its captures cost the viewer and the server CPU
+                out.update(text_quality.measure(
+                    inst.vnc_port, text_rect, wl.paused, lambda sec: v.capture(sec, text_rect, inst.work / "capture.npz"),
+                    text_samples))
         finally:
             viewers.close()
             inst.stop_agent()
@@ -359,6 +406,8 @@ def _compare_one(system: str, w: str, inst: live.XvncInstance, seconds: float, c
                     return s.readings[idx:], None
                 lat = input_to_photon(lambda: s.click(*CLICK_XY), readings_since, clicks)
                 out.update(_click_figures(lat))
+            if text_rect and name == "novnc":
+                out.update(text_quality.measure_page(inst.vnc_port, text_rect, wl.paused, s, text_samples))
         finally:
             if s:
                 s.close()
@@ -458,9 +507,15 @@ def run_scale(backend: str, counts: list[int], seconds: float, clicks: int, work
             for v in vs:
                 viewers.wait_frames(v, 1, 60)
             workloads = ["idle", "motion"] if backend == "xvnc" else ["idle", "flood"]
+            if backend == "xvnc" and n > 1:
+                workloads.append(ATTENTION_WORKLOAD)
             for w in workloads:
                 step(f"scale {backend} x{n}: {w}")
-                if w == "motion":
+                if w == ATTENTION_WORKLOAD:
+                    # As in the headset: the first panel is focused, the others are in view.
+                    for k, v in enumerate(vs):
+                        v.send({"type": "attention", "state": "focused" if k == 0 else "visible"})
+                elif w == "motion":
                     for inst in insts:
                         inst.start_pattern(motion=True)
                 elif w == "flood":
@@ -478,7 +533,7 @@ def run_scale(backend: str, counts: list[int], seconds: float, clicks: int, work
 
 
 def _scale_window(backend, n, w, insts, vs, viewers, seconds, clicks) -> list[dict]:
-    pattern = backend == "xvnc" and w == "motion"
+    pattern = backend == "xvnc" and w in ("motion", ATTENTION_WORKLOAD)
     meter = Meter({"agent_cpu": [i.agent.pid for i in insts], "server_cpu": [i.server.pid for i in insts],
                    "client_cpu": [c.pid for i in insts for c in i.clients]}, {"receiver_cpu": viewers.cpu_seconds})
     agent_cpu0 = [live.proc_cpu_seconds(i.agent.pid) for i in insts]
@@ -509,6 +564,8 @@ def _scale_window(backend, n, w, insts, vs, viewers, seconds, clicks) -> list[di
         "duration_s": dur,
         "fps_mean": float(np.mean([m["fps"] for m in per])),
         "fps_min": float(np.min([m["fps"] for m in per])),
+        # The first desktop (the focused one with attention): its fps, and the least of the others'.
+        "fps_first": per[0]["fps"],
         "frames": sum(m["frames"] for m in per),
         "bytes": sum(m["bytes"] for m in per),
         "encoded_frames": sum(m["encoded_frames"] for m in per),
@@ -516,6 +573,8 @@ def _scale_window(backend, n, w, insts, vs, viewers, seconds, clicks) -> list[di
         "agent_rss_mib": float(np.mean([m["agent_rss_mib"] for m in per])),
         "agent_peak_rss_mib": float(np.max([m["agent_peak_rss_mib"] for m in per])),
     }
+    if n > 1:
+        agg["fps_min_others"] = float(np.min([m["fps"] for m in per[1:]]))
     if w in CONTINUOUS:
         agg["freezes"] = sum(m["freezes"] for m in per)
         agg["frozen_s"] = sum(m["frozen_s"] for m in per)

@@ -25,6 +25,7 @@ HERE = Path(__file__).resolve().parent
 import bench  # noqa: E402
 import latency_pattern as lp  # noqa: E402
 import quality  # noqa: E402
+import text_quality  # noqa: E402
 
 
 # ---- PSNR / SSIM on known pictures --------------------------------------------------------
@@ -306,6 +307,38 @@ def test_codec_bench_rejects_a_bad_file(bench_bin, tmp_path):
     assert r.returncode != 0 and "LOCOREC1" in r.stderr
 
 
+# ---- decoded-text quality (text_quality.py) -------------------------------------------------
+
+def test_text_luma_is_bt601_limited_range():
+    px = np.zeros((1, 4, 4), np.uint8)
+    px[0, 0, :3] = 0            # black
+    px[0, 1, :3] = 255          # white
+    px[0, 2] = (0, 0, 255, 0)   # red (B, G, R, X)
+    px[0, 3] = (255, 0, 0, 0)   # blue
+    assert text_quality.luma_from_bgrx(px).tolist() == [[16, 235, 81, 41]]
+
+
+def test_text_best_match_picks_the_closest_picture():
+    rng = np.random.default_rng(3)
+    source = rng.integers(16, 236, (40, 60)).astype(np.uint8)
+    late = np.roll(source, 3, axis=1)  # the state before: text moved
+    noisy = np.clip(source.astype(int) + rng.integers(-2, 3, source.shape), 0, 255).astype(np.uint8)
+    psnr, ssim = text_quality.best_match(source, [late, noisy, late])
+    assert psnr == pytest.approx(quality.psnr(source, noisy))
+    assert ssim == pytest.approx(quality.ssim(source, noisy))
+    assert text_quality.best_match(source, [source, noisy]) == (math.inf, 1.0)
+    assert all(math.isnan(x) for x in text_quality.best_match(source, []))
+
+
+def test_text_summary_keeps_identical_samples_apart():
+    s = text_quality.summarize([(40.0, 0.98), (math.inf, 1.0), (math.nan, math.nan), (50.0, 0.99)])
+    assert s == {"text_psnr_db": 45.0, "text_ssim": pytest.approx((0.98 + 1.0 + 0.99) / 3),
+                 "text_samples": 3, "text_identical": 1}
+    assert text_quality.summarize([(math.inf, 1.0)] * 2) == {"text_ssim": 1.0, "text_samples": 2,
+                                                             "text_identical": 2}
+    assert text_quality.summarize([]) == {}
+
+
 # ---- bench.py --quick end to end ----------------------------------------------------------
 
 NEEDED = ("Xvnc", "xterm", "xdotool", "xsetroot", "xdpyinfo", "ffplay", "ffmpeg", "less", "x264", "websockify",
@@ -430,6 +463,15 @@ def test_bench_quick_compare(quick_run):
     for m in (gst, x264):
         assert m["frames"] > 0 and m["cpu_s"] > 0
         assert m["cpu_ms_per_frame"] == pytest.approx(1000 * m["cpu_s"] / m["frames"], rel=1e-9)
+    # Decoded-text quality on typing (--quick: 2 samples per system).
+    for system, receiver, codec in (("loco", "aiortc", "h264"), ("loco-cbr", "aiortc", "h264"),
+                                    ("novnc", "chromium", "tight")):
+        m = t[(system, receiver, "xvnc", "1", "", "typing", codec)]
+        assert m["text_samples"] == 2 and 0 <= m["text_identical"] <= 2, (system, m)
+        assert 0.5 < m["text_ssim"] <= 1.0, (system, m)
+        assert ("text_psnr_db" in m) == (m["text_identical"] < 2), (system, m)
+        assert m.get("text_psnr_db", 99) > 20, (system, m)
+    assert "text_samples" not in t[("loco", "aiortc", "xvnc", "1", "", "motion", "h264")]
     ratio = get("ratio", "")
     assert ratio["cpu_per_frame_loco_over_x264"] == pytest.approx(
         loco["agent_cpu_ms_per_frame"] / x264["cpu_ms_per_frame"], rel=1e-9)

@@ -14,6 +14,11 @@ command:
                               "frames": n (in all), "bytes": n, "packets": n (UDP received in all),
                               "state": {...}}
     {"cmd": "click", "x": X, "y": Y}   a left click on the input channel: {"t0": time.time()}
+    {"cmd": "send", "msg": {...}}   one message on the input channel (e.g. attention): {"sent": true}
+    {"cmd": "capture", "seconds": S, "rect": [x, y, w, h], "path": P}
+                              the luma of the frame shown now and of every frame decoded in the
+                              next S seconds, cropped to rect, into the .npz file P (f0, f1, ...):
+                              {"frames": n}
     {"cmd": "close"}          DELETE the session, close, exit: {"closed": true}
 """
 from __future__ import annotations
@@ -24,6 +29,8 @@ import json
 import os
 import sys
 import time
+
+import numpy as np
 
 import live
 
@@ -82,6 +89,16 @@ async def serve(a) -> int:
                 await v.send({"type": "pointer", "x": cmd["x"], "y": cmd["y"], "buttons": 1})
                 await v.send({"type": "pointer", "x": cmd["x"], "y": cmd["y"], "buttons": 0})
                 out({"t0": t0})
+            elif c == "send":
+                await v.send(cmd["msg"])
+                out({"sent": True})
+            elif c == "capture":
+                v.start_capture(float(cmd["seconds"]), cmd["rect"])
+                await asyncio.sleep(float(cmd["seconds"]))
+                v.capture_until = 0.0
+                frames, v.captured = v.captured, []
+                np.savez(cmd["path"], **{f"f{i}": f for i, f in enumerate(frames)})
+                out({"frames": len(frames)})
             elif c == "close":
                 try:
                     await asyncio.wait_for(v.close(), 15)
