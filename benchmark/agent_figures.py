@@ -11,7 +11,8 @@ What it does, all on loopback with real peers:
     Prometheus' histogram_quantile does), agent RSS (current and peak), frames encoded.
  3. Bare x264 on the same frames: grabs the same source for as many frames (ffmpeg x11grab
     from the same X display to raw I420), then times the x264 command-line encoder on them
-    with the agent's settings (ultrafast, zerolatency, baseline, 1 thread, CBR + VBV), and
+    with the agent's default settings (peers.x264_agent_args: ultrafast, zerolatency, baseline,
+    1 thread, CRF 23 + QP floor 20 under the VBV cap, UMH ±64), and
     reports CPU per frame and the ratio agent/x264.
  4. Idle desktop: stops the video, waits for the refinement frames to pass, and counts every
     UDP byte the agent sends (tcpdump on its media port) for --idle-seconds.
@@ -35,6 +36,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
+import peers  # noqa: E402
 from loco_testkit.httpio import http_request, parse_metrics  # noqa: E402
 from loco_testkit.procs import kill_group, spawn  # noqa: E402
 from loco_testkit.sdp import sdp_candidates  # noqa: E402
@@ -185,9 +187,7 @@ def main() -> int:
         subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-f", "x11grab", "-framerate", "30",
                         "-video_size", "1024x768", "-i", f":{display}", "-frames:v", str(n),
                         "-pix_fmt", "yuv420p", "-f", "rawvideo", str(raw)], env=env, check=True)
-        x264_cmd = ["x264", "--quiet", "--preset", "ultrafast", "--tune", "zerolatency", "--profile", "baseline",
-                    "--threads", "1", "--bitrate", str(args.bitrate_kbps), "--vbv-maxrate", str(args.bitrate_kbps),
-                    "--vbv-bufsize", str(args.bitrate_kbps // 4), "--keyint", "infinite", "--input-res", "1024x768",
+        x264_cmd = ["x264", "--quiet", *peers.x264_agent_args(args.bitrate_kbps), "--input-res", "1024x768",
                     "--fps", "30", "-o", "/dev/null", str(raw)]
         # Read the file once first so the timed run measures encoding, not the disk.
         raw.read_bytes()

@@ -303,6 +303,15 @@ def _count_h264_frames(path: Path) -> int:
     return n
 
 
+def x264_agent_args(kbps: int) -> list[str]:
+    """x264 CLI options for the agent's default H.264 settings (agent/src/encode/h264.rs):
+    ultrafast + zerolatency, constrained baseline, one thread, CRF 23 with a QP floor of 20 under
+    a VBV cap at kbps with a quarter second's buffer, UMH motion search over ±64, endless GOP."""
+    return ["--preset", "ultrafast", "--tune", "zerolatency", "--profile", "baseline", "--threads", "1",
+            "--crf", "23", "--qpmin", "20", "--vbv-maxrate", str(kbps), "--vbv-bufsize", str(kbps // 4),
+            "--me", "umh", "--merange", "64", "--keyint", "infinite"]
+
+
 def bare_x264(display: int, env: dict, frames: int, work: Path, kbps: int = 6000) -> dict:
     """Grabs `frames` frames of the X display at 30 fps (ffmpeg x11grab, to raw I420), then times
     the x264 CLI with the agent's settings on them (CPU of the encoder process only)."""
@@ -311,9 +320,8 @@ def bare_x264(display: int, env: dict, frames: int, work: Path, kbps: int = 6000
                     "1024x768", "-i", f":{display}", "-frames:v", str(frames), "-pix_fmt", "yuv420p", "-f",
                     "rawvideo", str(raw)], env=env, check=True, timeout=120)
     n = raw.stat().st_size // (1024 * 768 * 3 // 2)
-    cmd = ["x264", "--quiet", "--no-progress", "--preset", "ultrafast", "--tune", "zerolatency", "--profile", "baseline",
-           "--threads", "1", "--bitrate", str(kbps), "--vbv-maxrate", str(kbps), "--vbv-bufsize", str(kbps // 4),
-           "--keyint", "infinite", "--input-res", "1024x768", "--fps", "30", "-o", "/dev/null", str(raw)]
+    cmd = ["x264", "--quiet", "--no-progress", *x264_agent_args(kbps), "--input-res", "1024x768", "--fps", "30",
+           "-o", "/dev/null", str(raw)]
     raw.read_bytes()  # in the page cache: the timed run measures encoding, not the disk
     with open(work / "x264.log", "wb") as log:
         p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)

@@ -5,7 +5,7 @@
 use loco_agent::Args;
 
 fn main() {
-    loco_agent::limit_malloc_arenas();
+    loco_agent::tune_malloc();
     let args: Args = loco_agent::parse_args_or_exit("loco-agent");
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("LOCO_LOG").unwrap_or_else(|_| {
