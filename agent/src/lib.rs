@@ -338,10 +338,10 @@ pub fn parse_args_or_exit<A: Parser>(name: &str) -> A {
 /// - Big buffers stay in the heap: a full-screen VNC update (3 MiB of raw pixels at 1024×768)
 ///   is allocated and freed for every frame of motion. With glibc's defaults those came from
 ///   mmap or were trimmed back to the kernel on free, so every frame faulted its pages in
-///   again and zeroed them: `perf record` on an agent streaming a full-screen pan showed a
-///   fifth of its CPU in page faults, page clearing and unmapping. With the mmap threshold at
-///   32 MiB and the trim threshold at 128 MiB, the same measurement (`benchmark/README.md`,
-///   "Agent CPU") fell from 5.9–6.9 to 4.7–5.1 ms per frame, resident memory about the same.
+///   again and zeroed them: `perf record` on an agent streaming a full-screen pan put 39 % of
+///   its samples in the kernel, mostly page faults, page clearing and unmapping. With the mmap
+///   threshold at 32 MiB and the trim threshold at 128 MiB: 14.5 %, and 5.0 instead of 7.2 ms
+///   of agent CPU per frame (`benchmark/README.md`, "Agent CPU"), resident memory about the same.
 pub fn tune_malloc() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only adjusts allocator tuning; called before any other thread exists.
