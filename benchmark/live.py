@@ -118,8 +118,6 @@ def _patch_aioice() -> None:
         return orig_made(self, transport)
 
     aioice.ice.StunProtocol.connection_made = made
-    from loco_testkit import whep_aiortc
-    whep_aiortc.complete_frames_at_marker()  # frames complete at their marker bit, as in browsers
     _patched = True
 
 

@@ -27,12 +27,12 @@ use loco_shared::pacer::{FramePacer, PacerConfig, PacerDecision};
 use loco_shared::{Attention, Rect};
 use tokio::sync::mpsc;
 
-use crate::encode::{self, Codec, EncoderSettings, RateMode, RateSettings, VideoEncoder};
+use crate::encode::{self, Codec, EncoderSettings, RateSettings, VideoEncoder};
+use crate::framebuffer::{Framebuffer, I420};
+use crate::metrics::Metrics;
 
 /// Stillness before a top-off frame.
 pub const TOPOFF_AFTER: Duration = Duration::from_millis(500);
-use crate::framebuffer::{Framebuffer, I420};
-use crate::metrics::Metrics;
 
 /// Locks a mutex, carrying on with the data if another thread panicked while holding it
 /// (every structure guarded here stays consistent between statements).
@@ -205,16 +205,11 @@ impl PipelineConfig {
     /// frames were coarse); otherwise two blind refinement frames 150 ms apart.
     pub fn pacer_config(&self, codec: Codec) -> PacerConfig {
         let base = PacerConfig { max_fps: self.max_fps, ..PacerConfig::default() };
-        if self.topoff(codec) {
+        if self.rate.tops_off(codec) {
             PacerConfig { refine_frames: 1, refine_delay: TOPOFF_AFTER, ..base }
         } else {
             base
         }
-    }
-
-    /// Whether `codec` refines with a top-off frame (rather than blind refinement frames).
-    pub fn topoff(&self, codec: Codec) -> bool {
-        codec == Codec::H264 && self.rate.mode == RateMode::Crf
     }
 
     /// What each attention state may cost `codec`'s encoder.
@@ -370,7 +365,7 @@ impl EncoderWorker {
         let codec = self.pipeline.codec;
         let origin = Instant::now();
         let mut pacer = FramePacer::new(self.config.pacer_config(codec));
-        let topoff = self.config.topoff(codec);
+        let topoff = self.config.rate.tops_off(codec);
         let mut damage = Damage::default();
         let mut damaged_at: Option<Instant> = None;
         let mut encoder: Option<Box<dyn VideoEncoder>> = None;

@@ -50,7 +50,7 @@ mod framebuffer;
 #[path = "../encode/mod.rs"]
 mod encode;
 
-use encode::{Codec, EncodeError, EncodedFrame, EncoderSettings, RateMode, RateSettings, VideoEncoder};
+use encode::{Codec, EncodeError, EncodedFrame, EncoderSettings, RateSettings, VideoEncoder};
 use framebuffer::{Framebuffer, I420};
 
 const MAGIC: &[u8; 8] = b"LOCOREC1";
@@ -339,7 +339,7 @@ fn run_codec(
     let mut keyframe_sizes: Vec<usize> = Vec::new();
     let ru0 = rusage_thread();
     let mut first = true;
-    let topoff_mode = codec == "h264" && settings.rate.mode == RateMode::Crf;
+    let topoff_mode = codec.parse::<Codec>().is_ok_and(|c| settings.rate.tops_off(c));
     let mut topoff_taken = false;
     for ev in plan {
         // The VNC task's work (not the encoder's): apply the updates that arrived.

@@ -114,6 +114,12 @@ impl RateSettings {
         }
     }
 
+    /// Whether `codec` follows motion with a gated top-off frame (H.264 at constant quality)
+    /// rather than blind refinement frames.
+    pub fn tops_off(&self, codec: Codec) -> bool {
+        codec == Codec::H264 && self.mode == RateMode::Crf
+    }
+
     /// The quantiser of a top-off frame: three steps finer than the CRF, not below the floor.
     pub fn topoff_qp(&self) -> u32 {
         ((self.crf.round() as i64 - 3).max(i64::from(self.qp_min))).clamp(0, 51) as u32
