@@ -17,6 +17,7 @@ pub struct Metrics {
     pub bytes_sent: IntCounterVec,
     pub keyframes: IntCounterVec,
     pub topoff_frames: IntCounterVec,
+    pub budget_waits: IntCounterVec,
     pub keyframe_requests: IntCounterVec,
     pub nack_packets: IntCounterVec,
     pub encode_seconds: HistogramVec,
@@ -99,6 +100,14 @@ impl Metrics {
                     "loco_topoff_frames_total",
                     "Still periods after motion: a top-off frame sent (result=sent) or not needed (result=skipped)",
                     &["codec", "result"],
+                ),
+            ),
+            budget_waits: register(
+                reg,
+                counter_vec(
+                    "loco_bitrate_budget_waits_total",
+                    "Frames held back because the bits encoded ran over half a second of the bitrate target",
+                    &["codec"],
                 ),
             ),
             keyframe_requests: register(

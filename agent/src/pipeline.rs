@@ -15,6 +15,10 @@
 //! most attentive of them sets the frame-rate cap (focused: `--max-fps`; visible: `--visible-fps`;
 //! hidden: `--hidden-fps`) and, for an encoder whose rate control follows the frame times (VP8),
 //! caps the bitrate by the same ratio; a panel coming back into view gets a keyframe at once.
+//!
+//! The pacer also holds delta frames back while their bits run more than half a second ahead
+//! of the encoder's bitrate target (`loco_bitrate_budget_waits_total`): an encoder that cannot
+//! keep to its rate then sends fewer frames, not a multiple of the rate.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -374,6 +378,8 @@ impl EncoderWorker {
         let mut last_pts_ms = -1i64;
         let mut bitrate_kbps = self.config.bitrate_kbps;
         self.metrics.bitrate_target_kbps.with_label_values(&[codec.label()]).set(i64::from(bitrate_kbps));
+        pacer.set_bitrate(bitrate_kbps, origin.elapsed());
+        let mut budget_waits = 0;
         let policy = self.config.attention_policy(codec);
         self.metrics.encoder_fps_cap.with_label_values(&[codec.label()]).set(i64::from(pacer.max_fps()));
         tracing::debug!(%codec, "encoder thread started");
@@ -408,6 +414,7 @@ impl EncoderWorker {
                         if kbps != bitrate_kbps {
                             bitrate_kbps = kbps;
                             self.metrics.bitrate_target_kbps.with_label_values(&[codec.label()]).set(i64::from(kbps));
+                            pacer.set_bitrate(kbps, now);
                             if let Some(enc) = encoder.as_mut() {
                                 if let Err(e) = enc.set_bitrate(kbps) {
                                     tracing::warn!(%codec, error = %e, "cannot change the bitrate");
@@ -416,7 +423,15 @@ impl EncoderWorker {
                             tracing::debug!(%codec, kbps, "encoder bitrate");
                         }
                     }
-                    match pacer.poll(now) {
+                    let decision = pacer.poll(now);
+                    if pacer.budget_waits() != budget_waits {
+                        self.metrics
+                            .budget_waits
+                            .with_label_values(&[codec.label()])
+                            .inc_by(pacer.budget_waits() - budget_waits);
+                        budget_waits = pacer.budget_waits();
+                    }
+                    match decision {
                         PacerDecision::Encode { keyframe, damaged_since } => {
                             break (keyframe, !keyframe && damaged_since.is_none())
                         }
@@ -512,6 +527,7 @@ impl EncoderWorker {
                     continue;
                 }
             };
+            pacer.on_encoded(frame.data.len(), frame.keyframe, origin.elapsed());
             let label = [codec.label()];
             self.metrics.encode_seconds.with_label_values(&label).observe(started.elapsed().as_secs_f64());
             self.metrics.frames_encoded.with_label_values(&label).inc();

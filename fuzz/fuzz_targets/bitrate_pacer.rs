@@ -10,6 +10,12 @@
 //!   refinement frames per burst of changes. The cap changes at run time (`set_max_fps`, the
 //!   viewers' attention): then the bound is the highest cap in force during that second, and
 //!   a cap of 0 encodes nothing (`Idle`, whatever is pending) until a rate is set again.
+//!   With a bitrate budget (`set_bitrate`, `on_encoded` after each encode): the delta frames
+//!   encoded in any window [t, now] since the budget last changed, the one at `now` aside,
+//!   hold at most `BUDGET_WINDOW` of the rate plus the rate times the window's length
+//!   (keyframes are neither counted nor held); while
+//!   damage is pending a `WaitUntil` is never further than one frame interval or the time
+//!   the budget needs to drain to its window, whichever is later.
 //! - bitrate: stays in [min, max], starts at max; a loss report over 10 % only lowers it, to
 //!   no less than half the rate before the current one-second interval began; one below 2 %
 //!   only raises it, by at most 8 %, never within a second of the interval's start; an RTT
@@ -28,7 +34,7 @@ use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
 use loco_shared::bitrate::BitrateController;
 use loco_shared::keyguard::{KeyGuard, Verdict};
-use loco_shared::pacer::{FramePacer, PacerConfig, PacerDecision, BURST_FRAMES};
+use loco_shared::pacer::{FramePacer, PacerConfig, PacerDecision, BUDGET_WINDOW, BURST_FRAMES};
 use loco_shared::ratelimit::TokenBucket;
 
 #[derive(Debug, Arbitrary)]
@@ -55,6 +61,10 @@ enum Event {
     WrongKey(u16, u8),
     /// Time passes (milliseconds), then the pacer's frame-rate cap changes (0: hold).
     MaxFps(u16, u8),
+    /// Time passes (milliseconds), then the bitrate budget changes (kbit/s; 0: none).
+    Bitrate(u16, u16),
+    /// The frames encoded from now on are this many bytes each.
+    FrameBytes(u32),
 }
 
 #[derive(Debug, Arbitrary)]
@@ -88,6 +98,15 @@ struct PacerModel {
     wake_at: Option<Duration>,
     /// Every cap in force: (since, fps); the first is the configured one.
     caps: Vec<(Duration, u32)>,
+    /// The bitrate budget (bit/s, 0: none) and since when it holds.
+    budget_bps: u64,
+    budget_since: Duration,
+    /// The frames encoded since then: (when, bits).
+    sent: VecDeque<(Duration, u64)>,
+    /// The bucket as the pacer documents it, in millionths of a bit, as of `debt_at`.
+    debt: u128,
+    debt_at: Duration,
+    frame_bytes: u32,
 }
 
 impl PacerModel {
@@ -111,7 +130,61 @@ impl PacerModel {
         assert_eq!(self.pacer.max_fps(), fps, "the cap reads back");
     }
 
+    fn drain(&mut self, now: Duration) {
+        self.debt = self.debt.saturating_sub(u128::from(self.budget_bps) * (now - self.debt_at).as_micros());
+        self.debt_at = now;
+    }
+
+    /// How long the budget needs to drain to its window.
+    fn budget_wait(&mut self, now: Duration) -> Duration {
+        self.drain(now);
+        if self.budget_bps == 0 {
+            return Duration::ZERO;
+        }
+        let excess = self.debt.saturating_sub(u128::from(self.budget_bps) * BUDGET_WINDOW.as_micros());
+        Duration::from_micros(excess.div_ceil(u128::from(self.budget_bps)) as u64)
+    }
+
+    fn set_bitrate(&mut self, kbps: u32, now: Duration) {
+        self.pacer.set_bitrate(kbps, now);
+        self.drain(now);
+        self.budget_bps = u64::from(kbps) * 1000;
+        if self.budget_bps == 0 {
+            self.debt = 0;
+        }
+        self.budget_since = now;
+        self.sent.clear();
+    }
+
+    fn encoded(&mut self, keyframe: bool, now: Duration) {
+        let bits = u64::from(self.frame_bytes) * 8;
+        self.pacer.on_encoded(self.frame_bytes as usize, keyframe, now);
+        if self.budget_bps == 0 || keyframe {
+            return;
+        }
+        // Every window since the budget changed, ending before this frame.
+        let mut bits_since = 0u128;
+        for &(t, b) in self.sent.iter().rev() {
+            bits_since += u128::from(b);
+            // In millionths of a bit, as exact as the pacer's own accounting.
+            let limit = u128::from(self.budget_bps) * (BUDGET_WINDOW + (now - t)).as_micros();
+            assert!(
+                bits_since * 1_000_000 <= limit,
+                "{bits_since} bits encoded in [{t:?}, {now:?}) under a budget of {} bit/s (since {:?})",
+                self.budget_bps,
+                self.budget_since
+            );
+        }
+        self.drain(now);
+        self.debt += u128::from(bits) * 1_000_000;
+        self.sent.push_back((now, bits));
+        if self.sent.len() > 64 {
+            self.sent.pop_front();
+        }
+    }
+
     fn poll(&mut self, now: Duration) {
+        let budget_wait = self.budget_wait(now);
         let d = self.pacer.poll(now);
         self.wake_at = None;
         match d {
@@ -146,12 +219,16 @@ impl PacerModel {
                     self.encodes.len(),
                     self.caps
                 );
+                self.encoded(keyframe, now);
             }
             PacerDecision::WaitUntil(t) => {
                 assert!(!self.paused(), "WaitUntil with a cap of 0 at {now:?}");
                 assert!(t > now, "WaitUntil({t:?}) at {now:?} is not in the future");
                 if self.first_damage.is_some() {
-                    assert!(t - now <= self.min_interval, "damage pending, told to wait until {t:?} at {now:?}");
+                    assert!(
+                        t - now <= self.min_interval.max(budget_wait),
+                        "damage pending, told to wait until {t:?} at {now:?} (budget: {budget_wait:?})"
+                    );
                 }
                 self.wake_at = Some(t);
             }
@@ -186,6 +263,12 @@ fuzz_target!(|inp: Input| {
         refines_since_damage: 0,
         wake_at: None,
         caps: vec![(Duration::ZERO, max_fps)],
+        budget_bps: 0,
+        budget_since: Duration::ZERO,
+        sent: VecDeque::new(),
+        debt: 0,
+        debt_at: Duration::ZERO,
+        frame_bytes: 1000,
     };
 
     let mut bitrate = BitrateController::new(inp.min_kbps, inp.max_kbps);
@@ -240,6 +323,11 @@ fuzz_target!(|inp: Input| {
                 now += ms(dt);
                 m.set_max_fps(u32::from(fps % 61), now);
             }
+            Event::Bitrate(dt, kbps) => {
+                now += ms(dt);
+                m.set_bitrate(u32::from(kbps), now);
+            }
+            Event::FrameBytes(bytes) => m.frame_bytes = bytes % 4_000_000,
             Event::PollWhenDue => {
                 if let Some(t) = m.wake_at {
                     now = now.max(t);

@@ -1,7 +1,13 @@
 //! VP8 through libvpx (`env-libvpx-sys`, Debian's libvpx).
 //!
 //! Settings: realtime deadline, `cpu-used` 10, screen-content mode, CBR with no lag,
-//! error-resilient partitions, keyframes only on request.
+//! error-resilient partitions, keyframes only on request, quantiser 4–63 and keyframes capped
+//! at three frames' budget (`VP8E_SET_MAX_INTRA_BITRATE_PCT` 300, what libwebrtc derives for this
+//! 200 ms buffer at 30 fps). libvpx does not drop frames here (`rc_dropframe_thresh` 0): a
+//! frame it cannot fit in the rate even at quantiser 63 is sent whole, and the pacer's bitrate
+//! budget then holds the next ones back (`loco_shared::pacer`). At 300 kbit/s, a 1024x768
+//! screen of scrolling random hex cost ~65 kB a frame at quantiser 63 (~100 kB at the 56 used
+//! before).
 
 use std::mem::MaybeUninit;
 use std::os::raw::c_int;
@@ -49,7 +55,7 @@ impl Vp8Encoder {
             cfg.rc_end_usage = vpx::vpx_rc_mode::VPX_CBR;
             cfg.rc_target_bitrate = settings.bitrate_kbps;
             cfg.rc_min_quantizer = 4;
-            cfg.rc_max_quantizer = 56;
+            cfg.rc_max_quantizer = 63;
             cfg.rc_undershoot_pct = 100;
             cfg.rc_overshoot_pct = 15;
             cfg.rc_buf_initial_sz = 200;
@@ -69,6 +75,7 @@ impl Vp8Encoder {
                 (vpx::vp8e_enc_control_id::VP8E_SET_SCREEN_CONTENT_MODE as c_int, 1),
                 (vpx::vp8e_enc_control_id::VP8E_SET_NOISE_SENSITIVITY as c_int, 0),
                 (vpx::vp8e_enc_control_id::VP8E_SET_STATIC_THRESHOLD as c_int, 1),
+                (vpx::vp8e_enc_control_id::VP8E_SET_MAX_INTRA_BITRATE_PCT as c_int, 300),
             ] {
                 let err = vpx::vpx_codec_control_(&mut *ctx, ctrl, value);
                 if err != vpx::VPX_CODEC_OK {
