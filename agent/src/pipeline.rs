@@ -449,6 +449,9 @@ impl EncoderWorker {
             let (mut keyframe, refinement) = decision;
 
             let started = Instant::now();
+            // What changed since the last frame: the encoder may skip the rest (a refinement
+            // re-codes the still picture: no hint).
+            let mut changed = None;
             // Convert what changed while holding the screen lock only for the conversion.
             {
                 let screen = self.screen.lock();
@@ -498,9 +501,11 @@ impl EncoderWorker {
                         tracing::warn!(%codec, error = %e, "colour conversion failed");
                         continue;
                     }
+                    changed = Some(rect);
                 }
             }
             let Some(enc) = encoder.as_mut() else { continue };
+            enc.hint_changed(if refinement { None } else { Some(changed.unwrap_or_default()) });
 
             // Strictly increasing millisecond timestamps for the encoder's rate control.
             let pts_ms = (origin.elapsed().as_millis() as i64).max(last_pts_ms + 1);

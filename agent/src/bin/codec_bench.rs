@@ -5,13 +5,15 @@
 //! ```text
 //! loco-codec-bench --workload typing.rec --out-dir DIR [--codecs h264,vp8,mjpeg]
 //!                  [--bitrate-kbps 6000] [--max-fps 30] [--mjpeg-quality 80]
+//!                  [--no-damage-hints]
 //! ```
 //!
 //! What happens, as in the agent: the recorded VNC updates are applied to a [`Framebuffer`] at
 //! their recorded times; the agent's [`FramePacer`] (damage-driven, 30 fps cap, refinement
 //! frames, a keyframe for the viewer that joins at the start) decides in simulated time when a
 //! frame is encoded; the encoder thread converts the damaged rows to I420
-//! ([`I420::convert_from`]) and encodes. The CPU time of conversion + encoding is measured per
+//! ([`I420::convert_from`]), tells the encoder what changed (`hint_changed`; not with
+//! `--no-damage-hints`) and encodes. The CPU time of conversion + encoding is measured per
 //! frame with the thread's CPU clock (`CLOCK_THREAD_CPUTIME_ID`; encoders run with one thread,
 //! the agent's default), cross-checked with `getrusage(RUSAGE_THREAD)` over the whole run.
 //!
@@ -266,6 +268,8 @@ struct Args {
     bitrate_kbps: u32,
     max_fps: u32,
     mjpeg_quality: u32,
+    /// Do not tell the encoder what changed (the agent does): for comparisons.
+    no_damage_hints: bool,
 }
 
 fn parse_args() -> Result<Args> {
@@ -276,6 +280,7 @@ fn parse_args() -> Result<Args> {
         bitrate_kbps: 6000,
         max_fps: 30,
         mjpeg_quality: 80,
+        no_damage_hints: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -287,10 +292,11 @@ fn parse_args() -> Result<Args> {
             "--bitrate-kbps" => a.bitrate_kbps = val()?.parse()?,
             "--max-fps" => a.max_fps = val()?.parse()?,
             "--mjpeg-quality" => a.mjpeg_quality = val()?.parse()?,
+            "--no-damage-hints" => a.no_damage_hints = true,
             "-h" | "--help" => {
                 println!(
                     "loco-codec-bench --workload FILE.rec --out-dir DIR [--codecs h264,vp8,mjpeg] \
-                     [--bitrate-kbps 6000] [--max-fps 30] [--mjpeg-quality 80]"
+                     [--bitrate-kbps 6000] [--max-fps 30] [--mjpeg-quality 80] [--no-damage-hints]"
                 );
                 std::process::exit(0);
             }
@@ -358,8 +364,13 @@ fn run_codec(
         last_pts = pts;
         // The encoder thread's work: convert what changed, encode.
         let c0 = thread_cpu();
-        if let Some(rect) = damage.take() {
+        let changed = damage.take();
+        if let Some(rect) = changed {
             picture.convert_from(&fb, rect)?;
+        }
+        // What changed since the last frame, as the pipeline tells the encoder.
+        if !args.no_damage_hints {
+            enc.hint_changed(if ev.refinement { None } else { Some(changed.unwrap_or_default()) });
         }
         // As the agent's pipeline does under constant quality (H.264 CRF, its default): of the
         // refinement slots after motion, only the first may carry a frame, a top-off at a finer

@@ -13,6 +13,11 @@
 //! quantiser ([`super::RateSettings::topoff_qp`]) by more than [`COARSE_BY`] (the VBV cap held
 //! it back) leaves `wants_topoff` set, and `encode_topoff` re-codes the still picture once at
 //! that forced, finer quantiser. A keyframe leaves it set too (see `encode_with`).
+//!
+//! Damage hints: with what changed since the last frame ([`VideoEncoder::hint_changed`], the
+//! VNC damage), every macroblock wholly outside it is marked constant (`mb_info`,
+//! `X264_MBINFO_CONSTANT`) and x264 codes it as skipped without analysing it. Hints add up
+//! until a frame comes out; none (unknown), a keyframe or a top-off marks nothing.
 
 use std::ffi::CString;
 use std::mem::MaybeUninit;
@@ -24,6 +29,7 @@ use x264_sys as x;
 
 use super::{check_size, Codec, EncodeError, EncodedFrame, EncoderSettings, RateMode, VideoEncoder};
 use crate::framebuffer::I420;
+use loco_shared::Rect;
 
 /// A frame whose average quantiser is this much above the top-off's was held back by the cap
 /// (nearly still frames sit at the floor; capped motion goes far above it).
@@ -35,6 +41,13 @@ pub struct X264Encoder {
     handle: *mut x::x264_t,
     /// The last frame came out coarser than the CRF asks, or was a keyframe (CRF mode only).
     coarse: bool,
+    /// What the hints since the last frame out say changed: `Some(None)` nothing,
+    /// `Some(Some(rect))` nothing outside `rect`, `None` unknown (no hint, or one said so).
+    changed: Option<Option<Rect>>,
+    /// Whether a hint came since the last frame out (without one, `changed` means nothing).
+    hinted: bool,
+    /// One byte per macroblock for x264 (`mb_info`), rewritten for every hinted frame.
+    mb_info: Vec<u8>,
 }
 
 // SAFETY: the x264 handle is used from one thread at a time (`&mut self` methods only);
@@ -87,6 +100,7 @@ impl X264Encoder {
         p.rc.i_qp_min = settings.rate.qp_min.min(51) as c_int;
         p.i_nal_hrd = x::X264_NAL_HRD_NONE as c_int;
         p.rc.b_filler = 0;
+        p.analyse.b_mb_info = 1;
         if settings.rate.mode == RateMode::Crf {
             p.analyse.i_me_method = x::X264_ME_UMH as c_int;
             p.analyse.i_me_range = 64;
@@ -110,7 +124,8 @@ impl X264Encoder {
         if handle.is_null() {
             return Err(open_error(&settings, "x264_encoder_open returned NULL"));
         }
-        Ok(Self { settings, handle, coarse: false })
+        let mbs = settings.width.div_ceil(16) as usize * settings.height.div_ceil(16) as usize;
+        Ok(Self { settings, handle, coarse: false, changed: None, hinted: false, mb_info: vec![0; mbs] })
     }
 }
 
@@ -131,6 +146,15 @@ impl VideoEncoder for X264Encoder {
         self.coarse
     }
 
+    fn hint_changed(&mut self, changed: Option<Rect>) {
+        self.changed = match (self.changed, changed, self.hinted) {
+            (_, Some(rect), false) => Some(Some(rect)),
+            (Some(before), Some(rect), true) => Some(Some(before.map_or(rect, |b| b.union(&rect)))),
+            _ => None,
+        };
+        self.hinted = true;
+    }
+
     fn encode_topoff(&mut self, picture: &I420, pts_ms: i64) -> Result<Option<EncodedFrame>, EncodeError> {
         let qp = self.settings.rate.topoff_qp();
         let out = self.encode_with(picture, pts_ms, false, Some(qp));
@@ -148,6 +172,14 @@ impl X264Encoder {
         force_qp: Option<u32>,
     ) -> Result<Option<EncodedFrame>, EncodeError> {
         check_size(&self.settings, picture)?;
+        // Macroblocks outside what changed are constant, for a plain delta frame only.
+        let hinted = match self.changed {
+            Some(changed) if self.hinted && !keyframe && force_qp.is_none() => {
+                self.mark_constant(changed);
+                true
+            }
+            _ => false,
+        };
         let mut pic = MaybeUninit::<x::x264_picture_t>::zeroed();
         let mut out = MaybeUninit::<x::x264_picture_t>::zeroed();
         let mut nals: *mut x::x264_nal_t = ptr::null_mut();
@@ -169,6 +201,12 @@ impl X264Encoder {
             pic.i_pts = pts_ms;
             pic.i_type = if keyframe { x::X264_TYPE_IDR as c_int } else { 0 };
             pic.i_qpplus1 = force_qp.map_or(0, |q| q as c_int + 1);
+            // x264 reads the array during this call (no frame of delay, no frame threads) and
+            // does not free it (no callback): it stays ours.
+            if hinted {
+                pic.prop.mb_info = self.mb_info.as_mut_ptr();
+                pic.prop.mb_info_free = None;
+            }
             let size = x::x264_encoder_encode(self.handle, &mut nals, &mut nal_count, &mut pic, out.as_mut_ptr());
             (size, out.assume_init())
         };
@@ -181,6 +219,9 @@ impl X264Encoder {
         if size == 0 || nals.is_null() || nal_count <= 0 {
             return Ok(None);
         }
+        // A frame came out: what changes next is relative to it.
+        self.changed = Some(None);
+        self.hinted = false;
         // SAFETY: x264 guarantees the payloads of one call's NALs are contiguous, starting at
         // the first NAL's payload, `size` bytes in all.
         let data = unsafe { std::slice::from_raw_parts((*nals).p_payload, size as usize) };
@@ -193,6 +234,21 @@ impl X264Encoder {
             self.coarse = qp > i64::from(self.settings.rate.topoff_qp()) + COARSE_BY || out.b_keyframe != 0;
         }
         Ok(Some(EncodedFrame { data: Bytes::copy_from_slice(data), keyframe: out.b_keyframe != 0 }))
+    }
+
+    /// Marks every macroblock wholly outside `changed` (nothing: all of them) constant.
+    fn mark_constant(&mut self, changed: Option<Rect>) {
+        let mbs_w = self.settings.width.div_ceil(16) as usize;
+        self.mb_info.fill(x::X264_MBINFO_CONSTANT as u8);
+        let Some(r) = changed.filter(|r| !r.is_empty()) else { return };
+        let (x0, y0) = (r.x as usize / 16, r.y as usize / 16);
+        let x1 = (r.right() as usize).div_ceil(16).min(mbs_w);
+        let y1 = (r.bottom() as usize).div_ceil(16).min(self.mb_info.len() / mbs_w);
+        for y in y0..y1 {
+            for x in x0.min(x1)..x1 {
+                self.mb_info[y * mbs_w + x] = 0;
+            }
+        }
     }
 
     fn reconfigure(&mut self, kbps: u32) -> Result<(), EncodeError> {

@@ -12,6 +12,7 @@ use std::str::FromStr;
 use bytes::Bytes;
 
 use crate::framebuffer::I420;
+use loco_shared::Rect;
 
 pub mod h264;
 pub mod vp8;
@@ -167,6 +168,11 @@ pub trait VideoEncoder: Send {
     fn wants_topoff(&self) -> bool {
         false
     }
+    /// Tells the encoder what changed in the picture since the last one given to it:
+    /// `Some(rect)`, nothing outside `rect`; `None`, unknown (anything may have). Hints add up
+    /// until a frame comes out. x264 then skips the macroblocks outside (`mb_info`); the others
+    /// ignore it.
+    fn hint_changed(&mut self, _changed: Option<Rect>) {}
     /// Encodes `picture` (unchanged since the last frame) as a top-off: a P-frame at the
     /// finer quantiser of [`RateSettings::topoff_qp`].
     fn encode_topoff(&mut self, picture: &I420, pts_ms: i64) -> Result<Option<EncodedFrame>, EncodeError> {
@@ -338,6 +344,37 @@ mod tests {
         );
         assert!(crf * 2 < cbr_bare, "CRF {crf} B vs bare CBR {cbr_bare} B");
         assert!(cbr_floor * 2 < cbr_bare, "CBR with the floor {cbr_floor} B vs without {cbr_bare} B");
+    }
+
+    #[test]
+    fn h264_skips_what_the_damage_hint_says_did_not_change() {
+        // Character 41 is typed into cell (0, 1), the rectangle (0, 12) 8x12.
+        let glyph = Rect::new(0, 12, 8, 12);
+        let typed_with = |hint: Option<Option<Rect>>| {
+            let mut enc = open(Codec::H264, with_rate(320, 240, 6000, RateSettings::desktop())).unwrap();
+            enc.encode(&typed(320, 240, 40), 0, false).unwrap();
+            if let Some(h) = hint {
+                enc.hint_changed(h);
+            }
+            let size = enc.encode(&typed(320, 240, 41), 33, false).unwrap().unwrap().data.len();
+            // Hints last one frame: the next, without one, codes character 42 in full.
+            let next = enc.encode(&typed(320, 240, 42), 66, false).unwrap().unwrap().data.len();
+            (size, next)
+        };
+        let (none, none_next) = typed_with(None);
+        let (right, _) = typed_with(Some(Some(glyph)));
+        let (unknown, _) = typed_with(Some(None));
+        let (wrong, wrong_next) = typed_with(Some(Some(Rect::new(300, 220, 8, 8))));
+        println!(
+            "one character: no hint {none} B, the right hint {right} B, 'unknown' {unknown} B, a wrong hint {wrong} B"
+        );
+        // The right hint codes the character as fully as no hint does.
+        assert!(right * 10 >= none * 9, "{right} B with the right hint vs {none} B without one");
+        assert_eq!(unknown, none, "an unknown change is coded like no hint");
+        // A hint elsewhere leaves the character's macroblock skipped (that is how the hint is
+        // used, and why the agent's hints must cover every change).
+        assert!(wrong * 2 < none, "{wrong} B with a wrong hint vs {none} B without one");
+        assert!(wrong_next > none_next, "the frame after the wrong hint carries both characters");
     }
 
     #[test]
