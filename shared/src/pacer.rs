@@ -250,17 +250,18 @@ impl FramePacer {
             .map(|t| t.max(next_slot));
 
         let due = [keyframe_at, damage_at, refine_at].into_iter().flatten().min();
+        // A wait for the budget is counted once, however often the caller polls during it.
+        let held = due.is_some_and(|due| due > now && due == budget_free_at);
+        if held && !self.budget_holding {
+            self.budget_waits += 1;
+        }
+        self.budget_holding = held;
         let Some(due) = due else {
             return PacerDecision::Idle;
         };
         if due > now {
-            if due == budget_free_at && !self.budget_holding {
-                self.budget_holding = true;
-                self.budget_waits += 1;
-            }
             return PacerDecision::WaitUntil(due);
         }
-        self.budget_holding = false;
 
         let keyframe = keyframe_at.is_some_and(|t| t <= now);
         let damaged_since = self.damaged_since.take();
@@ -465,6 +466,15 @@ mod tests {
         assert_eq!(p.poll(ms(200)), PacerDecision::WaitUntil(ms(500)));
         assert_eq!(p.budget_waits(), 1);
         assert_eq!(p.poll(ms(500)), PacerDecision::Encode { keyframe: false, damaged_since: Some(ms(10)) });
+        // Another wait after a wait that ended without a frame (the VNC connection went) counts again.
+        p.on_encoded(50_000, false, ms(500));
+        p.on_damage(ms(510));
+        assert!(matches!(p.poll(ms(510)), PacerDecision::WaitUntil(_)));
+        p.reset_damage();
+        assert_eq!(p.poll(ms(520)), PacerDecision::Idle);
+        p.on_damage(ms(530));
+        assert!(matches!(p.poll(ms(530)), PacerDecision::WaitUntil(_)));
+        assert_eq!(p.budget_waits(), 3);
     }
 
     #[test]
