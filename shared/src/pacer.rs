@@ -449,15 +449,20 @@ mod tests {
         assert_eq!(encoded, BURST_FRAMES);
     }
 
-    #[test]
-    fn frames_over_the_bitrate_budget_hold_the_next_ones_back() {
-        // 30 fps, 400 kbit/s: the budget lets 500 ms of it (200 kbit) run ahead.
+    /// 30 fps under a 400 kbit/s budget, which lets 500 ms of it (200 kbit) run ahead, after a
+    /// 50 kB delta frame at 0 (400 kbit): 200 kbit over the allowance, drained by 500 ms.
+    fn over_budget() -> FramePacer {
         let mut p = FramePacer::new(PacerConfig { max_fps: 30, refine_frames: 0, ..PacerConfig::default() });
         p.set_bitrate(400, ms(0));
         p.on_damage(ms(0));
         assert!(matches!(p.poll(ms(0)), PacerDecision::Encode { .. }));
-        // A 50 kB frame (400 kbit): 200 kbit over the allowance, drained in 500 ms.
         p.on_encoded(50_000, false, ms(0));
+        p
+    }
+
+    #[test]
+    fn frames_over_the_bitrate_budget_hold_the_next_ones_back() {
+        let mut p = over_budget();
         p.on_damage(ms(10));
         assert_eq!(p.poll(ms(10)), PacerDecision::WaitUntil(ms(500)));
         assert_eq!(p.budget_waits(), 1);
@@ -479,11 +484,7 @@ mod tests {
 
     #[test]
     fn keyframes_are_neither_held_nor_counted_by_the_budget() {
-        let mut p = FramePacer::new(PacerConfig { max_fps: 30, refine_frames: 0, ..PacerConfig::default() });
-        p.set_bitrate(400, ms(0));
-        p.on_damage(ms(0));
-        assert!(matches!(p.poll(ms(0)), PacerDecision::Encode { .. }));
-        p.on_encoded(50_000, false, ms(0));
+        let mut p = over_budget();
         // The budget holds damage until 500 ms, but a keyframe request goes at once (with the
         // damage), and its 100 kB do not push the next delta frame further out.
         p.on_damage(ms(100));
