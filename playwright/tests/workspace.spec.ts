@@ -276,14 +276,26 @@ test('VM menu with an agent on QMP: hold-to-reset reboots the guest and its pane
     const readies = () => guest.serial().split('LOCO-TESTGUEST: READY').length - 1;
     expect(readies()).toBe(1);
 
+    // The guest passes through a 720×400 text mode while it boots, and the panel takes the shape
+    // of its desktop: a pixel worked out from one layout must be clicked on that same layout.
+    const settled = async () => {
+      let a = await full(loco.page);
+      for (let i = 0; i < 50; i++) {
+        await loco.page.waitForTimeout(100);
+        const b = await full(loco.page);
+        if (JSON.stringify(b.panels[0].corners) === JSON.stringify(a.panels[0].corners)) return b;
+        a = b;
+      }
+      throw new Error(`panel 0 kept moving for 5 s: ${JSON.stringify(a.panels[0].corners)}`);
+    };
     const open = async () => {
-      const l = await full(loco.page);
+      const l = await settled();
       if (l.panels[0].control.open) return;
       const b = await flatPixel(loco.page, 0, pointOnPanel(l.panels[0].captionCorners, (1 + l.captionButtonU) / 2, 0.5));
       await loco.page.mouse.click(b.x, b.y);
       await poll(loco.page, (x) => x.panels[0].control.open, 'the menu open');
     };
-    const item = async (k: number) => flatPixel(loco.page, 0, menuItem((await full(loco.page)).panels[0].menuCorners, k));
+    const item = async (k: number) => flatPixel(loco.page, 0, menuItem((await settled()).panels[0].menuCorners, k));
     const hold = async (k: number) => {
       const r = await item(k);
       await loco.page.mouse.move(r.x, r.y);
@@ -304,8 +316,9 @@ test('VM menu with an agent on QMP: hold-to-reset reboots the guest and its pane
     const states = new Set<string>();
     const live = await poll(loco.page, (x) => {
       states.add(x.panels[0].control.rebooting ? 'rebooting' : x.panels[0].state);
-      return x.panels[0].state === 'live' && !x.panels[0].control.rebooting && x.panels[0].framesDecoded > f0;
-    }, 'panel 0 live again with new frames', 60000);
+      return x.panels[0].state === 'live' && !x.panels[0].control.rebooting && x.panels[0].framesDecoded > f0 &&
+        x.panels[0].caption.includes('1024×768');
+    }, 'panel 0 live again with new frames of the booted guest (1024×768)', 60000);
     logLine(`[control] reset: guest READY again ${booted} ms after the hold began; panel live with new frames at ${Date.now() - t0} ms; ` +
       `caption "${live.loco.panels[0].caption}"; states seen ${[...states].join(',')}`);
 
