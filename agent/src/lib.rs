@@ -266,7 +266,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 password: args.vnc_password.clone(),
                 connect_timeout: Duration::from_secs(3),
                 max_backoff: Duration::from_millis(args.max_backoff_ms.max(50)),
-                request_interval: Duration::from_micros(1_000_000 / u64::from(args.max_fps)),
             },
             screen: screen.clone(),
             pipelines: pipelines.clone(),

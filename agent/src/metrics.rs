@@ -46,6 +46,7 @@ pub struct Metrics {
     pub attention_state: prometheus::IntGaugeVec,
     pub attention_messages: IntCounterVec,
     pub encoder_fps_cap: prometheus::IntGaugeVec,
+    pub vnc_request_fps: prometheus::Gauge,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(
@@ -324,6 +325,14 @@ impl Metrics {
                 prometheus::IntGaugeVec::new(
                     Opts::new("loco_encoder_fps_cap", "The encoder's frame-rate cap now (its viewers' attention)"),
                     &["codec"],
+                )
+                .expect("valid metric"),
+            ),
+            vnc_request_fps: register(
+                reg,
+                prometheus::Gauge::new(
+                    "loco_vnc_request_fps",
+                    "How many screen updates a second the agent asks its VNC server for now (its fastest encoder's cap)",
                 )
                 .expect("valid metric"),
             ),

@@ -29,7 +29,7 @@ use loco_shared::attention::{AttentionPolicy, AttentionSet, Change};
 use loco_shared::geom::Damage;
 use loco_shared::pacer::{FramePacer, PacerConfig, PacerDecision};
 use loco_shared::{Attention, Rect};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::encode::{self, Codec, EncoderSettings, RateSettings, VideoEncoder};
 use crate::framebuffer::{Framebuffer, I420};
@@ -235,11 +235,30 @@ pub struct Pipelines {
     screen: Arc<Screen>,
     metrics: Arc<Metrics>,
     running: Mutex<HashMap<Codec, Arc<Pipeline>>>,
+    /// How long the VNC task leaves between update requests: as fast as the fastest encoder
+    /// works now ([`AttentionPolicy::request_interval`]).
+    request_interval: watch::Sender<Duration>,
 }
 
 impl Pipelines {
     pub fn new(config: PipelineConfig, screen: Arc<Screen>, metrics: Arc<Metrics>) -> Arc<Self> {
-        Arc::new(Self { config, screen, metrics, running: Mutex::new(HashMap::new()) })
+        let idle = config.attention_policy(Codec::H264).request_interval([]);
+        let (request_interval, _) = watch::channel(idle);
+        metrics.vnc_request_fps.set(1.0 / idle.as_secs_f64());
+        Arc::new(Self { config, screen, metrics, running: Mutex::new(HashMap::new()), request_interval })
+    }
+
+    /// How long to leave between VNC update requests; changes when the encoders' attention does.
+    pub fn request_interval(&self) -> watch::Receiver<Duration> {
+        self.request_interval.subscribe()
+    }
+
+    /// Works out the request interval again from the running encoders.
+    fn pace_requests(&self, running: &HashMap<Codec, Arc<Pipeline>>) {
+        let states: Vec<Attention> = running.values().filter_map(|p| lock(&p.attention).effective()).collect();
+        let interval = self.config.attention_policy(Codec::H264).request_interval(states);
+        self.request_interval.send_if_modified(|d| std::mem::replace(d, interval) != interval);
+        self.metrics.vnc_request_fps.set(1.0 / interval.as_secs_f64());
     }
 
     /// Adds a viewer of `codec` paying `attention` to its panel; its first frame will be a
@@ -250,6 +269,7 @@ impl Pipelines {
         let pipeline = running.entry(codec).or_insert_with(|| self.start(codec)).clone();
         lock(&pipeline.sinks).push(Sink { viewer, tx, waiting_for_keyframe: true });
         let change = lock(&pipeline.attention).join(viewer, attention);
+        self.pace_requests(&running);
         drop(running);
         pipeline.attention_changed(change, self.config.bitrate_kbps, &self.metrics);
         self.metrics.keyframe_requests.with_label_values(&[KeyframeCause::NewViewer.label()]).inc();
@@ -282,6 +302,7 @@ impl Pipelines {
                 pipeline.retarget(self.config.bitrate_kbps);
             }
         }
+        self.pace_requests(&running);
     }
 
     /// A viewer of `codec` now pays `attention` to its panel (ignored for a viewer that is not
@@ -290,6 +311,7 @@ impl Pipelines {
         let running = lock(&self.running);
         let Some(pipeline) = running.get(&codec).cloned() else { return };
         let change = lock(&pipeline.attention).set(viewer, attention);
+        self.pace_requests(&running);
         drop(running);
         pipeline.attention_changed(change, self.config.bitrate_kbps, &self.metrics);
     }
@@ -651,11 +673,17 @@ mod tests {
     fn attention_holds_a_hidden_panel_and_sends_a_keyframe_when_it_is_back() {
         let screen = screen_with(64, 48);
         let p = pipelines(screen.clone());
+        // The VNC task's request pace follows the fastest encoder (full rate without one).
+        let pace = p.request_interval();
+        let ms = || pace.borrow().as_millis();
+        assert_eq!(ms(), 33);
         let mut rx = p.subscribe(Codec::Vp8, 1, Attention::Focused);
         assert!(recv(&mut rx).keyframe);
         assert_eq!(p.attention(), Some(Attention::Focused));
+        assert_eq!(ms(), 33);
         p.set_attention(Codec::Vp8, 1, Attention::Hidden);
         assert_eq!(p.attention(), Some(Attention::Hidden));
+        assert_eq!(ms(), 1000, "hidden with --hidden-fps 0: the idle keepalive");
         std::thread::sleep(Duration::from_millis(500));
         while rx.try_recv().is_ok() {}
         // Hidden with --hidden-fps 0: changes are held back.
@@ -667,6 +695,7 @@ mod tests {
         // Back in view: a keyframe at once, carrying what changed meanwhile.
         let back = Instant::now();
         p.set_attention(Codec::Vp8, 1, Attention::Visible);
+        assert_eq!(ms(), 100, "visible at 10 fps");
         let f = recv(&mut rx);
         assert!(f.keyframe, "first frame back in view is a keyframe");
         assert!(back.elapsed() < Duration::from_millis(200), "keyframe after {:?}", back.elapsed());
@@ -674,10 +703,19 @@ mod tests {
         let _rx2 = p.subscribe(Codec::Vp8, 2, Attention::Focused);
         p.set_attention(Codec::Vp8, 1, Attention::Hidden);
         assert_eq!(p.attention(), Some(Attention::Focused));
+        assert_eq!(ms(), 33);
+        // A viewer of the other codec paces nothing down: the VP8 one is still focused.
+        let _rx3 = p.subscribe(Codec::H264, 3, Attention::Visible);
+        assert_eq!(ms(), 33);
         p.unsubscribe(Codec::Vp8, 2);
+        assert_eq!(p.attention(), Some(Attention::Visible));
+        assert_eq!(ms(), 100, "the focused viewer left: H.264's visible viewer sets the pace");
+        p.unsubscribe(Codec::H264, 3);
         assert_eq!(p.attention(), Some(Attention::Hidden));
+        assert_eq!(ms(), 1000);
         p.unsubscribe(Codec::Vp8, 1);
         assert_eq!(p.attention(), None);
+        assert_eq!(ms(), 33, "no encoder: the full rate again");
     }
 
     /// Frames arriving within `d`.

@@ -84,8 +84,6 @@ pub struct VncConfig {
     pub password: Option<String>,
     pub connect_timeout: Duration,
     pub max_backoff: Duration,
-    /// Least time between two update requests (the encoder's frame interval).
-    pub request_interval: Duration,
 }
 
 /// How long to wait for more rectangles of the same update before treating it as complete.
@@ -294,9 +292,10 @@ impl VncTask {
 
     /// Runs one connected session until it ends.
     ///
-    /// Update requests are paced at the encoder's frame rate: the server accumulates damage
-    /// between requests and sends whole frames, instead of a stream of partial ones that the
-    /// encoder would catch half-drawn. The rectangles of one update are collected with a short
+    /// Update requests are paced at the fastest encoder's frame rate, which follows its viewers'
+    /// attention ([`Pipelines::request_interval`]): the server accumulates damage between
+    /// requests and sends whole frames, instead of a stream of partial ones that the encoder
+    /// would catch half-drawn or skip. The rectangles of one update are collected with a short
     /// grace period (vnc-rs reports rectangles, not update boundaries).
     async fn drive(&mut self, client: &vnc::VncClient) -> SessionEnd {
         {
@@ -306,7 +305,8 @@ impl VncTask {
         if let Err(e) = client.input(X11Event::FullRefresh).await {
             return SessionEnd::Lost(e);
         }
-        let request_interval = self.config.request_interval;
+        let mut interval = self.pipelines.request_interval();
+        let mut request_interval = *interval.borrow_and_update();
         let mut last_request = Instant::now();
         // Set when an update arrived and the next request waits for its slot.
         let mut request_due: Option<Instant> = None;
@@ -392,6 +392,14 @@ impl VncTask {
                     };
                     if let Err(e) = client.input(event).await {
                         return SessionEnd::Lost(e);
+                    }
+                }
+                // Attention changed the pace: a request waiting for its slot takes the new one
+                // (a panel back in view is asked for at once, not after the hidden interval).
+                Ok(()) = interval.changed() => {
+                    request_interval = *interval.borrow_and_update();
+                    if let Some(due) = request_due.as_mut() {
+                        *due = last_request + request_interval;
                     }
                 }
                 _ = keepalive.tick() => {
@@ -583,7 +591,6 @@ mod tests {
                 password: None,
                 connect_timeout: Duration::from_secs(3),
                 max_backoff: Duration::from_secs(1),
-                request_interval: Duration::from_millis(33),
             },
             screen: screen.clone(),
             pipelines,

@@ -50,7 +50,6 @@ async fn session(flags: u8, server: &[u8]) {
             password: (flags & 2 != 0).then(|| "secret".into()),
             connect_timeout: Duration::from_secs(3),
             max_backoff: Duration::from_secs(1),
-            request_interval: Duration::from_millis(33),
         },
         screen: screen.clone(),
         pipelines,

@@ -19,6 +19,7 @@
 //! with the time it changes at.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use crate::protocol::Attention;
 
@@ -60,6 +61,29 @@ impl AttentionPolicy {
         }
         let scaled = u64::from(max) * u64::from(self.fps(state)) / u64::from(self.max_fps);
         (scaled.min(u64::from(max)) as u32).max(self.min_kbps.min(max))
+    }
+}
+
+/// How often to ask the VNC server for the screen when every encoder sends nothing
+/// (`--hidden-fps 0`): the keepalive's once a second.
+pub const IDLE_REQUEST_INTERVAL: Duration = Duration::from_secs(1);
+
+impl AttentionPolicy {
+    /// How long to leave between two VNC update requests, given the most attentive state of
+    /// each running encoder (`None`: no encoder runs). The server gathers damage between
+    /// requests, so asking no faster than the fastest encoder works spares both sides the
+    /// updates it would skip: a visible panel at 12 fps reads 12 screens a second, not 30.
+    /// Without encoders the screen is kept current at the full rate, so that a viewer who joins
+    /// gets it as it is; at 0 fps, once a second ([`IDLE_REQUEST_INTERVAL`]).
+    pub fn request_interval(&self, encoders: impl IntoIterator<Item = Attention>) -> Duration {
+        let mut encoders = encoders.into_iter().peekable();
+        let fps =
+            if encoders.peek().is_none() { self.max_fps } else { encoders.map(|a| self.fps(a)).max().unwrap_or(0) };
+        if fps == 0 {
+            IDLE_REQUEST_INTERVAL
+        } else {
+            Duration::from_micros(1_000_000 / u64::from(fps)).min(IDLE_REQUEST_INTERVAL)
+        }
     }
 }
 
@@ -164,6 +188,25 @@ mod tests {
         // An encoder that budgets per frame at the full rate needs no cap: fewer frames spend less.
         let per_frame = AttentionPolicy { scale_bitrate: false, ..p };
         assert_eq!([per_frame.kbps(Focused), per_frame.kbps(Visible), per_frame.kbps(Hidden)], [6000; 3]);
+    }
+
+    #[test]
+    fn the_screen_is_read_as_fast_as_the_fastest_encoder() {
+        let p = policy();
+        let ms = |d: Duration| d.as_micros() as f64 / 1000.0;
+        // No encoder: the full rate, so a viewer who joins sees the screen as it is.
+        assert_eq!(ms(p.request_interval([])), 33.333);
+        assert_eq!(ms(p.request_interval([Visible])), 83.333);
+        assert_eq!(ms(p.request_interval([Hidden])), 1000.0);
+        // Two encoders (H.264 and VP8 viewers): the faster one sets the pace.
+        assert_eq!(ms(p.request_interval([Hidden, Visible])), 83.333);
+        assert_eq!(ms(p.request_interval([Focused, Hidden])), 33.333);
+        // Nothing encoded while hidden: the idle keepalive, not never.
+        let none = AttentionPolicy { hidden_fps: 0, ..p };
+        assert_eq!(none.request_interval([Hidden]), IDLE_REQUEST_INTERVAL);
+        // Below 1 fps is not asked for (the cap is whole frames a second), nor slower than idle.
+        let slow = AttentionPolicy { max_fps: 0, ..p };
+        assert_eq!(slow.request_interval([]), IDLE_REQUEST_INTERVAL);
     }
 
     #[test]

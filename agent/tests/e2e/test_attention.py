@@ -48,7 +48,7 @@ def test_frame_rate_follows_attention(xvnc, agent, aiortc_viewer, busy_screen, c
     v.wait_frames(5, 20)
     # A viewer that never said anything gets the full stream.
     assert a.healthz()[1].get("attention") == "focused"
-    rates = {}
+    rates, reads = {}, {}
     for state in ("focused", "visible", "hidden", "focused"):
         v.send(attention(state))
         wait_until(lambda: a.healthz()[1].get("attention") == state, 5, 0.05, f"healthz attention {state}")
@@ -58,6 +58,9 @@ def test_frame_rate_follows_attention(xvnc, agent, aiortc_viewer, busy_screen, c
         m1 = a.metrics()
         sent = m1.get("loco_frames_sent_total", 0, codec=codec) - m0.get("loco_frames_sent_total", 0, codec=codec)
         sent_bytes = m1.get("loco_bytes_sent_total", 0, codec=codec) - m0.get("loco_bytes_sent_total", 0, codec=codec)
+        # The screen is read no faster than it is encoded (the VNC server gathers the damage).
+        reads[state] = (m1.get("loco_frames_captured_total", 0) - m0.get("loco_frames_captured_total", 0)) / 3.0
+        assert a.metric("loco_vnc_request_fps", None) == pytest.approx({"hidden": 1, "visible": 12, "focused": 30}[state], rel=1e-3)
         label = {"hidden": 0, "visible": 1, "focused": 2}[state]
         assert a.metric("loco_attention_state", None, codec=codec) == label
         assert a.metric("loco_encoder_fps_cap", None, codec=codec) == {"hidden": 1, "visible": 12, "focused": 30}[state]
@@ -66,11 +69,14 @@ def test_frame_rate_follows_attention(xvnc, agent, aiortc_viewer, busy_screen, c
         target = {"hidden": 300, "visible": 2400, "focused": 6000}[state] if codec == "vp8" else 6000
         assert a.metric("loco_bitrate_target_kbps", None, codec=codec) == target
         print(f"{codec} attention {state}: {rates[state]:.1f} frames/s received, "
-              f"{8 * sent_bytes / 3000:.0f} kbit/s, {sent_bytes / max(sent, 1) / 1000:.1f} kB/frame")
+              f"{8 * sent_bytes / 3000:.0f} kbit/s, {sent_bytes / max(sent, 1) / 1000:.1f} kB/frame, "
+              f"{reads[state]:.1f} screens/s read from VNC")
     # The caps hold (a two-frame burst allowance over 3 s), and attention buys frames.
     assert rates["visible"] <= 12 * 1.25, rates
     assert rates["hidden"] <= 1 * 1.5 + 0.4, rates
     assert rates["focused"] > rates["visible"] > rates["hidden"], rates
+    assert reads["visible"] <= 12 * 1.25 and reads["hidden"] <= 1 * 1.5 + 0.4, reads
+    assert reads["focused"] > reads["visible"] > reads["hidden"], reads
     assert a.metric("loco_attention_messages_total", 0, state="visible") == 1
     assert a.metric("loco_attention_messages_total", 0, state="focused") == 2
     # Attention is not input for the VM.
