@@ -331,9 +331,11 @@ pub fn parse_args_or_exit<A: Parser>(name: &str) -> A {
 
 /// The agent's glibc malloc settings; called first in `main`, before any other thread exists.
 ///
-/// - At most two arenas: glibc gives each thread that allocates its own heap arena; with a
-///   runtime, encoder and WebRTC threads that is megabytes of resident memory nine agents pay
-///   for nothing.
+/// - One arena: glibc gives each thread that allocates its own heap arena; with a runtime,
+///   encoder and WebRTC threads that is megabytes of resident memory nine agents pay for
+///   nothing. Two arenas still kept the big buffers' free space twice over: a full-motion
+///   agent's peak RSS was 35.5–39.1 MiB with two and 35.0–36.5 with one, agent CPU per frame
+///   the same within the spread (`./loco bench-agent`, four runs each, alternating).
 /// - Big buffers stay in the heap: a full-screen VNC update (3 MiB of raw pixels at 1024×768)
 ///   is allocated and freed for every frame of motion. With glibc's defaults those came from
 ///   mmap or were trimmed back to the kernel on free, so every frame faulted its pages in
@@ -345,7 +347,7 @@ pub fn tune_malloc() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only adjusts allocator tuning; called before any other thread exists.
     unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 2);
+        libc::mallopt(libc::M_ARENA_MAX, 1);
         libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 128 << 20);
     }
