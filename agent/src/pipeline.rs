@@ -527,7 +527,7 @@ impl EncoderWorker {
                 }
             }
             let Some(enc) = encoder.as_mut() else { continue };
-            enc.hint_changed(if refinement { None } else { Some(changed.unwrap_or_default()) });
+            enc.hint_changed(encode::damage_hint(changed, refinement));
 
             // Strictly increasing millisecond timestamps for the encoder's rate control.
             let pts_ms = (origin.elapsed().as_millis() as i64).max(last_pts_ms + 1);

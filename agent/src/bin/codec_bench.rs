@@ -370,7 +370,7 @@ fn run_codec(
         }
         // What changed since the last frame, as the pipeline tells the encoder.
         if !args.no_damage_hints {
-            enc.hint_changed(if ev.refinement { None } else { Some(changed.unwrap_or_default()) });
+            enc.hint_changed(encode::damage_hint(changed, ev.refinement));
         }
         // As the agent's pipeline does under constant quality (H.264 CRF, its default): of the
         // refinement slots after motion, only the first may carry a frame, a top-off at a finer

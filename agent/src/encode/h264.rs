@@ -41,13 +41,21 @@ pub struct X264Encoder {
     handle: *mut x::x264_t,
     /// The last frame came out coarser than the CRF asks, or was a keyframe (CRF mode only).
     coarse: bool,
-    /// What the hints since the last frame out say changed: `Some(None)` nothing,
-    /// `Some(Some(rect))` nothing outside `rect`, `None` unknown (no hint, or one said so).
-    changed: Option<Option<Rect>>,
-    /// Whether a hint came since the last frame out (without one, `changed` means nothing).
-    hinted: bool,
+    /// What the hints since the last frame out say changed.
+    hint: Hint,
     /// One byte per macroblock for x264 (`mb_info`), rewritten for every hinted frame.
     mb_info: Vec<u8>,
+}
+
+/// What the damage hints since the last frame out say ([`VideoEncoder::hint_changed`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hint {
+    /// No hint yet: x264 is told nothing.
+    None,
+    /// Nothing changed outside this area (empty: nothing changed); the hints' union.
+    Within(Rect),
+    /// A hint said the change is unknown: x264 is told nothing.
+    Unknown,
 }
 
 // SAFETY: the x264 handle is used from one thread at a time (`&mut self` methods only);
@@ -125,7 +133,7 @@ impl X264Encoder {
             return Err(open_error(&settings, "x264_encoder_open returned NULL"));
         }
         let mbs = settings.width.div_ceil(16) as usize * settings.height.div_ceil(16) as usize;
-        Ok(Self { settings, handle, coarse: false, changed: None, hinted: false, mb_info: vec![0; mbs] })
+        Ok(Self { settings, handle, coarse: false, hint: Hint::None, mb_info: vec![0; mbs] })
     }
 }
 
@@ -147,12 +155,11 @@ impl VideoEncoder for X264Encoder {
     }
 
     fn hint_changed(&mut self, changed: Option<Rect>) {
-        self.changed = match (self.changed, changed, self.hinted) {
-            (_, Some(rect), false) => Some(Some(rect)),
-            (Some(before), Some(rect), true) => Some(Some(before.map_or(rect, |b| b.union(&rect)))),
-            _ => None,
+        self.hint = match (self.hint, changed) {
+            (Hint::None, Some(rect)) => Hint::Within(rect),
+            (Hint::Within(before), Some(rect)) => Hint::Within(before.union(&rect)),
+            _ => Hint::Unknown,
         };
-        self.hinted = true;
     }
 
     fn encode_topoff(&mut self, picture: &I420, pts_ms: i64) -> Result<Option<EncodedFrame>, EncodeError> {
@@ -173,8 +180,8 @@ impl X264Encoder {
     ) -> Result<Option<EncodedFrame>, EncodeError> {
         check_size(&self.settings, picture)?;
         // Macroblocks outside what changed are constant, for a plain delta frame only.
-        let hinted = match self.changed {
-            Some(changed) if self.hinted && !keyframe && force_qp.is_none() => {
+        let hinted = match self.hint {
+            Hint::Within(changed) if !keyframe && force_qp.is_none() => {
                 self.mark_constant(changed);
                 true
             }
@@ -220,8 +227,7 @@ impl X264Encoder {
             return Ok(None);
         }
         // A frame came out: what changes next is relative to it.
-        self.changed = Some(None);
-        self.hinted = false;
+        self.hint = Hint::None;
         // SAFETY: x264 guarantees the payloads of one call's NALs are contiguous, starting at
         // the first NAL's payload, `size` bytes in all.
         let data = unsafe { std::slice::from_raw_parts((*nals).p_payload, size as usize) };
@@ -237,10 +243,12 @@ impl X264Encoder {
     }
 
     /// Marks every macroblock wholly outside `changed` (nothing: all of them) constant.
-    fn mark_constant(&mut self, changed: Option<Rect>) {
+    fn mark_constant(&mut self, r: Rect) {
         let mbs_w = self.settings.width.div_ceil(16) as usize;
         self.mb_info.fill(x::X264_MBINFO_CONSTANT as u8);
-        let Some(r) = changed.filter(|r| !r.is_empty()) else { return };
+        if r.is_empty() {
+            return;
+        }
         let (x0, y0) = (r.x as usize / 16, r.y as usize / 16);
         let x1 = (r.right() as usize).div_ceil(16).min(mbs_w);
         let y1 = (r.bottom() as usize).div_ceil(16).min(self.mb_info.len() / mbs_w);

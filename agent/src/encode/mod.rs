@@ -180,6 +180,17 @@ pub trait VideoEncoder: Send {
     }
 }
 
+/// The hint to give [`VideoEncoder::hint_changed`] for a frame: what changed since the last
+/// one (`None`: nothing did), or no knowledge for a refinement or top-off, which re-codes the
+/// whole picture finer although nothing changed.
+pub fn damage_hint(changed: Option<Rect>, refinement: bool) -> Option<Rect> {
+    if refinement {
+        None
+    } else {
+        Some(changed.unwrap_or_default())
+    }
+}
+
 /// Opens an encoder for `codec`.
 pub fn open(codec: Codec, settings: EncoderSettings) -> Result<Box<dyn VideoEncoder>, EncodeError> {
     Ok(match codec {
