@@ -57,7 +57,7 @@ SCROLL = {
 # and releases a frame only when the next one starts, so at 300 kbit/s (VP8: ~5 frames/s, as
 # the pacer's bitrate budget holds it to the target; H.264: ~1 packet a frame) it recovered too
 # slowly: the picture froze for over 6 s, or the new colour did not arrive within 20 s after the
-# loss was lifted. H.264 at 300 failed 5 of 8 runs alone here on 2026-12-04 (and 2 of 7 with the
+# loss was lifted. H.264 at 300 failed 5 of 7 runs alone here on 2026-12-04 (and 2 of 7 with the
 # agent of c393c87); at 1000, 4 of 4 passed with the longest freezes 2.6-3.6 s.
 MIN_KBPS_ARGS = {"h264": ["--min-bitrate-kbps", "1000"], "vp8": ["--min-bitrate-kbps", "1000"]}
 OUTCOMES = ("resent", "unknown", "expired", "too_soon", "too_many", "queued")
