@@ -216,6 +216,12 @@ impl PipelineConfig {
         }
     }
 
+    /// How long the VNC task leaves between update requests while encoders run for `states`
+    /// ([`AttentionPolicy::request_interval`]; the frame-rate caps are the same for every codec).
+    pub fn request_interval(&self, states: impl IntoIterator<Item = Attention>) -> Duration {
+        self.attention_policy(Codec::H264).request_interval(states)
+    }
+
     /// What each attention state may cost `codec`'s encoder.
     pub fn attention_policy(&self, codec: Codec) -> AttentionPolicy {
         AttentionPolicy {
@@ -242,7 +248,7 @@ pub struct Pipelines {
 
 impl Pipelines {
     pub fn new(config: PipelineConfig, screen: Arc<Screen>, metrics: Arc<Metrics>) -> Arc<Self> {
-        let idle = config.attention_policy(Codec::H264).request_interval([]);
+        let idle = config.request_interval([]);
         let (request_interval, _) = watch::channel(idle);
         metrics.vnc_request_fps.set(1.0 / idle.as_secs_f64());
         Arc::new(Self { config, screen, metrics, running: Mutex::new(HashMap::new()), request_interval })
@@ -256,7 +262,7 @@ impl Pipelines {
     /// Works out the request interval again from the running encoders.
     fn pace_requests(&self, running: &HashMap<Codec, Arc<Pipeline>>) {
         let states: Vec<Attention> = running.values().filter_map(|p| lock(&p.attention).effective()).collect();
-        let interval = self.config.attention_policy(Codec::H264).request_interval(states);
+        let interval = self.config.request_interval(states);
         self.request_interval.send_if_modified(|d| std::mem::replace(d, interval) != interval);
         self.metrics.vnc_request_fps.set(1.0 / interval.as_secs_f64());
     }
