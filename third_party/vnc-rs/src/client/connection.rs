@@ -1,6 +1,3 @@
-use futures::TryStreamExt;
-use tokio_stream::wrappers::ReceiverStream;
-
 use std::{
     future::Future,
     sync::{
@@ -9,17 +6,18 @@ use std::{
     },
 };
 use tokio::{
-    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader},
     sync::{
         mpsc::{channel, error::TryRecvError, Receiver, Sender},
         oneshot, Mutex,
     },
 };
-use tokio_util::compat::*;
 use tracing::*;
 
 use crate::{codec, PixelFormat, Rect, VncEncoding, VncError, VncEvent, X11Event};
-const NETWORK_CHANNEL_SIZE: usize = 4096;
+/// The decoder reads the socket through a buffer of this size; a larger read (a Raw rectangle's
+/// pixels) goes straight from the socket into the rectangle's own buffer.
+const READ_BUFFER_SIZE: usize = 64 * 1024;
 const INPUT_CHANNEL_SIZE: usize = 4096;
 const OUTPUT_CHANNEL_SIZE: usize = 2;
 
@@ -102,7 +100,6 @@ impl VncInner {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let (conn_ch_tx, conn_ch_rx) = channel(NETWORK_CHANNEL_SIZE);
         let (input_ch_tx, input_ch_rx) = channel(INPUT_CHANNEL_SIZE);
         let (output_ch_tx, output_ch_rx) = channel(OUTPUT_CHANNEL_SIZE);
         let (decoding_stop_tx, mut decoding_stop_rx) = oneshot::channel();
@@ -140,13 +137,18 @@ impl VncInner {
             ))
             .await?;
 
+        // The decoder reads the socket itself, so the server's bytes wait in the kernel, not in
+        // this process, while the decoder waits for the consumer; the writer sends client
+        // messages. Each half ends the other: the decoder drops `reader_done` when it stops, the
+        // writer drops `writer_done`.
+        let (reader, writer) = tokio::io::split(stream);
+        let (reader_done_tx, reader_done_rx) = oneshot::channel::<()>();
+        let (writer_done_tx, mut writer_done_rx) = oneshot::channel::<()>();
+
         // start the decoding thread
         spawn(async move {
             trace!("Decoding thread starts");
-            let mut conn_ch_rx = {
-                let conn_ch_rx = ReceiverStream::new(conn_ch_rx).into_async_read();
-                FuturesAsyncReadCompatExt::compat(conn_ch_rx)
-            };
+            let mut reader = BufReader::with_capacity(READ_BUFFER_SIZE, reader);
 
             let output_func = |e| async {
                 output_ch_tx.send(e).await?;
@@ -154,19 +156,23 @@ impl VncInner {
             };
 
             let pf = pixel_format.as_ref().unwrap();
-            let result = asycn_vnc_read_loop(
-                &mut conn_ch_rx,
-                pf,
-                &output_func,
-                &mut decoding_stop_rx,
-                &encodings,
-                &decoder_screen,
-                &decoder_desktop,
-            )
-            .await;
-            // Release the network worker and fail any pending resize before waiting
+            let result = tokio::select! {
+                biased;
+                _ = &mut writer_done_rx => Ok(()),
+                result = asycn_vnc_read_loop(
+                    &mut reader,
+                    pf,
+                    &output_func,
+                    &mut decoding_stop_rx,
+                    &encodings,
+                    &decoder_screen,
+                    &decoder_desktop,
+                ) => result,
+            };
+            // Release the socket and the writer and fail any pending resize before waiting
             // for output capacity.
-            drop(conn_ch_rx);
+            drop(reader);
+            drop(reader_done_tx);
             decoder_desktop.close();
             if let Err(error) = result {
                 output::report_error(error, &output_ch_tx, &mut decoding_stop_rx).await;
@@ -178,8 +184,9 @@ impl VncInner {
         spawn(async move {
             trace!("Net Connection thread starts");
             let _ =
-                async_connection_process_loop(stream, input_ch_rx, conn_ch_tx, net_conn_stop_rx)
+                async_connection_write_loop(writer, input_ch_rx, net_conn_stop_rx, reader_done_rx)
                     .await;
+            drop(writer_done_tx);
             network_desktop.close();
             trace!("Net Connection thread stops");
         });
@@ -623,48 +630,33 @@ where
     }
 }
 
-async fn async_connection_process_loop<S>(
-    mut stream: S,
+/// Sends client messages until `stop` fires, the decoder stops (`reader_done`), the input
+/// queue closes or a write fails.
+async fn async_connection_write_loop<W>(
+    mut writer: W,
     mut input_ch: Receiver<ClientMsg>,
-    conn_ch: Sender<std::io::Result<Vec<u8>>>,
     mut stop_ch: oneshot::Receiver<()>,
+    mut reader_done: oneshot::Receiver<()>,
 ) -> Result<(), VncError>
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin,
 {
-    let mut buffer = [0; 65535];
-    let mut pending = 0;
-
     loop {
         tokio::select! {
             _ = &mut stop_ch => break,
-            _ = conn_ch.closed() => break,
-            permit = conn_ch.reserve(), if pending > 0 => {
-                match permit {
-                    Ok(permit) => {
-                        permit.send(Ok(buffer[..pending].to_vec()));
-                        pending = 0;
-                    }
-                    Err(_) => break,
-                }
-            }
-            result = stream.read(&mut buffer), if pending == 0 => {
-                match result {
-                    Ok(0) | Err(_) => break,
-                    Ok(length) => pending = length,
-                }
-            }
+            _ = &mut reader_done => break,
             message = input_ch.recv() => {
                 let Some(message) = message else { break; };
                 tokio::select! {
                     biased;
                     _ = &mut stop_ch => break,
-                    result = message.write(&mut stream) => result?,
+                    _ = &mut reader_done => break,
+                    result = message.write(&mut writer) => result?,
                 }
             }
         }
     }
-    // Dropping the bridge signals EOF without blocking shutdown on a full queue.
+    // Dropping the write half (with the decoder's read half) closes the socket.
     Ok(())
 }
 

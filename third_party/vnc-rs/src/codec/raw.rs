@@ -2,8 +2,6 @@ use crate::{PixelFormat, Rect, VncError, VncEvent};
 use std::future::Future;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-use super::initialized_vec;
-
 pub struct Decoder {}
 
 impl Decoder {
@@ -32,8 +30,15 @@ impl Decoder {
         // +----------------------------+--------------+-------------+
         let bpp = format.bits_per_pixel / 8;
         let buffer_size = bpp as usize * rect.height as usize * rect.width as usize;
-        let mut pixels = initialized_vec(buffer_size);
-        input.read_exact(&mut pixels).await?;
+        // Read into the vector's spare capacity: no zeroing of a buffer that is about to be
+        // overwritten, and with a buffered reader the bulk goes from the socket straight here.
+        let mut pixels = Vec::with_capacity(buffer_size);
+        while pixels.len() < buffer_size {
+            let remaining = (buffer_size - pixels.len()) as u64;
+            if (&mut *input).take(remaining).read_buf(&mut pixels).await? == 0 {
+                return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+            }
+        }
         output_func(VncEvent::RawImage(*rect, pixels)).await?;
         Ok(())
     }

@@ -196,49 +196,84 @@ async fn shutdown_interrupts_a_full_event_queue() {
 }
 
 #[tokio::test]
-async fn full_bridge_resumes_without_unrelated_input_and_cancels_promptly() {
-    for cancel in [false, true] {
-        let (client, mut server) = duplex(1);
-        let (_input, input) = channel(INPUT_CHANNEL_SIZE);
-        let (bridge, mut packets) = channel(2);
-        for _ in 0..2 {
-            bridge.try_send(Ok(vec![0])).unwrap();
+async fn a_waiting_consumer_leaves_the_server_bytes_in_the_socket() {
+    // 1024x768 Raw updates of 3 MiB each; nobody takes events. The decoder fills the output
+    // queue, then reads one more update's pixels and waits to hand them over: past that the
+    // client reads nothing, so the server's writes wait (here: in the duplex pipe; on TCP: in
+    // the kernel) instead of piling up in the client.
+    let (stream, mut server) = duplex(64 * 1024);
+    let (width, height) = (1024_u16, 768_u16);
+    let (client, ()) = tokio::join!(
+        super::resize_tests::connect(stream),
+        super::resize_tests::handshake(&mut server, (width, height))
+    );
+    let update = {
+        let mut bytes = rect_header(
+            Rect {
+                x: 0,
+                y: 0,
+                width,
+                height,
+            },
+            0,
+        );
+        bytes.resize(
+            bytes.len() + usize::from(width) * usize::from(height) * 4,
+            0x5a,
+        );
+        bytes
+    };
+    // The first update takes the output queue's second slot (SetResolution from the
+    // handshake holds the first), the decoder holds the second while it waits, and the third
+    // finds no reader.
+    let written = Arc::new(AtomicU32::new(0));
+    let counter = Arc::clone(&written);
+    let server = tokio::spawn(async move {
+        for _ in 0..4 {
+            server.write_all(&update).await.unwrap();
+            counter.fetch_add(1, Ordering::SeqCst);
         }
-        let (stop, stopped) = oneshot::channel();
-        server.write_all(&[7]).await.unwrap();
-        let task = async_connection_process_loop(client, input, bridge, stopped);
-        tokio::pin!(task);
-        assert!(futures::poll!(task.as_mut()).is_pending());
-        // The network byte was consumed while every bridge slot remains occupied.
-        assert_eq!(packets.len(), 2);
-        assert!(futures::poll!(Box::pin(server.write_all(&[8]))).is_ready());
-        if !cancel {
-            assert_eq!(packets.recv().await.unwrap().unwrap(), [0]);
-            assert!(futures::poll!(task.as_mut()).is_pending());
-            assert_eq!(packets.recv().await.unwrap().unwrap(), [0]);
-            assert_eq!(packets.recv().await.unwrap().unwrap(), [7]);
-        }
-        stop.send(()).unwrap();
-        tokio::time::timeout(Duration::from_secs(1), task)
-            .await
-            .unwrap()
-            .unwrap();
-        let mut byte = [0];
-        assert_eq!(server.read(&mut byte).await.unwrap(), 0);
+        server
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        written.load(Ordering::SeqCst),
+        2,
+        "the client read ahead of its consumer"
+    );
+    // The consumer catches up: every update arrives whole and in order.
+    assert!(matches!(
+        client.recv_event().await.unwrap(),
+        VncEvent::SetResolution(_)
+    ));
+    for _ in 0..4 {
+        let event = tokio::time::timeout(Duration::from_secs(5), client.recv_event()).await;
+        let Ok(Ok(VncEvent::RawImage(rect, pixels))) = event else {
+            panic!("expected a Raw image, got {event:?}");
+        };
+        assert_eq!((rect.width, rect.height), (width, height));
+        assert!(pixels.len() == 1024 * 768 * 4 && pixels.iter().all(|&b| b == 0x5a));
     }
+    let _server = tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(written.load(Ordering::SeqCst), 4);
+    client.close().await.unwrap();
 }
 
 #[tokio::test]
 async fn shutdown_interrupts_a_blocked_socket_write() {
     let (client, mut server) = duplex(1);
+    let (reader, writer) = tokio::io::split(client);
     let (input, input_rx) = channel(INPUT_CHANNEL_SIZE);
-    let (bridge, _packets) = channel(NETWORK_CHANNEL_SIZE);
+    let (_reader_done, reader_running) = oneshot::channel();
     let (stop, stopped) = oneshot::channel();
     input
         .send(ClientMsg::ClientCutText("test".into()))
         .await
         .unwrap();
-    let task = async_connection_process_loop(client, input_rx, bridge, stopped);
+    let task = async_connection_write_loop(writer, input_rx, stopped, reader_running);
     tokio::pin!(task);
     assert!(futures::poll!(task.as_mut()).is_pending());
     assert_eq!(input.capacity(), INPUT_CHANNEL_SIZE);
@@ -248,19 +283,23 @@ async fn shutdown_interrupts_a_blocked_socket_write() {
         .await
         .unwrap()
         .unwrap();
+    drop(reader);
     assert_eq!(server.read(&mut [0]).await.unwrap(), 0);
 }
 
 #[tokio::test]
 async fn decoder_exit_releases_an_idle_socket() {
     let (client, mut server) = duplex(1);
+    let (reader, writer) = tokio::io::split(client);
     let (_input, input) = channel(INPUT_CHANNEL_SIZE);
-    let (bridge, packets) = channel(NETWORK_CHANNEL_SIZE);
+    let (reader_done, reader_running) = oneshot::channel::<()>();
     let (_stop, stopped) = oneshot::channel();
-    let task = async_connection_process_loop(client, input, bridge, stopped);
+    let task = async_connection_write_loop(writer, input, stopped, reader_running);
     tokio::pin!(task);
     assert!(futures::poll!(task.as_mut()).is_pending());
-    drop(packets);
+    // What the decoder does when it stops: drop its half, then its end of `reader_done`.
+    drop(reader);
+    drop(reader_done);
     tokio::time::timeout(Duration::from_secs(1), task)
         .await
         .unwrap()
