@@ -235,7 +235,15 @@ async fn a_waiting_consumer_leaves_the_server_bytes_in_the_socket() {
         }
         server
     });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Two updates go through however slow the machine; then nothing more does.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while written.load(Ordering::SeqCst) < 2 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
         written.load(Ordering::SeqCst),
         2,
