@@ -35,6 +35,23 @@ async function expectAttention(page: Page, agents: Agent[], want: string[], what
   }
 }
 
+/**
+ * Waits until every agent's encoder runs at the frame-rate cap wanted for it. The gauge is set by
+ * the encoder thread when it takes the new state from its inbox, a moment after /healthz (set
+ * where the message arrives) shows it: read at once, it can still say the old cap.
+ */
+async function expectFpsCap(agents: Agent[], want: (number | null)[], what: string): Promise<void> {
+  let seen: number[] = [];
+  try {
+    await waitUntil(async () => {
+      seen = await Promise.all(agents.map((a) => a.metric('loco_encoder_fps_cap', { codec: 'h264' })));
+      return seen.every((fps, i) => want[i] === null || fps === want[i]);
+    }, 5000, what, 50);
+  } catch (e) {
+    throw new Error(`${(e as Error).message}: encoder caps ${JSON.stringify(seen)}, want ${JSON.stringify(want)}`);
+  }
+}
+
 async function pagePanels(page: Page): Promise<{ attention: string; attentionSent: string; attentionMessages: number }[]> {
   return page.evaluate(() => (window as any).__loco.panels.map((p: any) => ({
     attention: p.attention, attentionSent: p.attentionSent, attentionMessages: p.attentionMessages,
@@ -55,14 +72,14 @@ test('attention: the page tells each agent focused, visible or hidden; the agent
     // Flat view, nothing focused yet: every panel is visible.
     await expectAttention(page, agents, ['visible', 'visible'], 'flat view: both visible');
     expect((await pagePanels(page)).map((p) => [p.attention, p.attentionSent])).toEqual([['visible', 'visible'], ['visible', 'visible']]);
-    for (const a of agents) expect(await a.metric('loco_encoder_fps_cap', { codec: 'h264' })).toBe(12);
+    await expectFpsCap(agents, [12, 12], 'flat view: both at the visible cap');
 
     // A click on panel 1 focuses it; panel 0 stays visible.
     const sp = await page.evaluate(() => (window as any).__loco.screenPoint(1, 0.5, 0.5));
     expect(sp, 'panel 1 on the screen').toBeTruthy();
     await page.mouse.click(Math.round(sp.x), Math.round(sp.y));
     await expectAttention(page, agents, ['visible', 'focused'], 'flat view: panel 1 focused');
-    expect(await agents[1].metric('loco_encoder_fps_cap', { codec: 'h264' })).toBe(30);
+    await expectFpsCap(agents, [null, 30], 'flat view: panel 1 at the focused cap');
     expect(await agents[1].metric('loco_attention_messages_total', { state: 'focused' })).toBe(1);
 
     // VR: looking at the wall, the same.
@@ -75,7 +92,7 @@ test('attention: the page tells each agent focused, visible or hidden; the agent
     await page.evaluate(() => (window as any).__iwer.quaternion.set(0, 1, 0, 0));
     await expectAttention(page, agents, ['hidden', 'hidden'], 'VR: turned away');
     expect((await pagePanels(page)).map((p) => p.attention)).toEqual(['hidden', 'hidden']);
-    for (const a of agents) expect(await a.metric('loco_encoder_fps_cap', { codec: 'h264' })).toBe(1);
+    await expectFpsCap(agents, [1, 1], 'VR: both at the hidden cap');
 
     // Back: visible and focused again, and each agent asked its encoder for a keyframe.
     await page.evaluate((q) => (window as any).__iwer.quaternion.set(q[0], q[1], q[2], q[3]), q0);
