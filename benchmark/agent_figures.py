@@ -13,7 +13,10 @@ What it does, all on loopback with real peers:
     from the same X display to raw I420), then times the x264 command-line encoder on them
     with the agent's default settings (peers.x264_agent_args: ultrafast, zerolatency, baseline,
     1 thread, CRF 23 + QP floor 20 under the VBV cap, UMH ±64), and
-    reports CPU per frame and the ratio agent/x264.
+    reports CPU per frame and the ratio agent/x264. Beside it, the agent's own split of the
+    same window (loco_encoder_cpu_seconds_total: its encoder thread's CPU clock around the
+    encoder and around the colour conversion; the rest is the process's total less these) and
+    the agent's total over its own encoder's CPU, both taken under the same load.
  4. Idle desktop: stops the video, waits for the refinement frames to pass, and counts every
     UDP byte the agent sends (tcpdump on its media port) for --idle-seconds.
 
@@ -165,6 +168,11 @@ def main() -> int:
         e0, e1 = histogram(m0, "loco_encode_seconds"), histogram(m1, "loco_encode_seconds")
         wall = t1 - t0
         cpu = c1 - c0
+        # The encoder thread's own CPU clock, by stage (loco_encoder_cpu_seconds_total).
+        stage_cpu = {stage: m1.get("loco_encoder_cpu_seconds_total", codec=args.codec, stage=stage)
+                     - m0.get("loco_encoder_cpu_seconds_total", codec=args.codec, stage=stage)
+                     for stage in ("convert", "encode")}
+        per_frame = (lambda seconds: round(1000 * seconds / frames, 3)) if frames else (lambda seconds: None)
         result["motion"] = {
             "seconds": round(wall, 2),
             "frames_encoded": int(frames),
@@ -172,7 +180,10 @@ def main() -> int:
             "viewer_decoded_fps": round((f1 - f0) / wall, 2),
             "agent_cpu_seconds": round(cpu, 3),
             "agent_cpu_percent_of_one_core": round(100 * cpu / wall, 1),
-            "agent_cpu_ms_per_frame": round(1000 * cpu / frames, 3) if frames else None,
+            "agent_cpu_ms_per_frame": per_frame(cpu),
+            "encoder_in_agent_ms_per_frame": per_frame(stage_cpu["encode"]),
+            "convert_in_agent_ms_per_frame": per_frame(stage_cpu["convert"]),
+            "rest_of_agent_ms_per_frame": per_frame(cpu - stage_cpu["encode"] - stage_cpu["convert"]),
             "encode_ms_p50": round(1000 * (quantile(0.5, e0, e1) or 0), 3),
             "update_to_send_ms_p50": round(1000 * (quantile(0.5, h0, h1) or 0), 2),
             "update_to_send_ms_p99": round(1000 * (quantile(0.99, h0, h1) or 0), 2),
@@ -204,6 +215,10 @@ def main() -> int:
         }
         if frames:
             result["agent_over_x264"] = round((cpu / frames) / (x264_cpu / n), 2)
+        if stage_cpu["encode"] > 0:
+            # The same ratio against the encoder inside the agent, in the same run: what the agent
+            # adds to its encoder, without the difference between a loaded and an idle machine.
+            result["agent_over_own_encoder"] = round(cpu / stage_cpu["encode"], 2)
         raw.unlink()
 
         # Idle desktop: stop the motion, let the refinement frames pass, then count bytes on the wire.
@@ -252,8 +267,12 @@ def main() -> int:
         ("machine", result["machine"] + " / " + result["cpu"], ""),
         ("encoded fps (full motion, 1 viewer)", f"{mo['encoded_fps']}", "30"),
         ("agent CPU per frame", f"{mo['agent_cpu_ms_per_frame']} ms", ""),
+        (f"  of which the encoder ({args.codec}, its thread's clock)", f"{mo['encoder_in_agent_ms_per_frame']} ms", ""),
+        ("  of which BGRA -> I420", f"{mo['convert_in_agent_ms_per_frame']} ms", ""),
+        ("  the rest (VNC reads, WebRTC, HTTP, scheduling)", f"{mo['rest_of_agent_ms_per_frame']} ms", ""),
         ("bare x264 CPU per frame (same frames)", f"{bx['cpu_ms_per_frame']} ms", ""),
         ("agent / bare x264", f"{result.get('agent_over_x264')}x", "<= 1.2x"),
+        ("agent / its own encoder (same run)", f"{result.get('agent_over_own_encoder')}x", ""),
         ("VNC update -> send p50", f"{mo['update_to_send_ms_p50']} ms", "<= 8 ms"),
         ("VNC update -> send p99", f"{mo['update_to_send_ms_p99']} ms", "<= 25 ms"),
         ("agent RSS (peak)", f"{mo['agent_rss_mib']} MiB ({mo['agent_peak_rss_mib']} MiB)", "<= 40 MiB"),

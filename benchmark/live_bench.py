@@ -60,6 +60,7 @@ UNITS = {
     "pattern_unreadable": "frames", "clicks": "count", "input_to_photon_ms_p50": "ms",
     "input_to_photon_ms_max": "ms", "encoded_frames": "frames", "encoded_fps": "fps",
     "agent_cpu_s": "s", "agent_cpu_ms_per_frame": "ms", "agent_cpu_cores": "cores",
+    "agent_encoder_cpu_ms_per_frame": "ms", "agent_convert_cpu_ms_per_frame": "ms",
     "agent_rss_mib": "MiB", "agent_peak_rss_mib": "MiB", "server_cpu_cores": "cores",
     "client_cpu_cores": "cores", "receiver_cpu_cores": "cores", "proxy_cpu_cores": "cores",
     "host_cpu_cores": "cores", "other_cpu_cores": "cores", "host_busy_percent": "%", "cpu_s": "s", "cpu_ms_per_frame": "ms",
@@ -437,6 +438,11 @@ def _agent_figures(inst, m0, m1, agent_cpu_s: float) -> dict:
     out = {"encoded_frames": frames, "agent_cpu_s": agent_cpu_s,
            "agent_cpu_ms_per_frame": 1000 * agent_cpu_s / frames if frames else math.nan,
            "agent_rss_mib": rss / 1024, "agent_peak_rss_mib": hwm / 1024}
+    # The encoder thread's own CPU clock, by stage: the encoder library and the colour conversion.
+    for stage, key in (("encode", "agent_encoder_cpu_ms_per_frame"), ("convert", "agent_convert_cpu_ms_per_frame")):
+        spent = (m1.get("loco_encoder_cpu_seconds_total", stage=stage)
+                 - m0.get("loco_encoder_cpu_seconds_total", stage=stage))
+        out[key] = 1000 * spent / frames if frames else math.nan
     return out
 
 
@@ -466,6 +472,9 @@ def ratios(rows: list[dict]) -> list[dict]:
                 ("novnc", "chromium", w, "input_to_photon_ms_p50"))
         add(w, "cpu_per_frame_loco_over_x264", ("loco", "aiortc", w, "agent_cpu_ms_per_frame"),
             ("x264", "", w, "cpu_ms_per_frame"))
+        # The same, against the x264 inside the agent in the same window (same load, same frames).
+        add(w, "cpu_per_frame_loco_over_own_encoder", ("loco", "aiortc", w, "agent_cpu_ms_per_frame"),
+            ("loco", "aiortc", w, "agent_encoder_cpu_ms_per_frame"))
         add(w, "cpu_per_frame_loco_over_gstreamer", ("loco", "aiortc", w, "agent_cpu_ms_per_frame"),
             ("gstreamer", "", w, "cpu_ms_per_frame"))
     for r in out:
@@ -556,7 +565,8 @@ def _scale_window(backend, n, w, insts, vs, viewers, seconds, clicks) -> list[di
         m["agent_cpu_cores"] = m["agent_cpu_s"] / dur
         per.append(m)
         for key in ("duration_s", "frames", "fps", "bytes", "bitrate_kbps", "wire_kbps", "freezes", "frozen_s",
-                    "encoded_frames", "encoded_fps", "agent_cpu_s", "agent_cpu_ms_per_frame", "agent_rss_mib",
+                    "encoded_frames", "encoded_fps", "agent_cpu_s", "agent_cpu_ms_per_frame",
+                    "agent_encoder_cpu_ms_per_frame", "agent_convert_cpu_ms_per_frame", "agent_rss_mib",
                     "g2g_ms_p50"):
             if key in m:
                 rows.append(row("scale", "loco", "aiortc", backend, n, k + 1, w, key, float(m[key])))
@@ -582,6 +592,9 @@ def _scale_window(backend, n, w, insts, vs, viewers, seconds, clicks) -> list[di
     agg["bitrate_kbps_per_instance"] = agg["bitrate_kbps"] / n
     agg["agent_cpu_ms_per_frame"] = (1000 * agg["agent_cpu_s"] / agg["encoded_frames"]
                                      if agg["encoded_frames"] else math.nan)
+    for key in ("agent_encoder_cpu_ms_per_frame", "agent_convert_cpu_ms_per_frame"):
+        spent_ms = sum(m[key] * m["encoded_frames"] for m in per if m["encoded_frames"])
+        agg[key] = spent_ms / agg["encoded_frames"] if agg["encoded_frames"] else math.nan
     agg.update(Meter.diff(a, b))
     if pattern:
         all_g = [g for v, s, e in zip(vs, s0, s1) for g in live.glass_to_glass(v._readings[s[1]:e[1]])]

@@ -442,6 +442,12 @@ def _consistent_receiver(m: dict) -> None:
     if "encoded_frames" in m:
         assert m["encoded_frames"] > 0 and m["agent_cpu_s"] > 0
         assert m["agent_cpu_ms_per_frame"] == pytest.approx(1000 * m["agent_cpu_s"] / m["encoded_frames"], rel=1e-9)
+        # The encoder thread's own clock: the encoder ran, and its stages fit in the process's CPU
+        # (read from /proc in clock ticks: two ticks of slack).
+        encoder_s, convert_s = (m[k] * m["encoded_frames"] / 1000 for k in
+                                ("agent_encoder_cpu_ms_per_frame", "agent_convert_cpu_ms_per_frame"))
+        assert encoder_s > 0 and convert_s >= 0, m
+        assert encoder_s + convert_s <= m["agent_cpu_s"] + 2 / os.sysconf("SC_CLK_TCK"), m
         assert 5 < m["agent_rss_mib"] <= m["agent_peak_rss_mib"] < 1024
     if "host_cpu_cores" in m:
         assert 0 < m["host_cpu_cores"] <= os.cpu_count() + 0.05
@@ -475,6 +481,8 @@ def test_bench_quick_compare(quick_run):
     ratio = get("ratio", "")
     assert ratio["cpu_per_frame_loco_over_x264"] == pytest.approx(
         loco["agent_cpu_ms_per_frame"] / x264["cpu_ms_per_frame"], rel=1e-9)
+    assert ratio["cpu_per_frame_loco_over_own_encoder"] == pytest.approx(
+        loco["agent_cpu_ms_per_frame"] / loco["agent_encoder_cpu_ms_per_frame"], rel=1e-9)
     assert ratio["cpu_per_frame_loco_over_gstreamer"] == pytest.approx(
         loco["agent_cpu_ms_per_frame"] / gst["cpu_ms_per_frame"], rel=1e-9)
     assert ratio["bitrate_loco_over_novnc"] == pytest.approx(loco["bitrate_kbps"] / novnc["bitrate_kbps"], rel=1e-9)
@@ -499,6 +507,8 @@ def test_bench_quick_scale(quick_run):
                 _consistent_receiver({k: v for k, v in one.items() if k != "agent_peak_rss_mib"} |
                                      {"agent_peak_rss_mib": agg["agent_peak_rss_mib"]})
                 assert "freezes" in agg
+                for key in ("agent_encoder_cpu_ms_per_frame", "agent_convert_cpu_ms_per_frame"):
+                    assert agg[key] == pytest.approx(one[key], rel=1e-9), key
         assert t[("loco", "aiortc", backend, "1", "all", "", "h264")]["boot_s"] >= 0
     motion = t[("loco", "aiortc", "xvnc", "1", "all", "motion", "h264")]
     assert motion["g2g_samples"] > 0 and motion["clicks"] >= 1

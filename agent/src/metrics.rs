@@ -1,7 +1,8 @@
 //! Prometheus metrics, served as text at `GET /metrics`.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    CounterVec, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
 
 /// Every metric the agent exports. Names carry units; `docs/protocol.md` lists them (a test keeps
@@ -21,6 +22,9 @@ pub struct Metrics {
     pub keyframe_requests: IntCounterVec,
     pub nack_packets: IntCounterVec,
     pub encode_seconds: HistogramVec,
+    /// CPU time of the encoder threads by stage (`convert`, `encode`), read from the thread's own
+    /// CPU clock: what the encoder itself costs, beside the process's total.
+    pub encoder_cpu_seconds: CounterVec,
     pub update_to_send_seconds: Histogram,
     pub viewers: IntGauge,
     pub input_events: IntCounterVec,
@@ -136,6 +140,17 @@ impl Metrics {
                     )
                     .buckets(latency_buckets.clone()),
                     &["codec"],
+                )
+                .expect("valid metric"),
+            ),
+            encoder_cpu_seconds: register(
+                reg,
+                CounterVec::new(
+                    Opts::new(
+                        "loco_encoder_cpu_seconds_total",
+                        "CPU time of the encoder threads: colour conversion (stage=convert) and the encoder library (stage=encode; its own threads are not counted with --encoder-threads above 1)",
+                    ),
+                    &["codec", "stage"],
                 )
                 .expect("valid metric"),
             ),

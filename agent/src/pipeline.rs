@@ -38,6 +38,17 @@ use crate::metrics::Metrics;
 /// Stillness before a top-off frame.
 pub const TOPOFF_AFTER: Duration = Duration::from_millis(500);
 
+/// CPU time this thread has used so far (its own CPU clock; zero where the clock cannot be read).
+pub fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec to the pointer it is given, which is valid here.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(ts.tv_sec.max(0) as u64, ts.tv_nsec.clamp(0, 999_999_999) as u32)
+}
+
 /// Locks a mutex, carrying on with the data if another thread panicked while holding it
 /// (every structure guarded here stays consistent between statements).
 pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -410,6 +421,8 @@ impl EncoderWorker {
         let mut budget_waits = 0;
         let policy = self.config.attention_policy(codec);
         self.metrics.encoder_fps_cap.with_label_values(&[codec.label()]).set(i64::from(pacer.max_fps()));
+        let convert_cpu = self.metrics.encoder_cpu_seconds.with_label_values(&[codec.label(), "convert"]);
+        let encode_cpu = self.metrics.encoder_cpu_seconds.with_label_values(&[codec.label(), "encode"]);
         tracing::debug!(%codec, "encoder thread started");
 
         loop {
@@ -525,7 +538,10 @@ impl EncoderWorker {
                     damage.add(screen.fb.full_rect());
                 }
                 if let Some(rect) = damage.take() {
-                    if let Err(e) = picture.convert_from(&screen.fb, rect) {
+                    let cpu = thread_cpu_time();
+                    let converted = picture.convert_from(&screen.fb, rect);
+                    convert_cpu.inc_by((thread_cpu_time().saturating_sub(cpu)).as_secs_f64());
+                    if let Err(e) = converted {
                         tracing::warn!(%codec, error = %e, "colour conversion failed");
                         continue;
                     }
@@ -545,8 +561,10 @@ impl EncoderWorker {
                 self.metrics.topoff_frames.with_label_values(&[codec.label(), "skipped"]).inc();
                 continue;
             }
+            let cpu = thread_cpu_time();
             let result =
                 if topoff_now { enc.encode_topoff(&picture, pts_ms) } else { enc.encode(&picture, pts_ms, keyframe) };
+            encode_cpu.inc_by((thread_cpu_time().saturating_sub(cpu)).as_secs_f64());
             if topoff_now {
                 self.metrics.topoff_frames.with_label_values(&[codec.label(), "sent"]).inc();
             }
@@ -647,6 +665,26 @@ mod tests {
             assert!(Instant::now() < deadline, "no frame within 5 s");
             std::thread::sleep(Duration::from_millis(2));
         }
+    }
+
+    #[test]
+    fn thread_cpu_time_counts_this_threads_work_only() {
+        // Work on this thread moves its clock; another thread's work and sleeping do not.
+        let start = thread_cpu_time();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut x = 0u64;
+        while thread_cpu_time().saturating_sub(start) < Duration::from_millis(5) {
+            assert!(Instant::now() < deadline, "5 ms of CPU not counted in 10 s");
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+        }
+        let before = thread_cpu_time();
+        let other = std::thread::spawn(|| {
+            let t = thread_cpu_time();
+            while thread_cpu_time().saturating_sub(t) < Duration::from_millis(20) {}
+        });
+        other.join().unwrap();
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(thread_cpu_time().saturating_sub(before) < Duration::from_millis(15));
     }
 
     #[test]

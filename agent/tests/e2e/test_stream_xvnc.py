@@ -2,6 +2,7 @@
 frames only on change, /healthz and /metrics contents, codec selection, --max-fps."""
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -53,6 +54,7 @@ def test_idle_desktop_keyframe_healthz_metrics(codec, xvnc, agent, aiortc_viewer
     for name, typ in [("loco_frames_captured_total", "counter"), ("loco_frames_encoded_total", "counter"),
                       ("loco_frames_sent_total", "counter"), ("loco_bytes_sent_total", "counter"),
                       ("loco_encode_seconds", "histogram"), ("loco_update_to_send_seconds", "histogram"),
+                      ("loco_encoder_cpu_seconds_total", "counter"),
                       ("loco_viewers", "gauge"), ("loco_vnc_reconnects_total", "counter"),
                       ("loco_vnc_connected", "gauge")]:
         assert m.types.get(name) == typ, f"{name}: TYPE {m.types.get(name)!r}, want {typ}\n{m.text}"
@@ -66,6 +68,12 @@ def test_idle_desktop_keyframe_healthz_metrics(codec, xvnc, agent, aiortc_viewer
     assert m.get("loco_encode_seconds_count", codec=codec) >= 5
     assert m.get("loco_encode_seconds_sum", codec=codec) > 0
     assert m.get("loco_encode_seconds_bucket", codec=codec, le="+Inf") == m.get("loco_encode_seconds_count", codec=codec)
+    # The encoder thread's CPU, by stage, from its own clock: some of it, and less than the whole
+    # process has used (the process clock counts in ticks: a tick of slack each).
+    stat = open(f"/proc/{a.pid}/stat").read().rsplit(")", 1)[1].split()
+    process_cpu = (int(stat[11]) + int(stat[12]) + 2) / os.sysconf("SC_CLK_TCK")
+    stages = {s: m.get("loco_encoder_cpu_seconds_total", codec=codec, stage=s) for s in ("convert", "encode")}
+    assert all(v > 0 for v in stages.values()) and sum(stages.values()) <= process_cpu, (stages, process_cpu)
     # observed for frames caused by a screen update (not for the join keyframe)
     assert 0 < m.get("loco_update_to_send_seconds_count") <= sent, m.text
     assert m.get("loco_viewers") == 1
