@@ -15,7 +15,11 @@ fn main() {
         }))
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    // One thread for every async task (the VNC connection, WebRTC, HTTP): the heavy work runs
+    // on threads of its own (one encoder thread per codec, one audio thread). A second worker
+    // cost a fifth of the rest of the agent's CPU in cross-thread wake-ups (benchmark/README.md,
+    // "The agent's async runtime on one thread").
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("loco-agent: cannot start the async runtime: {e}");

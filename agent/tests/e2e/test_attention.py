@@ -167,7 +167,9 @@ def test_the_most_attentive_viewer_wins(xvnc, agent, aiortc_viewer, busy_screen)
     effective("focused")               # two has said nothing: focused
     two.send(attention("visible"))
     effective("visible")
-    assert a.metric("loco_encoder_fps_cap", None, codec="h264") == 12
+    # /healthz shows the state when the message arrives; the encoder thread sets its cap (and
+    # the gauge) when it next takes its inbox, a moment later.
+    wait_metric(a, "loco_encoder_fps_cap", lambda cap: cap == 12, 5, codec="h264")
     two.send(attention("hidden"))
     effective("hidden")
     one.send(attention("focused"))
