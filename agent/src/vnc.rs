@@ -86,9 +86,6 @@ pub struct VncConfig {
     pub max_backoff: Duration,
 }
 
-/// How long to wait for more rectangles of the same update before treating it as complete.
-const UPDATE_GRACE: Duration = Duration::from_millis(1);
-
 pub struct VncTask {
     pub config: VncConfig,
     pub screen: Arc<Screen>,
@@ -112,6 +109,25 @@ enum Applied {
     Audio,
     /// The server accepted QEMU's audio extension.
     AudioAvailable,
+}
+
+/// What the rectangles of one FramebufferUpdate have changed so far: reported to the encoders
+/// once, when vnc-rs says the update ended, so they never see half of one.
+#[derive(Default)]
+struct UpdateInProgress {
+    damage: loco_shared::geom::Damage,
+    rects: u64,
+    /// Whether it had anything for the screen (it answers a request: ask for the next).
+    screen_events: bool,
+    /// When its first screen event arrived (the start of the update-to-send latency).
+    arrived: Option<Instant>,
+}
+
+impl UpdateInProgress {
+    fn saw_screen(&mut self, at: Instant) {
+        self.screen_events = true;
+        self.arrived.get_or_insert(at);
+    }
 }
 
 /// Why a VNC session ended.
@@ -295,8 +311,8 @@ impl VncTask {
     /// Update requests are paced at the fastest encoder's frame rate, which follows its viewers'
     /// attention ([`Pipelines::request_interval`]): the server accumulates damage between
     /// requests and sends whole frames, instead of a stream of partial ones that the encoder
-    /// would catch half-drawn or skip. The rectangles of one update are collected with a short
-    /// grace period (vnc-rs reports rectangles, not update boundaries).
+    /// would catch half-drawn or skip. The rectangles of one update are collected and the
+    /// update is reported once, at its end (vnc-rs's `UpdateEnd` event).
     async fn drive(&mut self, client: &vnc::VncClient) -> SessionEnd {
         {
             let mut s = self.screen.lock();
@@ -316,60 +332,56 @@ impl VncTask {
         // Until the first pixels: whether the server acknowledged audio (QEMU answers the
         // encodings, sent before the first update request, at once).
         let mut audio_pending = self.audio.enabled();
+        // What the update being read has changed so far.
+        let mut update = UpdateInProgress::default();
         loop {
             let due = request_due;
             tokio::select! {
                 event = client.recv_event() => {
-                    let arrived = Instant::now();
                     let mut event = match event {
                         Ok(e) => e,
                         Err(e) => return SessionEnd::Lost(e),
                     };
-                    let mut damage = loco_shared::geom::Damage::default();
-                    let mut rects = 0u64;
-                    let mut screen_events = false;
-                    // Apply this event and the rest of its update, then report the damage once.
+                    // Apply this event and every other one already decoded; an update's damage
+                    // is reported once, at its end (vnc-rs's `UpdateEnd`).
                     loop {
-                        match self.apply(event, &mut damage, &mut rects) {
-                            Err(end) => return end,
-                            Ok(Applied::Screen) => screen_events = true,
-                            Ok(Applied::Pixels) => {
-                                screen_events = true;
-                                // The first update answers a request sent after the encodings.
-                                if std::mem::take(&mut audio_pending) {
-                                    self.no_audio();
-                                }
+                        if matches!(event, VncEvent::UpdateEnd) {
+                            let mut done = std::mem::take(&mut update);
+                            if let (Some(rect), Some(arrived)) = (done.damage.take(), done.arrived) {
+                                self.metrics.frames_captured.inc();
+                                self.metrics.vnc_updates.inc_by(done.rects);
+                                self.pipelines.damage(rect, arrived);
                             }
-                            Ok(Applied::Audio) => {}
-                            Ok(Applied::AudioAvailable) => {
-                                audio_pending = false;
-                                if let Err(e) = self.enable_audio(client).await {
-                                    return SessionEnd::Lost(e);
+                            // Sound alone (a chunk every 10 ms) is no reason to ask for the screen.
+                            if done.screen_events {
+                                request_due.get_or_insert(last_request + request_interval);
+                            }
+                        } else {
+                            let at = Instant::now();
+                            match self.apply(event, &mut update.damage, &mut update.rects) {
+                                Err(end) => return end,
+                                Ok(Applied::Screen) => update.saw_screen(at),
+                                Ok(Applied::Pixels) => {
+                                    update.saw_screen(at);
+                                    // The first update answers a request sent after the encodings.
+                                    if std::mem::take(&mut audio_pending) {
+                                        self.no_audio();
+                                    }
+                                }
+                                Ok(Applied::Audio) => {}
+                                Ok(Applied::AudioAvailable) => {
+                                    audio_pending = false;
+                                    if let Err(e) = self.enable_audio(client).await {
+                                        return SessionEnd::Lost(e);
+                                    }
                                 }
                             }
                         }
-                        let next = match client.poll_event().await {
-                            Ok(Some(next)) => Some(next),
-                            Ok(None) => match tokio::time::timeout(UPDATE_GRACE, client.recv_event()).await {
-                                Ok(Ok(next)) => Some(next),
-                                Ok(Err(e)) => return SessionEnd::Lost(e),
-                                Err(_) => None,
-                            },
+                        match client.poll_event().await {
+                            Ok(Some(next)) => event = next,
+                            Ok(None) => break,
                             Err(e) => return SessionEnd::Lost(e),
-                        };
-                        match next {
-                            Some(next) => event = next,
-                            None => break,
                         }
-                    }
-                    if let Some(rect) = damage.take() {
-                        self.metrics.frames_captured.inc();
-                        self.metrics.vnc_updates.inc_by(rects);
-                        self.pipelines.damage(rect, arrived);
-                    }
-                    // Sound alone (a chunk every 10 ms) is no reason to ask for the screen.
-                    if screen_events {
-                        request_due.get_or_insert(last_request + request_interval);
                     }
                 }
                 _ = tokio::time::sleep_until(due.unwrap_or_else(Instant::now).into()), if due.is_some() => {
@@ -578,6 +590,15 @@ mod tests {
         server: Vec<u8>,
         audio: bool,
     ) -> (SessionEnd, Framebuffer, bool, u64, Vec<u8>, Arc<Metrics>) {
+        play_in_parts(vec![server], Duration::ZERO, audio).await
+    }
+
+    /// As [`play_with_audio`], the server pausing for `pause` after each part.
+    async fn play_in_parts(
+        parts: Vec<Vec<u8>>,
+        pause: Duration,
+        audio: bool,
+    ) -> (SessionEnd, Framebuffer, bool, u64, Vec<u8>, Arc<Metrics>) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let metrics = Arc::new(Metrics::new());
         let screen = Arc::new(Screen::default());
@@ -606,7 +627,10 @@ mod tests {
         let (client, server_io) = tokio::io::duplex(64 * 1024);
         let (mut from_client, mut to_client) = tokio::io::split(server_io);
         tokio::spawn(async move {
-            to_client.write_all(&server).await.unwrap();
+            for part in parts {
+                to_client.write_all(&part).await.unwrap();
+                tokio::time::sleep(pause).await;
+            }
             tokio::time::sleep(Duration::from_secs(2)).await;
             to_client.shutdown().await.unwrap();
         });
@@ -704,6 +728,29 @@ mod tests {
             1, 2, 3, 255, 4, 5, 6, 255, 0, 0, 0, 0,   0, 0, 0, 0,
         ];
         assert_eq!(fb.bgra(), want);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_update_is_reported_once_at_its_end_however_slowly_it_arrives() {
+        // Two rectangles of one update, the server pausing 50 ms in the middle of the first
+        // one's pixels and between them; then an update of one rectangle.
+        let mut first = server_hello(4, 2);
+        first.extend_from_slice(&[0, 0, 0, 2]);
+        rect_header(&mut first, 0, 0, 1, 1, 0);
+        first.extend_from_slice(&[1, 1]);
+        let mut second = vec![1, 255];
+        rect_header(&mut second, 3, 1, 1, 1, 0);
+        let mut third = vec![2, 2, 2, 255];
+        third.extend_from_slice(&[0, 0, 0, 1]);
+        rect_header(&mut third, 2, 0, 1, 1, 0);
+        third.extend_from_slice(&[3, 3, 3, 255]);
+        let (end, fb, _, rects, _, metrics) =
+            play_in_parts(vec![first, second, third], Duration::from_millis(50), false).await;
+        assert!(matches!(end, SessionEnd::Lost(_)), "{end}");
+        assert_eq!(rects, 3);
+        // One report per update, not one per rectangle or per pause.
+        assert_eq!(metrics.frames_captured.get(), 2);
+        assert_eq!((fb.bgra()[0], fb.bgra()[(4 + 3) * 4], fb.bgra()[2 * 4]), (1, 2, 3));
     }
 
     #[tokio::test(start_paused = true)]

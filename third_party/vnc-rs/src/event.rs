@@ -94,6 +94,10 @@ pub enum VncEvent {
     AudioData(Vec<u8>),
     /// QEMU audio: the guest stopped its stream.
     AudioEnd,
+    /// The end of one FramebufferUpdate message: every rectangle of it (and any
+    /// [VncEvent::DesktopUpdate] it carried) came before this. A client can act once per
+    /// update, e.g. present a whole frame, instead of guessing when the rectangles stop.
+    UpdateEnd,
     /// If any unexpected error happens in the async process routines
     /// This event will propagate the error to the current context
     Error(String),

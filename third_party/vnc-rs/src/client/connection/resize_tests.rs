@@ -435,11 +435,18 @@ pub(super) async fn connect(stream: DuplexStream) -> VncClient {
         .unwrap()
 }
 
+/// The next event other than the end of an update (`tests.rs` checks where those come).
 pub(super) async fn event(client: &VncClient) -> VncEvent {
-    tokio::time::timeout(Duration::from_secs(2), client.recv_event())
-        .await
-        .unwrap()
-        .unwrap()
+    loop {
+        match tokio::time::timeout(Duration::from_secs(2), client.recv_event())
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            VncEvent::UpdateEnd => continue,
+            event => return event,
+        }
+    }
 }
 
 pub(super) fn rect_header(rect: Rect, encoding: u32) -> Vec<u8> {

@@ -140,11 +140,77 @@ async fn raw_is_implicit_and_resize_changes_decoder_bounds() {
     .await;
     assert!(matches!(result, Err(VncError::IoError(_))));
     let output = output.into_inner().unwrap();
+    // Two FramebufferUpdate messages of one rectangle each: each ends with UpdateEnd.
+    assert_eq!(output.len(), 4, "{output:?}");
     assert!(
         matches!(&output[0], VncEvent::SetResolution(size) if (size.width, size.height) == (128, 96))
     );
+    assert!(matches!(&output[1], VncEvent::UpdateEnd));
     assert!(
-        matches!(&output[1], VncEvent::RawImage(rect, bytes) if (rect.x, rect.y) == (127, 95) && bytes == &[1, 2, 3, 255])
+        matches!(&output[2], VncEvent::RawImage(rect, bytes) if (rect.x, rect.y) == (127, 95) && bytes == &[1, 2, 3, 255])
+    );
+    assert!(matches!(&output[3], VncEvent::UpdateEnd));
+}
+
+#[tokio::test]
+async fn update_end_follows_every_rectangle_of_an_update() {
+    // One FramebufferUpdate of three rectangles, one that ends early with LastRect, one with
+    // none: UpdateEnd comes once after each, never between the rectangles of one.
+    let rect = |x: u16| Rect {
+        x,
+        y: 0,
+        width: 1,
+        height: 1,
+    };
+    let header = |count: u16| {
+        let mut bytes = vec![0, 0];
+        bytes.extend(count.to_be_bytes());
+        bytes
+    };
+    let body = |x: u16, encoding: u32| {
+        let mut bytes = rect_header(rect(x), encoding)[4..].to_vec();
+        if encoding == 0 {
+            bytes.extend([x as u8, 0, 0, 255]);
+        }
+        bytes
+    };
+    let mut bytes = header(3);
+    for x in 0..3 {
+        bytes.extend(body(x, 0));
+    }
+    bytes.extend(header(0xffff));
+    bytes.extend(body(5, 0));
+    bytes.extend(body(0, VncEncoding::LastRectPseudo.into()));
+    bytes.extend(header(0));
+    let output = std::sync::Mutex::new(Vec::new());
+    let (_stop, mut stopped) = oneshot::channel();
+    let result = asycn_vnc_read_loop(
+        &mut bytes.as_slice(),
+        &PixelFormat::rgba(),
+        &|event| {
+            output.lock().unwrap().push(event);
+            async { Ok(()) }
+        },
+        &mut stopped,
+        &[VncEncoding::LastRectPseudo],
+        &AtomicU32::new(pack_screen((64, 64))),
+        &DesktopState::default(),
+    )
+    .await;
+    assert!(matches!(result, Err(VncError::IoError(_))));
+    let seen: Vec<String> = output
+        .into_inner()
+        .unwrap()
+        .iter()
+        .map(|event| match event {
+            VncEvent::RawImage(rect, _) => format!("raw {}", rect.x),
+            VncEvent::UpdateEnd => "end".into(),
+            other => format!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        ["raw 0", "raw 1", "raw 2", "end", "raw 5", "end", "end"]
     );
 }
 
@@ -223,9 +289,9 @@ async fn a_waiting_consumer_leaves_the_server_bytes_in_the_socket() {
         );
         bytes
     };
-    // The first update takes the output queue's second slot (SetResolution from the
-    // handshake holds the first), the decoder holds the second while it waits, and the third
-    // finds no reader.
+    // The first update's pixels take the output queue's second slot (SetResolution from the
+    // handshake holds the first) and the decoder waits to hand over its UpdateEnd; the second
+    // update then finds no reader.
     let written = Arc::new(AtomicU32::new(0));
     let counter = Arc::clone(&written);
     let server = tokio::spawn(async move {
@@ -235,9 +301,9 @@ async fn a_waiting_consumer_leaves_the_server_bytes_in_the_socket() {
         }
         server
     });
-    // Two updates go through however slow the machine; then nothing more does.
+    // One update goes through however slow the machine; then nothing more does.
     tokio::time::timeout(Duration::from_secs(10), async {
-        while written.load(Ordering::SeqCst) < 2 {
+        while written.load(Ordering::SeqCst) < 1 {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     })
@@ -246,7 +312,7 @@ async fn a_waiting_consumer_leaves_the_server_bytes_in_the_socket() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
         written.load(Ordering::SeqCst),
-        2,
+        1,
         "the client read ahead of its consumer"
     );
     // The consumer catches up: every update arrives whole and in order.
@@ -261,6 +327,10 @@ async fn a_waiting_consumer_leaves_the_server_bytes_in_the_socket() {
         };
         assert_eq!((rect.width, rect.height), (width, height));
         assert!(pixels.len() == 1024 * 768 * 4 && pixels.iter().all(|&b| b == 0x5a));
+        assert!(matches!(
+            client.recv_event().await.unwrap(),
+            VncEvent::UpdateEnd
+        ));
     }
     let _server = tokio::time::timeout(Duration::from_secs(5), server)
         .await
