@@ -69,7 +69,7 @@ def test_idle_desktop_keyframe_healthz_metrics(codec, xvnc, agent, aiortc_viewer
     assert m.get("loco_encode_seconds_sum", codec=codec) > 0
     assert m.get("loco_encode_seconds_bucket", codec=codec, le="+Inf") == m.get("loco_encode_seconds_count", codec=codec)
     # The encoder thread's CPU, by stage, from its own clock: some of it, and less than the whole
-    # process has used (the process clock counts in ticks: a tick of slack each).
+    # process has used (read from /proc in clock ticks: two ticks of slack).
     stat = open(f"/proc/{a.pid}/stat").read().rsplit(")", 1)[1].split()
     process_cpu = (int(stat[11]) + int(stat[12]) + 2) / os.sysconf("SC_CLK_TCK")
     stages = {s: m.get("loco_encoder_cpu_seconds_total", codec=codec, stage=s) for s in ("convert", "encode")}
