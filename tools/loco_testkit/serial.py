@@ -105,7 +105,11 @@ class SerialConsole:
         n = self.n
         # The quotes keep the echoed command line from matching the markers.
         self.sock.sendall(f'echo @@"B"{n}; {cmd}; echo @@"E"{n}\n'.encode())
-        return self.wait_for(rf"@@B{n}\r?\n(.*?)@@E{n}", timeout).group(1).strip()
+        out = self.wait_for(rf"@@B{n}\r?\n(.*?)@@E{n}", timeout).group(1)
+        # The stand-in's own announcements (`loco-standin: ...`: its init, session and DHCP
+        # scripts write whole lines to the same serial port whenever they like) can land between
+        # a command's lines; they are not its output. wait_for() still sees them.
+        return re.sub(r"(?m)^loco-standin: [^\r\n]*\r?\n", "", out).strip()
 
     def background(self, cmd: str) -> None:
         """Starts a shell command in the guest and returns at once."""

@@ -64,3 +64,40 @@ def test_chromium_loads_viewer_page(chromium):
     assert v.page.evaluate("typeof RTCPeerConnection") == "function"
     codecs = v.page.evaluate("RTCRtpReceiver.getCapabilities('video').codecs.map(c => c.mimeType)")
     assert "video/H264" in codecs and "video/VP8" in codecs
+
+
+def test_serial_console_run_leaves_out_the_guests_own_announcements(tmp_path):
+    """The stand-in's init and session scripts write `loco-standin: ...` lines to the serial port
+    whenever they like; one landing inside a command's output is not part of it (a boot message
+    once came back as part of `hostname`)."""
+    import socket
+    import threading
+    from loco_testkit.serial import SerialConsole
+
+    path = str(tmp_path / "ttyS0")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen(1)
+
+    def guest():
+        conn, _ = server.accept()
+        with conn:
+            got = b""
+            while b"\n" not in got:
+                got += conn.recv(1024)
+            assert got.startswith(b'echo @@"B"1; hostname; echo @@"E"1'), got
+            # The shell echoes the command line, then the output with an announcement inside.
+            conn.sendall(got.replace(b"\n", b"\r\n") + b"@@B1\r\nloco-standin: Xorg up (20.77s)\r\n"
+                         b"vm1\r\nloco-standin: lan up eth0 10.98.0.101/24 vm1\r\nsecond line\r\n@@E1\r\n")
+            conn.recv(1)  # until the console closes
+
+    t = threading.Thread(target=guest, daemon=True)
+    t.start()
+    console = SerialConsole(path)
+    try:
+        assert console.run("hostname", timeout=5) == "vm1\r\nsecond line"
+        assert "loco-standin: Xorg up" in console.text()  # wait_for still sees it
+    finally:
+        console.close()
+        server.close()
+    t.join(5)
