@@ -4,6 +4,7 @@
 //! Every write is checked against the framebuffer's bounds: a rectangle from the server
 //! that does not fit is an error, never an out-of-bounds write.
 
+use loco_shared::geom::TileMap;
 use loco_shared::Rect;
 use yuvutils_rs::{BufferStoreMut, YuvConversionMode, YuvPlanarImageMut, YuvRange, YuvStandardMatrix};
 
@@ -144,69 +145,121 @@ impl I420 {
         self.width as usize / 2
     }
 
-    /// Converts the rows of `fb` that `damage` touches (the full width) into this picture,
-    /// BT.601 limited range: what browsers assume for VP8 and what the H.264 stream signals.
-    /// The picture must have been created for `fb`'s size.
+    /// Converts the pixels of `fb` inside `damage` (grown to even edges for 4:2:0) into this
+    /// picture, BT.601 limited range: what browsers assume for VP8 and what the H.264 stream
+    /// signals. The picture must have been created for `fb`'s size.
     pub fn convert_from(&mut self, fb: &Framebuffer, damage: Rect) -> Result<(), FramebufferError> {
         if even(fb.width()) != self.width || even(fb.height()) != self.height {
             return Err(FramebufferError::BadSize(fb.width(), fb.height()));
         }
-        let band = damage.aligned_to_chroma(self.width, self.height);
-        if band.is_empty() {
+        let area = damage.aligned_to_chroma(self.width, self.height);
+        if area.is_empty() {
             return Ok(());
         }
-        let (y0, y1) = (band.y as usize, band.bottom() as usize);
-        let (w, fb_h) = (self.width as usize, fb.height() as usize);
-        let src_stride = fb.width() as usize * BYTES_PER_PIXEL;
-        // Rows of the framebuffer inside the band; an odd-height framebuffer repeats its
-        // last row into the padding row.
-        let fb_rows = y0..y1.min(fb_h);
-        if fb.width() as usize == w && fb_rows.len() == y1 - y0 {
-            let src = &fb.bgra()[y0 * src_stride..y1 * src_stride];
-            self.convert_band(src, src_stride, y0, y1 - y0)
+        let (x0, y0, y1) = (area.x as usize, area.y as usize, area.bottom() as usize);
+        let (w, fb_w, fb_h) = (area.width as usize, fb.width() as usize, fb.height() as usize);
+        let src_stride = fb_w * BYTES_PER_PIXEL;
+        if area.right() <= fb_w as u64 && y1 <= fb_h {
+            let src = &fb.bgra()[y0 * src_stride + x0 * BYTES_PER_PIXEL..];
+            self.convert_area(src, src_stride, area)
         } else {
-            // Odd width or height: pad a copy of the band by repeating the edge pixels.
-            let mut padded = vec![0u8; w * BYTES_PER_PIXEL * (y1 - y0)];
+            // Past an odd width or height: pad a copy of the area by repeating the edge pixels.
+            let row_bytes = w * BYTES_PER_PIXEL;
+            let mut padded = vec![0u8; row_bytes * (y1 - y0)];
             for (i, row) in (y0..y1).enumerate() {
-                let src_row = row.min(fb_h - 1);
-                let src = &fb.bgra()[src_row * src_stride..(src_row + 1) * src_stride];
-                let dst = &mut padded[i * w * BYTES_PER_PIXEL..(i + 1) * w * BYTES_PER_PIXEL];
-                dst[..src.len()].copy_from_slice(src);
-                if w * BYTES_PER_PIXEL > src.len() {
-                    let last: [u8; 4] =
-                        [src[src.len() - 4], src[src.len() - 3], src[src.len() - 2], src[src.len() - 1]];
-                    for px in dst[src.len()..].chunks_exact_mut(4) {
-                        px.copy_from_slice(&last);
-                    }
+                let src_row = &fb.bgra()[row.min(fb_h - 1) * src_stride..][..src_stride];
+                let dst = &mut padded[i * row_bytes..(i + 1) * row_bytes];
+                for (j, px) in dst.chunks_exact_mut(BYTES_PER_PIXEL).enumerate() {
+                    let at = (x0 + j).min(fb_w - 1) * BYTES_PER_PIXEL;
+                    px.copy_from_slice(&src_row[at..at + BYTES_PER_PIXEL]);
                 }
             }
-            self.convert_band(&padded, w * BYTES_PER_PIXEL, y0, y1 - y0)
+            self.convert_area(&padded, row_bytes, area)
         }
     }
 
-    fn convert_band(&mut self, src: &[u8], src_stride: usize, y0: usize, rows: usize) -> Result<(), FramebufferError> {
-        let w = self.width as usize;
-        let cw = w / 2;
-        let mut planar = YuvPlanarImageMut {
-            y_plane: BufferStoreMut::Borrowed(&mut self.y[y0 * w..(y0 + rows) * w]),
-            y_stride: w as u32,
-            u_plane: BufferStoreMut::Borrowed(&mut self.u[y0 / 2 * cw..(y0 + rows) / 2 * cw]),
-            u_stride: cw as u32,
-            v_plane: BufferStoreMut::Borrowed(&mut self.v[y0 / 2 * cw..(y0 + rows) / 2 * cw]),
-            v_stride: cw as u32,
-            width: w as u32,
-            height: rows as u32,
-        };
-        yuvutils_rs::bgra_to_yuv420(
-            &mut planar,
-            src,
-            src_stride as u32,
-            YuvRange::Limited,
-            YuvStandardMatrix::Bt601,
-            YuvConversionMode::Balanced,
-        )
-        .map_err(|_| FramebufferError::BadSize(self.width, self.height))
+    /// Converts the marked tiles of `tiles` (made for `fb`'s size), run by run: what changed,
+    /// not the box around it.
+    pub fn convert_tiles(&mut self, fb: &Framebuffer, tiles: &TileMap) -> Result<(), FramebufferError> {
+        if (tiles.width(), tiles.height()) != (fb.width(), fb.height()) {
+            return Err(FramebufferError::BadSize(tiles.width(), tiles.height()));
+        }
+        for span in tiles.spans() {
+            self.convert_from(fb, span)?;
+        }
+        Ok(())
     }
+
+    /// `src` starts at the area's top-left pixel (and runs on to the end of its buffer);
+    /// `area` has even edges inside the picture.
+    fn convert_area(&mut self, src: &[u8], src_stride: usize, area: Rect) -> Result<(), FramebufferError> {
+        let stride = self.width as usize;
+        let (x, y, w, h) = (area.x as usize, area.y as usize, area.width as usize, area.height as usize);
+        // yuvutils walks whole strides (`chunks_exact`) and leaves out a last row shorter than
+        // its stride: the slices must hold `h` full strides. Only an area in the bottom rows
+        // that does not start at the left edge has none after it; it goes through a compact
+        // copy.
+        let row_bytes = w * BYTES_PER_PIXEL;
+        if (x == 0 || y + h < self.height as usize) && src.len() >= h * src_stride {
+            let (luma, chroma) = (y * stride + x, y / 2 * (stride / 2) + x / 2);
+            let (y_len, c_len) = (h * stride, h / 2 * (stride / 2));
+            return convert_planes(
+                &mut self.y[luma..luma + y_len],
+                &mut self.u[chroma..chroma + c_len],
+                &mut self.v[chroma..chroma + c_len],
+                stride,
+                &src[..h * src_stride],
+                src_stride,
+                (w, h),
+            )
+            .map_err(|_| FramebufferError::BadSize(self.width, self.height));
+        }
+        let compact: Vec<u8> =
+            (0..h).flat_map(|row| &src[row * src_stride..row * src_stride + row_bytes]).copied().collect();
+        let (mut py, mut pu, mut pv) = (vec![0u8; w * h], vec![0u8; w * h / 4], vec![0u8; w * h / 4]);
+        convert_planes(&mut py, &mut pu, &mut pv, w, &compact, row_bytes, (w, h))
+            .map_err(|_| FramebufferError::BadSize(self.width, self.height))?;
+        for row in 0..h {
+            self.y[(y + row) * stride + x..][..w].copy_from_slice(&py[row * w..][..w]);
+        }
+        let cstride = stride / 2;
+        for row in 0..h / 2 {
+            let at = (y / 2 + row) * cstride + x / 2;
+            self.u[at..at + w / 2].copy_from_slice(&pu[row * w / 2..][..w / 2]);
+            self.v[at..at + w / 2].copy_from_slice(&pv[row * w / 2..][..w / 2]);
+        }
+        Ok(())
+    }
+}
+
+/// BGRA to I420 for a `size.0` × `size.1` area (even): every slice holds whole strides.
+fn convert_planes(
+    y: &mut [u8],
+    u: &mut [u8],
+    v: &mut [u8],
+    stride: usize,
+    src: &[u8],
+    src_stride: usize,
+    size: (usize, usize),
+) -> Result<(), yuvutils_rs::YuvError> {
+    let mut planar = YuvPlanarImageMut {
+        y_plane: BufferStoreMut::Borrowed(y),
+        y_stride: stride as u32,
+        u_plane: BufferStoreMut::Borrowed(u),
+        u_stride: (stride / 2) as u32,
+        v_plane: BufferStoreMut::Borrowed(v),
+        v_stride: (stride / 2) as u32,
+        width: size.0 as u32,
+        height: size.1 as u32,
+    };
+    yuvutils_rs::bgra_to_yuv420(
+        &mut planar,
+        src,
+        src_stride as u32,
+        YuvRange::Limited,
+        YuvStandardMatrix::Bt601,
+        YuvConversionMode::Balanced,
+    )
 }
 
 fn even(v: u32) -> u32 {
@@ -277,5 +330,46 @@ mod tests {
         assert_eq!((pic.width, pic.height), (6, 4));
         pic.convert_from(&fb, fb.full_rect()).unwrap();
         assert!(pic.y.iter().all(|&v| v == 16));
+    }
+
+    fn noise(w: u32, h: u32, seed: u32) -> Vec<u8> {
+        (0..w * h * 4).map(|i| (i.wrapping_mul(2_654_435_761).wrapping_add(seed) >> 13) as u8).collect()
+    }
+
+    #[test]
+    fn converting_the_changed_tiles_gives_the_full_conversion() {
+        // Odd sizes, spans of every width the SIMD loops and their tails see, both edges.
+        for (w, h) in [(1024, 768), (101, 37), (33, 17), (48, 16)] {
+            let mut fb = Framebuffer::new(w, h).unwrap();
+            fb.put(fb.full_rect(), &noise(w, h, 1)).unwrap();
+            let mut pic = I420::new(w, h);
+            pic.convert_from(&fb, fb.full_rect()).unwrap();
+            for (i, r) in [(0, 0, 1, 1), (17, 3, 40, 2), (w - 1, h - 1, 1, 1), (w / 2, 0, 5, h), (0, h / 2, w, 1)]
+                .into_iter()
+                .enumerate()
+            {
+                let r = Rect::new(r.0, r.1, r.2, r.3).clipped_to(w, h);
+                fb.put(r, &noise(r.width, r.height, 7 + i as u32)).unwrap();
+                let mut tiles = TileMap::new(w, h);
+                tiles.mark(r);
+                let before = pic.clone();
+                pic.convert_tiles(&fb, &tiles).unwrap();
+                let mut full = I420::new(w, h);
+                full.convert_from(&fb, fb.full_rect()).unwrap();
+                assert!(pic.y == full.y && pic.u == full.u && pic.v == full.v, "{w}x{h}, {r:?}");
+                // Rows and columns outside the tiles were not touched.
+                let stride = pic.width as usize;
+                for (at, (a, b)) in before.y.iter().zip(&pic.y).enumerate() {
+                    let (x, y) = ((at % stride) as u32, (at / stride) as u32);
+                    let inside = (x / 16, y / 16) >= (r.x / 16, r.y / 16)
+                        && x / 16 <= (r.right() as u32 - 1) / 16
+                        && y / 16 <= (r.bottom() as u32 - 1) / 16;
+                    assert!(inside || a == b, "{w}x{h}: pixel ({x}, {y}) outside {r:?} changed");
+                }
+            }
+            let mut wrong = TileMap::new(w + 1, h);
+            wrong.mark_all();
+            assert!(pic.convert_tiles(&fb, &wrong).is_err());
+        }
     }
 }

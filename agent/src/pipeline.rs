@@ -3,8 +3,9 @@
 //! There is one encoder per codec in use, shared by all viewers of that codec, each on its own
 //! OS thread (encoding is CPU-bound and must not stall the async runtime). The thread sleeps
 //! until the VNC task reports damage or a viewer asks for a keyframe, asks the
-//! [`FramePacer`] whether to encode now, converts the damaged rows of the framebuffer to I420,
-//! encodes, and offers the frame to every viewer's bounded queue.
+//! [`FramePacer`] whether to encode now, converts the 16×16 tiles of the framebuffer the damage
+//! touched to I420, tells the encoder which tiles changed, encodes, and offers the frame to
+//! every viewer's bounded queue.
 //!
 //! A viewer whose queue is full loses that frame; since every later delta frame would then
 //! decode wrongly, it is skipped until the next keyframe, which is requested at once. So a slow
@@ -26,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use loco_shared::attention::{AttentionPolicy, AttentionSet, Change};
-use loco_shared::geom::Damage;
+use loco_shared::geom::{Damage, TileMap};
 use loco_shared::pacer::{FramePacer, PacerConfig, PacerDecision};
 use loco_shared::{Attention, Rect};
 use tokio::sync::{mpsc, watch};
@@ -353,11 +354,11 @@ impl Pipelines {
         }
     }
 
-    /// The VNC task changed `rect` of the framebuffer; the update arrived at `at`.
-    pub fn damage(&self, rect: Rect, at: Instant) {
+    /// The VNC task changed `damage` of the framebuffer; the update arrived at `at`.
+    pub fn damage(&self, damage: &Damage, at: Instant) {
         for p in lock(&self.running).values() {
             p.post(|inbox| {
-                inbox.damage.add(rect);
+                inbox.damage.merge(damage);
                 inbox.damaged_at.get_or_insert(at);
             });
         }
@@ -410,6 +411,8 @@ impl EncoderWorker {
         let mut pacer = FramePacer::new(self.config.pacer_config(codec));
         let topoff = self.config.rate.tops_off(codec);
         let mut damage = Damage::default();
+        // The tiles the damage of the frame being made touches (the framebuffer's size).
+        let mut tiles = TileMap::default();
         let mut damaged_at: Option<Instant> = None;
         let mut encoder: Option<Box<dyn VideoEncoder>> = None;
         let mut picture = I420::default();
@@ -435,8 +438,8 @@ impl EncoderWorker {
                         return;
                     }
                     let now = origin.elapsed();
-                    if let Some(rect) = inbox.damage.take() {
-                        damage.add(rect);
+                    if let Some(posted) = inbox.damage.take() {
+                        damage.merge(&posted);
                         let at = inbox.damaged_at.take().unwrap_or_else(Instant::now);
                         damaged_at = Some(damaged_at.map_or(at, |d| d.min(at)));
                         pacer.on_damage(now);
@@ -490,10 +493,8 @@ impl EncoderWorker {
             let (mut keyframe, refinement) = decision;
 
             let started = Instant::now();
-            // What changed since the last frame: the encoder may skip the rest (a refinement
-            // re-codes the still picture: no hint).
-            let mut changed = None;
-            // Convert what changed while holding the screen lock only for the conversion.
+            // Convert what changed (the tiles it touched; the encoder may skip the rest) while
+            // holding the screen lock only for the conversion.
             {
                 let screen = self.screen.lock();
                 if !screen.connected || screen.fb.width() == 0 {
@@ -534,22 +535,25 @@ impl EncoderWorker {
                     }
                     generation = screen.generation;
                     keyframe = true;
+                    tiles = TileMap::new(w, h);
                     damage = Damage::default();
                     damage.add(screen.fb.full_rect());
                 }
-                if let Some(rect) = damage.take() {
+                tiles.clear();
+                if let Some(changed) = damage.take() {
+                    tiles.mark_damage(&changed);
                     let cpu = thread_cpu_time();
-                    let converted = picture.convert_from(&screen.fb, rect);
+                    let converted = picture.convert_tiles(&screen.fb, &tiles);
                     convert_cpu.inc_by((thread_cpu_time().saturating_sub(cpu)).as_secs_f64());
                     if let Err(e) = converted {
                         tracing::warn!(%codec, error = %e, "colour conversion failed");
                         continue;
                     }
-                    changed = Some(rect);
                 }
             }
             let Some(enc) = encoder.as_mut() else { continue };
-            enc.hint_changed(encode::damage_hint(changed, refinement));
+            // A refinement re-codes the still picture: no hint.
+            enc.hint_changed(encode::damage_hint(&tiles, refinement));
 
             // Strictly increasing millisecond timestamps for the encoder's rate control.
             let pts_ms = (origin.elapsed().as_millis() as i64).max(last_pts_ms + 1);
@@ -632,6 +636,12 @@ impl EncoderWorker {
 mod tests {
     use super::*;
 
+    fn damage_of(rect: Rect) -> Damage {
+        let mut d = Damage::default();
+        d.add(rect);
+        d
+    }
+
     fn screen_with(w: u32, h: u32) -> Arc<Screen> {
         let screen = Arc::new(Screen::default());
         {
@@ -704,7 +714,7 @@ mod tests {
                 s.fb.put(Rect::new(0, 0, 2, 2), &[255; 16]).unwrap();
             }
             let at = Instant::now();
-            p.damage(Rect::new(0, 0, 2, 2), at);
+            p.damage(&damage_of(Rect::new(0, 0, 2, 2)), at);
             let f = recv(&mut rx);
             assert!(!f.keyframe);
             assert_eq!(f.damaged_at, Some(at));
@@ -732,7 +742,7 @@ mod tests {
         while rx.try_recv().is_ok() {}
         // Hidden with --hidden-fps 0: changes are held back.
         for i in 0..5u32 {
-            p.damage(Rect::new(i, 0, 2, 2), Instant::now());
+            p.damage(&damage_of(Rect::new(i, 0, 2, 2)), Instant::now());
             std::thread::sleep(Duration::from_millis(60));
         }
         assert!(rx.try_recv().is_err(), "frames while hidden");
@@ -794,7 +804,7 @@ mod tests {
             let mut s = screen.lock();
             s.fb.put(Rect::new(0, 0, 2, 2), &[255; 16]).unwrap();
         }
-        p.damage(Rect::new(0, 0, 2, 2), Instant::now());
+        p.damage(&damage_of(Rect::new(0, 0, 2, 2)), Instant::now());
         assert_eq!(frames_within(&mut rx, Duration::from_millis(1200)), 1, "the change itself only");
         assert_eq!((count("sent"), count("skipped")), (sent, skipped + 1));
         let mut state = 12345u32;
@@ -813,7 +823,7 @@ mod tests {
                     let r = s.fb.full_rect();
                     s.fb.put(r, &px).unwrap();
                 }
-                p.damage(Rect::new(0, 0, w, h), Instant::now());
+                p.damage(&damage_of(Rect::new(0, 0, w, h)), Instant::now());
                 std::thread::sleep(Duration::from_millis(33));
             }
             // The last motion frames, then one top-off half a second into the stillness, then none.
@@ -831,7 +841,7 @@ mod tests {
         let mut slow = p.subscribe(Codec::H264, 2, Attention::Focused);
         let mut fast_frames = 0;
         for i in 0..40u32 {
-            p.damage(Rect::new(i % 60, 0, 4, 4), Instant::now());
+            p.damage(&damage_of(Rect::new(i % 60, 0, 4, 4)), Instant::now());
             std::thread::sleep(Duration::from_millis(35));
             while fast.try_recv().is_ok() {
                 fast_frames += 1;
@@ -846,7 +856,7 @@ mod tests {
         }
         assert!(queued.len() <= VIEWER_QUEUE_FRAMES);
         assert!(queued[0].keyframe);
-        p.damage(Rect::new(0, 0, 4, 4), Instant::now());
+        p.damage(&damage_of(Rect::new(0, 0, 4, 4)), Instant::now());
         assert!(recv(&mut slow).keyframe);
     }
 }

@@ -347,10 +347,10 @@ impl VncTask {
                     loop {
                         if matches!(event, VncEvent::UpdateEnd) {
                             let mut done = std::mem::take(&mut update);
-                            if let (Some(rect), Some(arrived)) = (done.damage.take(), done.arrived) {
+                            if let (Some(damage), Some(arrived)) = (done.damage.take(), done.arrived) {
                                 self.metrics.frames_captured.inc();
                                 self.metrics.vnc_updates.inc_by(done.rects);
-                                self.pipelines.damage(rect, arrived);
+                                self.pipelines.damage(&damage, arrived);
                             }
                             // Sound alone (a chunk every 10 ms) is no reason to ask for the screen.
                             if done.screen_events {

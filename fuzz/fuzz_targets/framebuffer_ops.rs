@@ -4,16 +4,17 @@
 //! buffers of the wrong length, overlapping copies and resizes.
 //!
 //! Checked after every operation: the result (Ok, or which error) is what the model
-//! predicts, and the pixels equal the model's. The encoder converts only the rows its
-//! damage touches: converting the accumulated damage (as `pipeline.rs` does) must give
-//! exactly the picture a full conversion of the screen gives. `Framebuffer::new` refuses
+//! predicts, and the pixels equal the model's. The encoder converts only what its damage
+//! touches: converting the accumulated damage (its bounding box, or the 16×16 tiles it
+//! touches, as `pipeline.rs` does) must give exactly the picture a full conversion of the
+//! screen gives. `Framebuffer::new` refuses
 //! exactly the sizes it documents.
 #![no_main]
 
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
 use loco_agent::framebuffer::{Framebuffer, FramebufferError, BYTES_PER_PIXEL, I420, MAX_PIXELS};
-use loco_shared::geom::Damage;
+use loco_shared::geom::{Damage, TileMap};
 use loco_shared::Rect;
 
 /// A coordinate or length: mostly small, sometimes anything (overflow, far outside).
@@ -58,6 +59,8 @@ enum Op {
     Copy { dst: R, src_x: N, src_y: N },
     /// The encoder takes the damage so far (plus some extra) and converts it.
     Convert { extra: R },
+    /// The encoder converts the 16×16 tiles the damage so far touched.
+    ConvertTiles,
     /// Compare the incremental picture with a full conversion.
     Check,
     /// `Framebuffer::new` with any size.
@@ -177,13 +180,21 @@ fuzz_target!(|input: Input| {
                 }
             }
             Op::Convert { extra } => {
-                let mut band = damage.take().unwrap_or_default();
+                let mut band = damage.take().map(|d| d.bounds()).unwrap_or_default();
                 band = band.union(&extra.rect());
                 pic.convert_from(&fb, band).expect("converting any damage");
             }
+            Op::ConvertTiles => {
+                // As the pipeline does: only the tiles the damage touched.
+                let mut tiles = TileMap::new(fb.width(), fb.height());
+                if let Some(d) = damage.take() {
+                    tiles.mark_damage(&d);
+                }
+                pic.convert_tiles(&fb, &tiles).expect("converting the damaged tiles");
+            }
             Op::Check => {
-                if let Some(band) = damage.take() {
-                    pic.convert_from(&fb, band).expect("converting the damage");
+                if let Some(d) = damage.take() {
+                    pic.convert_from(&fb, d.bounds()).expect("converting the damage");
                 }
                 assert!(same_picture(&pic, &picture(&fb)), "incremental conversion differs from a full one");
                 let mut wrong = I420::new(fb.width() + 2, fb.height());

@@ -11,8 +11,8 @@
 //! What happens, as in the agent: the recorded VNC updates are applied to a [`Framebuffer`] at
 //! their recorded times; the agent's [`FramePacer`] (damage-driven, 30 fps cap, refinement
 //! frames, a keyframe for the viewer that joins at the start) decides in simulated time when a
-//! frame is encoded; the encoder thread converts the damaged rows to I420
-//! ([`I420::convert_from`]), tells the encoder what changed (`hint_changed`; not with
+//! frame is encoded; the encoder thread converts the 16×16 tiles the damage touched to I420
+//! ([`I420::convert_tiles`]), tells the encoder what changed (`hint_changed`; not with
 //! `--no-damage-hints`) and encodes. The CPU time of conversion + encoding is measured per
 //! frame with the thread's CPU clock (`CLOCK_THREAD_CPUTIME_ID`; encoders run with one thread,
 //! the agent's default), cross-checked with `getrusage(RUSAGE_THREAD)` over the whole run.
@@ -39,7 +39,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
-use loco_shared::geom::Damage;
+use loco_shared::geom::{Damage, TileMap};
 use loco_shared::pacer::{FramePacer, PacerConfig, PacerDecision};
 use loco_shared::Rect;
 use serde_json::json;
@@ -339,6 +339,7 @@ fn run_codec(
     let mut refw = write_ref.map(File::create).transpose()?.map(BufWriter::new);
     let (mut applied, mut last_pts) = (0usize, -1i64);
     let mut damage = Damage::default();
+    let mut tiles = TileMap::new(fb.width(), fb.height());
     let mut cpu_ms: Vec<f64> = Vec::with_capacity(plan.len());
     let (mut bytes, mut frames, mut keyframes, mut empty) = (0u64, 0u64, 0u64, 0u64);
     let mut keyframe_bytes: Option<usize> = None;
@@ -364,13 +365,14 @@ fn run_codec(
         last_pts = pts;
         // The encoder thread's work: convert what changed, encode.
         let c0 = thread_cpu();
-        let changed = damage.take();
-        if let Some(rect) = changed {
-            picture.convert_from(&fb, rect)?;
+        tiles.clear();
+        if let Some(changed) = damage.take() {
+            tiles.mark_damage(&changed);
+            picture.convert_tiles(&fb, &tiles)?;
         }
         // What changed since the last frame, as the pipeline tells the encoder.
         if !args.no_damage_hints {
-            enc.hint_changed(encode::damage_hint(changed, ev.refinement));
+            enc.hint_changed(encode::damage_hint(&tiles, ev.refinement));
         }
         // As the agent's pipeline does under constant quality (H.264 CRF, its default): of the
         // refinement slots after motion, only the first may carry a frame, a top-off at a finer

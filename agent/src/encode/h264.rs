@@ -15,8 +15,8 @@
 //! that forced, finer quantiser. A keyframe leaves it set too (see `encode_with`).
 //!
 //! Damage hints: with what changed since the last frame ([`VideoEncoder::hint_changed`], the
-//! VNC damage), every macroblock wholly outside it is marked constant (`mb_info`,
-//! `X264_MBINFO_CONSTANT`) and x264 codes it as skipped without analysing it. Hints add up
+//! 16×16 tiles the VNC damage touched), every macroblock outside those tiles is marked constant
+//! (`mb_info`, `X264_MBINFO_CONSTANT`) and x264 codes it as skipped without analysing it. Hints add up
 //! until a frame comes out; none (unknown), a keyframe or a top-off marks nothing.
 
 use std::ffi::CString;
@@ -29,7 +29,7 @@ use x264_sys as x;
 
 use super::{check_size, Codec, EncodeError, EncodedFrame, EncoderSettings, RateMode, VideoEncoder};
 use crate::framebuffer::I420;
-use loco_shared::Rect;
+use loco_shared::geom::TileMap;
 
 /// A frame whose average quantiser is this much above the top-off's was held back by the cap
 /// (nearly still frames sit at the floor; capped motion goes far above it).
@@ -43,6 +43,8 @@ pub struct X264Encoder {
     coarse: bool,
     /// What the hints since the last frame out say changed.
     hint: Hint,
+    /// With [`Hint::Within`]: the union of the hints' tiles (the macroblock grid).
+    changed: TileMap,
     /// One byte per macroblock for x264 (`mb_info`), rewritten for every hinted frame.
     mb_info: Vec<u8>,
 }
@@ -52,8 +54,8 @@ pub struct X264Encoder {
 enum Hint {
     /// No hint yet: x264 is told nothing.
     None,
-    /// Nothing changed outside this area (empty: nothing changed); the hints' union.
-    Within(Rect),
+    /// Nothing changed outside the tiles marked in `changed` (none: nothing changed).
+    Within,
     /// A hint said the change is unknown: x264 is told nothing.
     Unknown,
 }
@@ -133,7 +135,9 @@ impl X264Encoder {
             return Err(open_error(&settings, "x264_encoder_open returned NULL"));
         }
         let mbs = settings.width.div_ceil(16) as usize * settings.height.div_ceil(16) as usize;
-        Ok(Self { settings, handle, coarse: false, hint: Hint::None, mb_info: vec![0; mbs] })
+        let changed = TileMap::new(settings.width, settings.height);
+        debug_assert_eq!(changed.marked().len(), mbs);
+        Ok(Self { settings, handle, coarse: false, hint: Hint::None, changed, mb_info: vec![0; mbs] })
     }
 }
 
@@ -154,10 +158,12 @@ impl VideoEncoder for X264Encoder {
         self.coarse
     }
 
-    fn hint_changed(&mut self, changed: Option<Rect>) {
+    fn hint_changed(&mut self, changed: Option<&TileMap>) {
+        if self.hint == Hint::None {
+            self.changed.clear();
+        }
         self.hint = match (self.hint, changed) {
-            (Hint::None, Some(rect)) => Hint::Within(rect),
-            (Hint::Within(before), Some(rect)) => Hint::Within(before.union(&rect)),
+            (Hint::None | Hint::Within, Some(tiles)) if self.changed.union_with(tiles) => Hint::Within,
             _ => Hint::Unknown,
         };
     }
@@ -180,13 +186,12 @@ impl X264Encoder {
     ) -> Result<Option<EncodedFrame>, EncodeError> {
         check_size(&self.settings, picture)?;
         // Macroblocks outside what changed are constant, for a plain delta frame only.
-        let hinted = match self.hint {
-            Hint::Within(changed) if !keyframe && force_qp.is_none() => {
-                self.mark_constant(changed);
-                true
+        let hinted = self.hint == Hint::Within && !keyframe && force_qp.is_none();
+        if hinted {
+            for (info, changed) in self.mb_info.iter_mut().zip(self.changed.marked()) {
+                *info = if *changed { 0 } else { x::X264_MBINFO_CONSTANT as u8 };
             }
-            _ => false,
-        };
+        }
         let mut pic = MaybeUninit::<x::x264_picture_t>::zeroed();
         let mut out = MaybeUninit::<x::x264_picture_t>::zeroed();
         let mut nals: *mut x::x264_nal_t = ptr::null_mut();
@@ -240,23 +245,6 @@ impl X264Encoder {
             self.coarse = qp > i64::from(self.settings.rate.topoff_qp()) + COARSE_BY || out.b_keyframe != 0;
         }
         Ok(Some(EncodedFrame { data: Bytes::copy_from_slice(data), keyframe: out.b_keyframe != 0 }))
-    }
-
-    /// Marks every macroblock wholly outside `changed` (nothing: all of them) constant.
-    fn mark_constant(&mut self, r: Rect) {
-        let mbs_w = self.settings.width.div_ceil(16) as usize;
-        self.mb_info.fill(x::X264_MBINFO_CONSTANT as u8);
-        if r.is_empty() {
-            return;
-        }
-        let (x0, y0) = (r.x as usize / 16, r.y as usize / 16);
-        let x1 = (r.right() as usize).div_ceil(16).min(mbs_w);
-        let y1 = (r.bottom() as usize).div_ceil(16).min(self.mb_info.len() / mbs_w);
-        for y in y0..y1 {
-            for x in x0.min(x1)..x1 {
-                self.mb_info[y * mbs_w + x] = 0;
-            }
-        }
     }
 
     fn reconfigure(&mut self, kbps: u32) -> Result<(), EncodeError> {

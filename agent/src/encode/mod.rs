@@ -12,7 +12,7 @@ use std::str::FromStr;
 use bytes::Bytes;
 
 use crate::framebuffer::I420;
-use loco_shared::Rect;
+use loco_shared::geom::TileMap;
 
 pub mod h264;
 pub mod vp8;
@@ -169,10 +169,11 @@ pub trait VideoEncoder: Send {
         false
     }
     /// Tells the encoder what changed in the picture since the last one given to it:
-    /// `Some(rect)`, nothing outside `rect`; `None`, unknown (anything may have). Hints add up
-    /// until a frame comes out. x264 then skips the macroblocks outside (`mb_info`); the others
-    /// ignore it.
-    fn hint_changed(&mut self, _changed: Option<Rect>) {}
+    /// `Some(tiles)`, nothing outside the marked 16×16 tiles (the macroblocks; a map of the
+    /// picture's own size, else it counts as unknown); `None`, unknown (anything may have).
+    /// Hints add up until a frame comes out. x264 then skips the macroblocks outside
+    /// (`mb_info`); the others ignore it.
+    fn hint_changed(&mut self, _changed: Option<&TileMap>) {}
     /// Encodes `picture` (unchanged since the last frame) as a top-off: a P-frame at the
     /// finer quantiser of [`RateSettings::topoff_qp`].
     fn encode_topoff(&mut self, picture: &I420, pts_ms: i64) -> Result<Option<EncodedFrame>, EncodeError> {
@@ -180,15 +181,11 @@ pub trait VideoEncoder: Send {
     }
 }
 
-/// The hint to give [`VideoEncoder::hint_changed`] for a frame: what changed since the last
-/// one (`None`: nothing did), or no knowledge for a refinement or top-off, which re-codes the
-/// whole picture finer although nothing changed.
-pub fn damage_hint(changed: Option<Rect>, refinement: bool) -> Option<Rect> {
-    if refinement {
-        None
-    } else {
-        Some(changed.unwrap_or_default())
-    }
+/// The hint to give [`VideoEncoder::hint_changed`] for a frame: the tiles that changed since
+/// the last one (none marked: nothing did), or no knowledge for a refinement or top-off, which
+/// re-codes the whole picture finer although nothing changed.
+pub fn damage_hint(changed: &TileMap, refinement: bool) -> Option<&TileMap> {
+    (!refinement).then_some(changed)
 }
 
 /// Opens an encoder for `codec`.
@@ -215,6 +212,7 @@ fn check_size(settings: &EncoderSettings, picture: &I420) -> Result<(), EncodeEr
 mod tests {
     use super::*;
     use crate::framebuffer::Framebuffer;
+    use loco_shared::Rect;
 
     fn picture(w: u32, h: u32, phase: u8) -> I420 {
         let mut fb = Framebuffer::new(w, h).unwrap();
@@ -357,11 +355,19 @@ mod tests {
         assert!(cbr_floor * 2 < cbr_bare, "CBR with the floor {cbr_floor} B vs without {cbr_bare} B");
     }
 
+    fn tiles(w: u32, h: u32, rects: &[Rect]) -> TileMap {
+        let mut t = TileMap::new(w, h);
+        for r in rects {
+            t.mark(*r);
+        }
+        t
+    }
+
     #[test]
     fn h264_skips_what_the_damage_hint_says_did_not_change() {
         // Character 41 is typed into cell (0, 1), the rectangle (0, 12) 8x12.
-        let glyph = Rect::new(0, 12, 8, 12);
-        let typed_with = |hint: Option<Option<Rect>>| {
+        let glyph = tiles(320, 240, &[Rect::new(0, 12, 8, 12)]);
+        let typed_with = |hint: Option<Option<&TileMap>>| {
             let mut enc = open(Codec::H264, with_rate(320, 240, 6000, RateSettings::desktop())).unwrap();
             enc.encode(&typed(320, 240, 40), 0, false).unwrap();
             if let Some(h) = hint {
@@ -373,19 +379,55 @@ mod tests {
             (size, next)
         };
         let (none, none_next) = typed_with(None);
-        let (right, _) = typed_with(Some(Some(glyph)));
+        let (right, _) = typed_with(Some(Some(&glyph)));
         let (unknown, _) = typed_with(Some(None));
-        let (wrong, wrong_next) = typed_with(Some(Some(Rect::new(300, 220, 8, 8))));
+        let (wrong, wrong_next) = typed_with(Some(Some(&tiles(320, 240, &[Rect::new(300, 220, 8, 8)]))));
+        let (other_grid, _) = typed_with(Some(Some(&tiles(320, 256, &[Rect::new(300, 220, 8, 8)]))));
         println!(
             "one character: no hint {none} B, the right hint {right} B, 'unknown' {unknown} B, a wrong hint {wrong} B"
         );
         // The right hint codes the character as fully as no hint does.
         assert!(right * 10 >= none * 9, "{right} B with the right hint vs {none} B without one");
         assert_eq!(unknown, none, "an unknown change is coded like no hint");
+        assert_eq!(other_grid, none, "a map of another picture size counts as unknown");
         // A hint elsewhere leaves the character's macroblock skipped (that is how the hint is
         // used, and why the agent's hints must cover every change).
         assert!(wrong * 2 < none, "{wrong} B with a wrong hint vs {none} B without one");
         assert!(wrong_next > none_next, "the frame after the wrong hint carries both characters");
+    }
+
+    #[test]
+    fn h264_hints_are_tiles_not_the_box_around_them() {
+        // Two characters typed far apart (cells 0 and 799: top-left, bottom-right), and a
+        // third change between them that the hint leaves out: the hint's two tiles are coded,
+        // the box between them is not looked at.
+        let (w, h) = (320, 240);
+        let (first, last) = (Rect::new(0, 0, 8, 12), Rect::new(312, 228, 8, 12));
+        let base = typed(w, h, 0);
+        let mut next = base.clone();
+        for r in [first, last, Rect::new(160, 120, 8, 12)] {
+            let cell = typed(w, h, 800);
+            for row in r.y..r.bottom() as u32 {
+                let at = (row * w + r.x) as usize;
+                next.y[at..at + r.width as usize].copy_from_slice(&cell.y[at..at + r.width as usize]);
+            }
+        }
+        let coded = |hint: Option<&TileMap>| {
+            let mut enc = open(Codec::H264, with_rate(w, h, 6000, RateSettings::desktop())).unwrap();
+            enc.encode(&base, 0, false).unwrap();
+            enc.hint_changed(hint);
+            enc.encode(&next, 33, false).unwrap().unwrap().data.len()
+        };
+        let all = coded(None);
+        let two = coded(Some(&tiles(w, h, &[first, last])));
+        let boxed = coded(Some(&tiles(w, h, &[Rect::new(0, 0, w, h)])));
+        let only_middle = coded(Some(&tiles(w, h, &[Rect::new(160, 120, 8, 12)])));
+        println!(
+            "three changes: no hint {all} B, the box {boxed} B, two tiles {two} B, the middle tile {only_middle} B"
+        );
+        assert_eq!(boxed, all, "a hint of every tile is no hint");
+        assert!(two < all && only_middle < all, "the unhinted change is skipped");
+        assert!(two > only_middle, "two characters cost more than one");
     }
 
     #[test]
