@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """Measure loco-agent on this machine: the figures the agent issue asks for.
 
-    ./loco bench-agent [--seconds 20] [--codec h264] [--out results/agent-figures.json]
+    ./loco bench-agent [--seconds 20] [--codec h264] [--vnc unix|tcp] [--out results/agent-figures.json]
 
 What it does, all on loopback with real peers:
  1. Starts TigerVNC's Xvnc at 1024x768 and plays a full-motion 1024x768 test video at 30 fps
-    in it (ffplay, testsrc2), starts loco-agent on it, and connects one aiortc WHEP viewer.
+    in it (ffplay, testsrc2), starts loco-agent on it (over Xvnc's Unix socket, as a pod reads
+    QEMU's; --vnc tcp for loopback TCP), and connects one aiortc WHEP viewer.
  2. Over --seconds: agent CPU time (from /proc) per encoded frame, the agent's
     VNC-update-to-send latency (p50/p99 interpolated in its Prometheus histogram, the way
     Prometheus' histogram_quantile does), agent RSS (current and peak), frames encoded.
@@ -119,6 +120,9 @@ def main() -> int:
     ap.add_argument("--idle-seconds", type=float, default=30.0, help="measurement window while idle")
     ap.add_argument("--codec", default="h264", choices=["h264", "vp8"])
     ap.add_argument("--bitrate-kbps", type=int, default=6000)
+    ap.add_argument("--vnc", default="unix", choices=["unix", "tcp"],
+                    help="how the agent reaches Xvnc: a Unix socket (as in a loco pod, where it reads "
+                         "QEMU's /run/loco/vnc.sock) or TCP on loopback")
     ap.add_argument("--out", default=str(ROOT / "results" / "agent-figures.json"))
     args = ap.parse_args()
 
@@ -137,17 +141,18 @@ def main() -> int:
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "codec": args.codec, "bitrate_kbps": args.bitrate_kbps,
         "source": "Xvnc 1024x768, ffplay testsrc2 1024x768 @ 30 fps",
+        "vnc": args.vnc,
     }
     try:
-        x = Xvnc(work).start()
+        x = Xvnc(work, unix_socket=args.vnc == "unix").start()
         procs.append(x.proc)
-        display, vnc_port = x.display, x.port
+        display = x.display
         env = dict(x.env, SDL_AUDIODRIVER="dummy")
         player = spawn(["ffplay", "-loglevel", "error", "-f", "lavfi", "-i", "testsrc2=size=1024x768:rate=30",
                         "-an", "-noborder", "-left", "0", "-top", "0", "-x", "1024", "-y", "768"],
                        env=env, log_path=work / "ffplay.log")
         procs.append(player)
-        agent = Agent.start(f"127.0.0.1:{vnc_port}", work / "agent.log", codec=args.codec,
+        agent = Agent.start(x.vnc, work / "agent.log", codec=args.codec,
                             extra_args=["--bitrate-kbps", args.bitrate_kbps], rust_log="warn")
         procs.append(agent.proc)
         url = agent.url
@@ -265,6 +270,7 @@ def main() -> int:
     mo, bx, idle = result["motion"], result["bare_x264"], result["idle"]
     rows = [
         ("machine", result["machine"] + " / " + result["cpu"], ""),
+        ("agent reads Xvnc over", {"unix": "a Unix socket", "tcp": "TCP (loopback)"}[result["vnc"]], ""),
         ("encoded fps (full motion, 1 viewer)", f"{mo['encoded_fps']}", "30"),
         ("agent CPU per frame", f"{mo['agent_cpu_ms_per_frame']} ms", ""),
         (f"  of which the encoder ({args.codec}, its thread's clock)", f"{mo['encoder_in_agent_ms_per_frame']} ms", ""),

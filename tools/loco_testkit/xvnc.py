@@ -43,11 +43,14 @@ def _pick_display() -> int:
 class Xvnc:
     """One TigerVNC Xvnc server: 1024x768x24, no auth, shared, localhost only."""
 
-    def __init__(self, workdir: Path, geometry: str = f"{WIDTH}x{HEIGHT}"):
+    def __init__(self, workdir: Path, geometry: str = f"{WIDTH}x{HEIGHT}", unix_socket: bool = False):
         require_tools("Xvnc", "xdpyinfo")
         self.workdir = Path(workdir)
         self.display = _pick_display()
         self.port = free_port()
+        # Also serve RFB on a Unix socket (`unix:<path>` for the agent's --vnc), as QEMU does in
+        # a loco pod (the chart's /run/loco/vnc.sock).
+        self.unix_path = self.workdir / f"vnc-{self.display}.sock" if unix_socket else None
         self.geometry = geometry
         self.proc: subprocess.Popen | None = None
         self.log_path = self.workdir / f"xvnc-{self.display}.log"
@@ -63,7 +66,8 @@ class Xvnc:
     def argv(self) -> list[str]:
         return ["Xvnc", f":{self.display}", "-geometry", self.geometry, "-depth", "24",
                 "-rfbport", str(self.port), "-SecurityTypes", "None", "-AlwaysShared",
-                "-localhost", "-nolisten", "tcp", "-desktop", f"loco-e2e-{self.display}"]
+                "-localhost", "-nolisten", "tcp", "-desktop", f"loco-e2e-{self.display}"] + (
+                    ["-rfbunixpath", str(self.unix_path)] if self.unix_path else [])
 
     def start(self, timeout: float = 20.0) -> "Xvnc":
         assert self.proc is None or self.proc.poll() is not None, "Xvnc already running"
@@ -78,7 +82,14 @@ class Xvnc:
             return subprocess.run(["xdpyinfo"], env=self.env, stdout=subprocess.DEVNULL,
                                   stderr=subprocess.DEVNULL, timeout=5).returncode == 0
         wait_until(x_ready, timeout, 0.1, f"X display :{self.display}")
+        if self.unix_path:
+            wait_until(self.unix_path.exists, timeout, 0.05, f"Xvnc's Unix socket {self.unix_path}")
         return self
+
+    @property
+    def vnc(self) -> str:
+        """The agent's --vnc value for this server: the Unix socket when there is one."""
+        return f"unix:{self.unix_path}" if self.unix_path else f"127.0.0.1:{self.port}"
 
     def kill(self) -> None:
         if self.proc is not None:
@@ -96,7 +107,9 @@ class Xvnc:
     def _clear_stale(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             return
-        for p in (f"/tmp/.X{self.display}-lock", f"/tmp/.X11-unix/X{self.display}"):
+        for p in (f"/tmp/.X{self.display}-lock", f"/tmp/.X11-unix/X{self.display}", self.unix_path):
+            if p is None:
+                continue
             try:
                 os.unlink(p)
             except FileNotFoundError:

@@ -6,7 +6,7 @@ import pytest
 
 from loco_testkit.httpio import parse_metrics
 from rfb_min import RfbClient
-from loco_testkit.xvnc import write_noise_xbm
+from loco_testkit.xvnc import Xvnc, write_noise_xbm
 
 pytestmark = [pytest.mark.noagent, pytest.mark.timeout(60)]
 
@@ -20,6 +20,24 @@ def test_xvnc_pointer_readback_and_restart(xvnc):
     c = RfbClient(xvnc.port)
     assert (c.width, c.height) == (1024, 768)
     c.close()
+
+
+def test_xvnc_serves_rfb_on_a_unix_socket_when_asked(tmp_path):
+    """`Xvnc(unix_socket=True)` (./loco bench-agent's default, as a pod reads QEMU's socket)."""
+    import socket
+
+    x = Xvnc(tmp_path, unix_socket=True).start()
+    try:
+        assert x.vnc == f"unix:{x.unix_path}"
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(10)
+        s.connect(str(x.unix_path))
+        assert s.recv(12).startswith(b"RFB 003.")
+        s.close()
+    finally:
+        x.kill()
+    assert not x.unix_path.exists()
+    assert Xvnc(tmp_path).vnc.startswith("127.0.0.1:")
 
 
 def test_proxy_cuts_inside_a_framebuffer_update(xvnc, vnc_proxy, tmp_path):
