@@ -15,9 +15,10 @@
 //! that forced, finer quantiser. A keyframe leaves it set too (see `encode_with`).
 //!
 //! Damage hints: with what changed since the last frame ([`VideoEncoder::hint_changed`], the
-//! 16×16 tiles the VNC damage touched), every macroblock outside those tiles is marked constant
-//! (`mb_info`, `X264_MBINFO_CONSTANT`) and x264 codes it as skipped without analysing it. Hints add up
-//! until a frame comes out; none (unknown), a keyframe or a top-off marks nothing.
+//! 16×16 tiles the VNC damage touched), every macroblock outside those tiles is marked
+//! constant (`mb_info`, `X264_MBINFO_CONSTANT`) and x264 codes it as skipped without analysing
+//! it. Hints add up until a frame comes out; none (unknown), a keyframe or a top-off marks
+//! nothing.
 
 use std::ffi::CString;
 use std::mem::MaybeUninit;
