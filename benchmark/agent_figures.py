@@ -177,6 +177,9 @@ def main() -> int:
         stage_cpu = {stage: m1.get("loco_encoder_cpu_seconds_total", codec=args.codec, stage=stage)
                      - m0.get("loco_encoder_cpu_seconds_total", codec=args.codec, stage=stage)
                      for stage in ("convert", "encode")}
+        tiles = {kind: m1.get("loco_encoder_tiles_total", codec=args.codec, tiles=kind)
+                 - m0.get("loco_encoder_tiles_total", codec=args.codec, tiles=kind)
+                 for kind in ("changed", "all")}
         per_frame = (lambda seconds: round(1000 * seconds / frames, 3)) if frames else (lambda seconds: None)
         result["motion"] = {
             "seconds": round(wall, 2),
@@ -189,6 +192,7 @@ def main() -> int:
             "encoder_in_agent_ms_per_frame": per_frame(stage_cpu["encode"]),
             "convert_in_agent_ms_per_frame": per_frame(stage_cpu["convert"]),
             "rest_of_agent_ms_per_frame": per_frame(cpu - stage_cpu["encode"] - stage_cpu["convert"]),
+            "changed_tiles_percent": round(100 * tiles["changed"] / tiles["all"], 1) if tiles["all"] else None,
             "encode_ms_p50": round(1000 * (quantile(0.5, e0, e1) or 0), 3),
             "update_to_send_ms_p50": round(1000 * (quantile(0.5, h0, h1) or 0), 2),
             "update_to_send_ms_p99": round(1000 * (quantile(0.99, h0, h1) or 0), 2),
@@ -276,6 +280,7 @@ def main() -> int:
         (f"  of which the encoder ({args.codec}, its thread's clock)", f"{mo['encoder_in_agent_ms_per_frame']} ms", ""),
         ("  of which BGRA -> I420", f"{mo['convert_in_agent_ms_per_frame']} ms", ""),
         ("  the rest (VNC reads, WebRTC, HTTP, scheduling)", f"{mo['rest_of_agent_ms_per_frame']} ms", ""),
+        ("changed 16x16 tiles (converted, coded)", f"{mo['changed_tiles_percent']} % of each frame", ""),
         ("bare x264 CPU per frame (same frames)", f"{bx['cpu_ms_per_frame']} ms", ""),
         ("agent / bare x264", f"{result.get('agent_over_x264')}x", "<= 1.2x"),
         ("agent / its own encoder (same run)", f"{result.get('agent_over_own_encoder')}x", ""),

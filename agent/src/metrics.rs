@@ -25,6 +25,9 @@ pub struct Metrics {
     /// CPU time of the encoder threads by stage (`convert`, `encode`), read from the thread's own
     /// CPU clock: what the encoder itself costs, beside the process's total.
     pub encoder_cpu_seconds: CounterVec,
+    /// 16×16 tiles of the frames the encoder threads made (`tiles=all`) and of those, the ones
+    /// the damage touched, which were converted and coded (`tiles=changed`).
+    pub encoder_tiles: IntCounterVec,
     pub update_to_send_seconds: Histogram,
     pub viewers: IntGauge,
     pub input_events: IntCounterVec,
@@ -151,6 +154,17 @@ impl Metrics {
                         "CPU time of the encoder threads: colour conversion (stage=convert) and the encoder library (stage=encode; its own threads are not counted with --encoder-threads above 1)",
                     ),
                     &["codec", "stage"],
+                )
+                .expect("valid metric"),
+            ),
+            encoder_tiles: register(
+                reg,
+                IntCounterVec::new(
+                    Opts::new(
+                        "loco_encoder_tiles_total",
+                        "16x16 tiles of the frames the encoders made (tiles=all) and those the VNC damage touched, converted and coded (tiles=changed)",
+                    ),
+                    &["codec", "tiles"],
                 )
                 .expect("valid metric"),
             ),

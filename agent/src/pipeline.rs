@@ -426,6 +426,8 @@ impl EncoderWorker {
         self.metrics.encoder_fps_cap.with_label_values(&[codec.label()]).set(i64::from(pacer.max_fps()));
         let convert_cpu = self.metrics.encoder_cpu_seconds.with_label_values(&[codec.label(), "convert"]);
         let encode_cpu = self.metrics.encoder_cpu_seconds.with_label_values(&[codec.label(), "encode"]);
+        let all_tiles = self.metrics.encoder_tiles.with_label_values(&[codec.label(), "all"]);
+        let changed_tiles = self.metrics.encoder_tiles.with_label_values(&[codec.label(), "changed"]);
         tracing::debug!(%codec, "encoder thread started");
 
         loop {
@@ -542,6 +544,7 @@ impl EncoderWorker {
                 tiles.clear();
                 if let Some(changed) = damage.take() {
                     tiles.mark_damage(&changed);
+                    changed_tiles.inc_by(tiles.count() as u64);
                     let cpu = thread_cpu_time();
                     let converted = picture.convert_tiles(&screen.fb, &tiles);
                     convert_cpu.inc_by((thread_cpu_time().saturating_sub(cpu)).as_secs_f64());
@@ -565,6 +568,7 @@ impl EncoderWorker {
                 self.metrics.topoff_frames.with_label_values(&[codec.label(), "skipped"]).inc();
                 continue;
             }
+            all_tiles.inc_by(tiles.marked().len() as u64);
             let cpu = thread_cpu_time();
             let result =
                 if topoff_now { enc.encode_topoff(&picture, pts_ms) } else { enc.encode(&picture, pts_ms, keyframe) };
@@ -713,11 +717,16 @@ mod tests {
                 let mut s = screen.lock();
                 s.fb.put(Rect::new(0, 0, 2, 2), &[255; 16]).unwrap();
             }
+            let tiles = |kind: &str| p.metrics.encoder_tiles.with_label_values(&[codec.label(), kind]).get();
+            let (changed, all) = (tiles("changed"), tiles("all"));
             let at = Instant::now();
             p.damage(&damage_of(Rect::new(0, 0, 2, 2)), at);
             let f = recv(&mut rx);
             assert!(!f.keyframe);
             assert_eq!(f.damaged_at, Some(at));
+            // One of the 4 × 3 tiles changed (and was converted); a refinement adds none.
+            assert_eq!(tiles("changed") - changed, 1, "{codec}");
+            assert!(tiles("all") - all >= 12 && (tiles("all") - all) % 12 == 0, "{codec}: {}", tiles("all") - all);
             p.unsubscribe(codec, 1);
             assert!(p.active_codecs().is_empty());
         }

@@ -55,6 +55,7 @@ def test_idle_desktop_keyframe_healthz_metrics(codec, xvnc, agent, aiortc_viewer
                       ("loco_frames_sent_total", "counter"), ("loco_bytes_sent_total", "counter"),
                       ("loco_encode_seconds", "histogram"), ("loco_update_to_send_seconds", "histogram"),
                       ("loco_encoder_cpu_seconds_total", "counter"),
+                      ("loco_encoder_tiles_total", "counter"),
                       ("loco_viewers", "gauge"), ("loco_vnc_reconnects_total", "counter"),
                       ("loco_vnc_connected", "gauge")]:
         assert m.types.get(name) == typ, f"{name}: TYPE {m.types.get(name)!r}, want {typ}\n{m.text}"
@@ -74,6 +75,9 @@ def test_idle_desktop_keyframe_healthz_metrics(codec, xvnc, agent, aiortc_viewer
     process_cpu = (int(stat[11]) + int(stat[12]) + 2) / os.sysconf("SC_CLK_TCK")
     stages = {s: m.get("loco_encoder_cpu_seconds_total", codec=codec, stage=s) for s in ("convert", "encode")}
     assert all(v > 0 for v in stages.values()) and sum(stages.values()) <= process_cpu, (stages, process_cpu)
+    # Tiles: every frame's grid counted, the changed ones among them (the whole screen here).
+    tiles = {k: m.get("loco_encoder_tiles_total", codec=codec, tiles=k) for k in ("changed", "all")}
+    assert 0 < tiles["changed"] <= tiles["all"] and tiles["all"] % (64 * 48) == 0, tiles
     # observed for frames caused by a screen update (not for the join keyframe)
     assert 0 < m.get("loco_update_to_send_seconds_count") <= sent, m.text
     assert m.get("loco_viewers") == 1
