@@ -11,8 +11,9 @@ What it does, all on loopback with real peers:
     VNC-update-to-send latency (p50/p99 interpolated in its Prometheus histogram, the way
     Prometheus' histogram_quantile does), agent RSS (current and peak), frames encoded.
  3. Bare x264 on the same frames: grabs the same source for as many frames (ffmpeg x11grab
-    from the same X display to raw I420), then times the x264 command-line encoder on them
-    with the agent's default settings (peers.x264_agent_args: ultrafast, zerolatency, baseline,
+    from the same X display to raw I420, less any frame equal to the one before it, as the
+    agent codes no frame when nothing changed; peers.bare_x264), then times the x264
+    command-line encoder on them with the agent's default settings (peers.x264_agent_args: ultrafast, zerolatency, baseline,
     1 thread, CRF 23 + QP floor 20 under the VBV cap, UMH ±64), and
     reports CPU per frame and the ratio agent/x264. Beside it, the agent's own split of the
     same window (loco_encoder_cpu_seconds_total: its encoder thread's CPU clock around the
@@ -202,25 +203,14 @@ def main() -> int:
         }
 
         # Bare x264 on the same frames: grab as many frames of the same display.
-        n = max(150, min(int(frames), 600))
-        raw = work / "frames.yuv"
-        subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-f", "x11grab", "-framerate", "30",
-                        "-video_size", "1024x768", "-i", f":{display}", "-frames:v", str(n),
-                        "-pix_fmt", "yuv420p", "-f", "rawvideo", str(raw)], env=env, check=True)
-        x264_cmd = ["x264", "--quiet", *peers.x264_agent_args(args.bitrate_kbps), "--input-res", "1024x768",
-                    "--fps", "30", "-o", "/dev/null", str(raw)]
-        # Read the file once first so the timed run measures encoding, not the disk.
-        raw.read_bytes()
-        p = subprocess.Popen(x264_cmd)
-        _, status, usage = os.wait4(p.pid, 0)
-        if status != 0:
-            raise RuntimeError(f"x264 exited with status {status}")
-        x264_cpu = usage.ru_utime + usage.ru_stime
+        bare = peers.bare_x264(display, env, max(150, min(int(frames), 600)), work, args.bitrate_kbps)
+        n, x264_cpu = bare["frames"], bare["cpu_s"]
         result["bare_x264"] = {
             "frames": n,
+            "repeats_dropped": bare["repeats_dropped"],
             "cpu_seconds": round(x264_cpu, 3),
             "cpu_ms_per_frame": round(1000 * x264_cpu / n, 3),
-            "command": " ".join(x264_cmd[:-1]) + " frames.yuv",
+            "command": bare["command"],
         }
         if frames:
             result["agent_over_x264"] = round((cpu / frames) / (x264_cpu / n), 2)
@@ -228,7 +218,6 @@ def main() -> int:
             # The same ratio against the encoder inside the agent, in the same run: what the agent
             # adds to its encoder, without the difference between a loaded and an idle machine.
             result["agent_over_own_encoder"] = round(cpu / stage_cpu["encode"], 2)
-        raw.unlink()
 
         # Idle desktop: stop the motion, let the refinement frames pass, then count bytes on the wire.
         kill_group(player)
@@ -281,7 +270,8 @@ def main() -> int:
         ("  of which BGRA -> I420", f"{mo['convert_in_agent_ms_per_frame']} ms", ""),
         ("  the rest (VNC reads, WebRTC, HTTP, scheduling)", f"{mo['rest_of_agent_ms_per_frame']} ms", ""),
         ("changed 16x16 tiles (converted, coded)", f"{mo['changed_tiles_percent']} % of each frame", ""),
-        ("bare x264 CPU per frame (same frames)", f"{bx['cpu_ms_per_frame']} ms", ""),
+        ("bare x264 CPU per frame (same frames)",
+         f"{bx['cpu_ms_per_frame']} ms ({bx['frames']} frames; repeated ones dropped: {bx['repeats_dropped']})", ""),
         ("agent / bare x264", f"{result.get('agent_over_x264')}x", "<= 1.2x"),
         ("agent / its own encoder (same run)", f"{result.get('agent_over_own_encoder')}x", ""),
         ("VNC update -> send p50", f"{mo['update_to_send_ms_p50']} ms", "<= 8 ms"),

@@ -24,6 +24,7 @@ HERE = Path(__file__).resolve().parent
 
 import bench  # noqa: E402
 import latency_pattern as lp  # noqa: E402
+import peers  # noqa: E402
 import quality  # noqa: E402
 import text_quality  # noqa: E402
 
@@ -512,3 +513,18 @@ def test_bench_quick_scale(quick_run):
         assert t[("loco", "aiortc", backend, "1", "all", "", "h264")]["boot_s"] >= 0
     motion = t[("loco", "aiortc", "xvnc", "1", "all", "motion", "h264")]
     assert motion["g2g_samples"] > 0 and motion["clicks"] >= 1
+
+
+def test_bare_x264_input_loses_repeated_frames_only(tmp_path):
+    # Frames a a b a c c c + half a frame: the repeats after a frame go, a frame seen before
+    # but not just before stays, and so does the order.
+    size = 6
+    frames = [bytes([v]) * size for v in b"aabaccc"]
+    raw = tmp_path / "f.yuv"
+    raw.write_bytes(b"".join(frames) + b"x" * (size // 2))
+    assert peers.drop_repeated_frames(raw, size) == (4, 3)
+    assert raw.read_bytes() == b"".join(bytes([v]) * size for v in b"abac")
+    empty = tmp_path / "e.yuv"
+    empty.write_bytes(b"")
+    assert peers.drop_repeated_frames(empty, size) == (0, 0)
+
