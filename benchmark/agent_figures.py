@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
 """Measure loco-agent on this machine: the figures the agent issue asks for.
 
-    ./loco bench-agent [--seconds 20] [--codec h264] [--vnc unix|tcp] [--out results/agent-figures.json]
+    ./loco bench-agent [--seconds 20] [--codec h264] [--vnc tcp|unix] [--out results/agent-figures.json]
 
 What it does, all on loopback with real peers:
  1. Starts TigerVNC's Xvnc at 1024x768 and plays a full-motion 1024x768 test video at 30 fps
-    in it (ffplay, testsrc2), starts loco-agent on it (over Xvnc's Unix socket, as a pod reads
-    QEMU's; --vnc tcp for loopback TCP), and connects one aiortc WHEP viewer.
+    in it (ffplay, testsrc2), starts loco-agent on it (over TCP on loopback; --vnc unix for
+    Xvnc's Unix socket, the way a pod reads QEMU's: the same CPU, but Xvnc, unlike QEMU, stalls
+    mid-update on a Unix socket's small send buffer; benchmark/README.md), and connects one
+    aiortc WHEP viewer.
  2. Over --seconds: agent CPU time (from /proc) per encoded frame, the agent's
     VNC-update-to-send latency (p50/p99 interpolated in its Prometheus histogram, the way
     Prometheus' histogram_quantile does), agent RSS (current and peak), frames encoded.
@@ -121,9 +123,9 @@ def main() -> int:
     ap.add_argument("--idle-seconds", type=float, default=30.0, help="measurement window while idle")
     ap.add_argument("--codec", default="h264", choices=["h264", "vp8"])
     ap.add_argument("--bitrate-kbps", type=int, default=6000)
-    ap.add_argument("--vnc", default="unix", choices=["unix", "tcp"],
-                    help="how the agent reaches Xvnc: a Unix socket (as in a loco pod, where it reads "
-                         "QEMU's /run/loco/vnc.sock) or TCP on loopback")
+    ap.add_argument("--vnc", default="tcp", choices=["tcp", "unix"],
+                    help="how the agent reaches Xvnc: TCP on loopback, or a Unix socket (as in a loco pod, "
+                         "where it reads QEMU's /run/loco/vnc.sock; Xvnc stalls on it where QEMU does not)")
     ap.add_argument("--out", default=str(ROOT / "results" / "agent-figures.json"))
     args = ap.parse_args()
 
