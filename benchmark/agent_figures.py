@@ -15,9 +15,9 @@ What it does, all on loopback with real peers:
  3. Bare x264 on the same frames: grabs the same source for as many frames (ffmpeg x11grab
     from the same X display to raw I420, less any frame equal to the one before it, as the
     agent codes no frame when nothing changed; peers.bare_x264), then times the x264
-    command-line encoder on them with the agent's default settings (peers.x264_agent_args: ultrafast, zerolatency, baseline,
-    1 thread, CRF 23 + QP floor 20 under the VBV cap, UMH ±64), and
-    reports CPU per frame and the ratio agent/x264. Beside it, the agent's own split of the
+    command-line encoder on them with the agent's default settings (peers.x264_agent_args:
+    ultrafast, zerolatency, baseline, 1 thread, CRF 23 + QP floor 20 under the VBV cap,
+    UMH ±64), and reports CPU per frame and the ratio agent/x264. Beside it, the agent's own split of the
     same window (loco_encoder_cpu_seconds_total: its encoder thread's CPU clock around the
     encoder and around the colour conversion; the rest is the process's total less these) and
     the agent's total over its own encoder's CPU, both taken under the same load.

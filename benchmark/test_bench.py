@@ -527,4 +527,3 @@ def test_bare_x264_input_loses_repeated_frames_only(tmp_path):
     empty = tmp_path / "e.yuv"
     empty.write_bytes(b"")
     assert peers.drop_repeated_frames(empty, size) == (0, 0)
-
