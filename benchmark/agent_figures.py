@@ -17,8 +17,8 @@ What it does, all on loopback with real peers:
     agent codes no frame when nothing changed; peers.bare_x264), then times the x264
     command-line encoder on them with the agent's default settings (peers.x264_agent_args:
     ultrafast, zerolatency, baseline, 1 thread, CRF 23 + QP floor 20 under the VBV cap,
-    UMH ±64), and reports CPU per frame and the ratio agent/x264. Beside it, the agent's own split of the
-    same window (loco_encoder_cpu_seconds_total: its encoder thread's CPU clock around the
+    UMH ±64), and reports CPU per frame and the ratio agent/x264. Beside it, the agent's own
+    split of the same window (loco_encoder_cpu_seconds_total: its encoder thread's CPU clock around the
     encoder and around the colour conversion; the rest is the process's total less these) and
     the agent's total over its own encoder's CPU, both taken under the same load.
  4. Idle desktop: stops the video, waits for the refinement frames to pass, and counts every

@@ -26,7 +26,7 @@ pub struct Metrics {
     /// CPU clock: what the encoder itself costs, beside the process's total.
     pub encoder_cpu_seconds: CounterVec,
     /// 16×16 tiles of the frames the encoder threads made (`tiles=all`) and of those, the ones
-    /// the damage touched, which were converted and coded (`tiles=changed`).
+    /// the damage touched (`tiles=changed`): converted, and for H.264 the only ones coded.
     pub encoder_tiles: IntCounterVec,
     pub update_to_send_seconds: Histogram,
     pub viewers: IntGauge,
@@ -162,7 +162,7 @@ impl Metrics {
                 IntCounterVec::new(
                     Opts::new(
                         "loco_encoder_tiles_total",
-                        "16x16 tiles of the frames the encoders made (tiles=all) and those the VNC damage touched, converted and coded (tiles=changed)",
+                        "16x16 tiles of the frames the encoders made (tiles=all) and those the VNC damage touched (tiles=changed): converted to I420, and for H.264 the only ones x264 codes",
                     ),
                     &["codec", "tiles"],
                 )
