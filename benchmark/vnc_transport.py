@@ -11,9 +11,10 @@ measures whether QEMU does. For each run and each transport, alternating: boots 
 127.0.0.1, starts loco-agent on it (LOCO_AGENT_BIN or the release build) with one aiortc viewer,
 starts the `flood` workload of `./loco bench`'s scale part in the guest (a 168x56 xterm printing
 `od` of /dev/urandom), waits 8 s, then reads the agent's metrics over --seconds: frames per
-second, agent CPU per frame, update-to-send p50/p99 (as agent_figures.py), rectangles per
-frame. Prints one JSON object per measurement. It measures; it asserts nothing. The stand-in
-image must be built (./loco test builds it).
+second, agent CPU per frame and its split (encoder, conversion, the rest), update-to-send
+p50/p99 (all as agent_figures.py), rectangles per frame. Prints one JSON object per
+measurement. It measures; it asserts nothing. The stand-in image must be built (./loco test
+builds it).
 """
 from __future__ import annotations
 
@@ -58,8 +59,14 @@ def measure(transport: str, seconds: float) -> dict:
         rects = m1.get("loco_vnc_rects_total") - m0.get("loco_vnc_rects_total")
         if not frames:
             raise RuntimeError(f"no frames encoded in {seconds} s of flood (logs in {work})")
+        stage = {name: m1.get("loco_encoder_cpu_seconds_total", codec="h264", stage=name)
+                 - m0.get("loco_encoder_cpu_seconds_total", codec="h264", stage=name)
+                 for name in ("convert", "encode")}
         return {"transport": transport, "fps": round(frames / seconds, 2),
                 "agent_cpu_ms_per_frame": round(1000 * (c1 - c0) / frames, 3),
+                "encoder_ms_per_frame": round(1000 * stage["encode"] / frames, 3),
+                "convert_ms_per_frame": round(1000 * stage["convert"] / frames, 3),
+                "rest_ms_per_frame": round(1000 * (c1 - c0 - stage["encode"] - stage["convert"]) / frames, 3),
                 "update_to_send_ms_p50": round(1000 * (quantile(0.5, h0, h1) or 0), 2),
                 "update_to_send_ms_p99": round(1000 * (quantile(0.99, h0, h1) or 0), 2),
                 "rects_per_frame": round(rects / frames, 1)}
