@@ -342,6 +342,12 @@ def bare_x264(display: int, env: dict, frames: int, work: Path, kbps: int = 6000
     subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-f", "x11grab", "-framerate", "30", "-video_size",
                     "1024x768", "-i", f":{display}", "-frames:v", str(frames), "-pix_fmt", "yuv420p", "-f",
                     "rawvideo", str(raw)], env=env, check=True, timeout=120)
+    return time_x264(raw, work, kbps)
+
+
+def time_x264(raw: Path, work: Path, kbps: int = 6000) -> dict:
+    """Times the x264 CLI with the agent's settings on `raw` (1024x768 I420 frames, deleted
+    afterwards) once repeated frames are dropped; CPU of the encoder process only."""
     n, repeats = drop_repeated_frames(raw, 1024 * 768 * 3 // 2)
     cmd = ["x264", "--quiet", "--no-progress", *x264_agent_args(kbps), "--input-res", "1024x768", "--fps", "30",
            "-o", "/dev/null", str(raw)]
