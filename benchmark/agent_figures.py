@@ -95,6 +95,21 @@ def quantile(q: float, before: list[tuple[float, float]], after: list[tuple[floa
     return None
 
 
+def cpu_split(m0, m1, cpu_s: float, frames: float, codec: str = "h264") -> dict:
+    """The agent's CPU per frame between two metric snapshots, split by its encoder thread's
+    own clock (loco_encoder_cpu_seconds_total): the encoder, the colour conversion and the rest
+    of the process (`cpu_s`: the process's CPU seconds in the same window), in ms a frame."""
+    stage = {name: m1.get("loco_encoder_cpu_seconds_total", codec=codec, stage=name)
+             - m0.get("loco_encoder_cpu_seconds_total", codec=codec, stage=name)
+             for name in ("convert", "encode")}
+
+    def ms(seconds: float) -> float | None:
+        return round(1000 * seconds / frames, 3) if frames else None
+    return {"agent_cpu_ms_per_frame": ms(cpu_s), "encoder_ms_per_frame": ms(stage["encode"]),
+            "convert_ms_per_frame": ms(stage["convert"]),
+            "rest_ms_per_frame": ms(cpu_s - stage["encode"] - stage["convert"])}
+
+
 def metrics_of(url: str):
     return parse_metrics(http_request("GET", url + "/metrics").text)
 
@@ -176,14 +191,10 @@ def main() -> int:
         e0, e1 = histogram(m0, "loco_encode_seconds"), histogram(m1, "loco_encode_seconds")
         wall = t1 - t0
         cpu = c1 - c0
-        # The encoder thread's own CPU clock, by stage (loco_encoder_cpu_seconds_total).
-        stage_cpu = {stage: m1.get("loco_encoder_cpu_seconds_total", codec=args.codec, stage=stage)
-                     - m0.get("loco_encoder_cpu_seconds_total", codec=args.codec, stage=stage)
-                     for stage in ("convert", "encode")}
+        split = cpu_split(m0, m1, cpu, frames, args.codec)
         tiles = {kind: m1.get("loco_encoder_tiles_total", codec=args.codec, tiles=kind)
                  - m0.get("loco_encoder_tiles_total", codec=args.codec, tiles=kind)
                  for kind in ("changed", "all")}
-        per_frame = (lambda seconds: round(1000 * seconds / frames, 3)) if frames else (lambda seconds: None)
         result["motion"] = {
             "seconds": round(wall, 2),
             "frames_encoded": int(frames),
@@ -191,10 +202,10 @@ def main() -> int:
             "viewer_decoded_fps": round((f1 - f0) / wall, 2),
             "agent_cpu_seconds": round(cpu, 3),
             "agent_cpu_percent_of_one_core": round(100 * cpu / wall, 1),
-            "agent_cpu_ms_per_frame": per_frame(cpu),
-            "encoder_in_agent_ms_per_frame": per_frame(stage_cpu["encode"]),
-            "convert_in_agent_ms_per_frame": per_frame(stage_cpu["convert"]),
-            "rest_of_agent_ms_per_frame": per_frame(cpu - stage_cpu["encode"] - stage_cpu["convert"]),
+            "agent_cpu_ms_per_frame": split["agent_cpu_ms_per_frame"],
+            "encoder_in_agent_ms_per_frame": split["encoder_ms_per_frame"],
+            "convert_in_agent_ms_per_frame": split["convert_ms_per_frame"],
+            "rest_of_agent_ms_per_frame": split["rest_ms_per_frame"],
             "changed_tiles_percent": round(100 * tiles["changed"] / tiles["all"], 1) if tiles["all"] else None,
             "encode_ms_p50": round(1000 * (quantile(0.5, e0, e1) or 0), 3),
             "update_to_send_ms_p50": round(1000 * (quantile(0.5, h0, h1) or 0), 2),
@@ -216,10 +227,10 @@ def main() -> int:
         }
         if frames:
             result["agent_over_x264"] = round((cpu / frames) / (x264_cpu / n), 2)
-        if stage_cpu["encode"] > 0:
+        if split["encoder_ms_per_frame"]:
             # The same ratio against the encoder inside the agent, in the same run: what the agent
             # adds to its encoder, without the difference between a loaded and an idle machine.
-            result["agent_over_own_encoder"] = round(cpu / stage_cpu["encode"], 2)
+            result["agent_over_own_encoder"] = round(split["agent_cpu_ms_per_frame"] / split["encoder_ms_per_frame"], 2)
 
         # Idle desktop: stop the motion, let the refinement frames pass, then count bytes on the wire.
         kill_group(player)

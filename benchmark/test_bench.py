@@ -527,3 +527,31 @@ def test_bare_x264_input_loses_repeated_frames_only(tmp_path):
     empty = tmp_path / "e.yuv"
     empty.write_bytes(b"")
     assert peers.drop_repeated_frames(empty, size) == (0, 0)
+
+
+def test_time_x264_codes_the_distinct_pictures_and_removes_the_input(tmp_path):
+    # Three distinct 1024x768 pictures, the second one twice: x264 gets three.
+    rng = np.random.default_rng(7)
+    pictures = [rng.integers(0, 256, 1024 * 768 * 3 // 2, dtype=np.uint8).tobytes() for _ in range(3)]
+    raw = tmp_path / "frames.yuv"
+    raw.write_bytes(pictures[0] + pictures[1] + pictures[1] + pictures[2])
+    r = peers.time_x264(raw, tmp_path)
+    assert (r["frames"], r["repeats_dropped"]) == (3, 1)
+    assert r["cpu_s"] > 0 and not raw.exists()
+    assert "--crf 23 --qpmin 20" in r["command"]
+
+
+def test_cpu_split_of_the_agent(tmp_path):
+    import agent_figures
+    from loco_testkit.httpio import parse_metrics
+
+    def snapshot(convert: float, encode: float):
+        return parse_metrics(
+            f'loco_encoder_cpu_seconds_total{{codec="h264",stage="convert"}} {convert}\n'
+            f'loco_encoder_cpu_seconds_total{{codec="h264",stage="encode"}} {encode}\n'
+            f'loco_encoder_cpu_seconds_total{{codec="vp8",stage="encode"}} 99\n')
+    # 100 frames; 0.5 s of process CPU, of which 0.3 s encoding and 0.05 s converting.
+    split = agent_figures.cpu_split(snapshot(1.0, 2.0), snapshot(1.05, 2.3), 0.5, 100)
+    assert split == pytest.approx({"agent_cpu_ms_per_frame": 5.0, "encoder_ms_per_frame": 3.0,
+                                   "convert_ms_per_frame": 0.5, "rest_ms_per_frame": 1.5})
+    assert set(agent_figures.cpu_split(snapshot(1, 2), snapshot(1, 2), 0.0, 0).values()) == {None}

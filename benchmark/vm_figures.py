@@ -39,7 +39,7 @@ from pathlib import Path
 
 import peers
 import recorder
-from agent_figures import metrics_of, proc_cpu_seconds
+from agent_figures import cpu_split, metrics_of, proc_cpu_seconds
 from loco_testkit.agent import Agent
 from loco_testkit.standin import StandinVM
 from loco_testkit.whep_aiortc import LoopThread, SyncViewer
@@ -77,16 +77,7 @@ def agent_window(vm_vnc: str, seconds: float, work: Path) -> dict:
     frames = m1.get("loco_frames_encoded_total") - m0.get("loco_frames_encoded_total")
     if not frames:
         raise RuntimeError(f"the agent encoded no frame in {seconds} s of flood (log in {work})")
-    stage = {name: m1.get("loco_encoder_cpu_seconds_total", codec="h264", stage=name)
-             - m0.get("loco_encoder_cpu_seconds_total", codec="h264", stage=name)
-             for name in ("convert", "encode")}
-    cpu = c1 - c0
-
-    def ms(s: float) -> float:
-        return round(1000 * s / frames, 3)
-    return {"fps": round(frames / seconds, 2), "agent_cpu_ms_per_frame": ms(cpu),
-            "encoder_ms_per_frame": ms(stage["encode"]), "convert_ms_per_frame": ms(stage["convert"]),
-            "rest_ms_per_frame": ms(cpu - stage["encode"] - stage["convert"])}
+    return {"fps": round(frames / seconds, 2), **cpu_split(m0, m1, c1 - c0, frames)}
 
 
 def recorded_figures(port: int, seconds: float, work: Path) -> dict:

@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from agent_figures import histogram, metrics_of, proc_cpu_seconds, quantile
+from agent_figures import cpu_split, histogram, metrics_of, proc_cpu_seconds, quantile
 from loco_testkit.agent import Agent
 from loco_testkit.standin import StandinVM
 from loco_testkit.whep_aiortc import LoopThread, SyncViewer
@@ -59,14 +59,8 @@ def measure(transport: str, seconds: float) -> dict:
         rects = m1.get("loco_vnc_rects_total") - m0.get("loco_vnc_rects_total")
         if not frames:
             raise RuntimeError(f"no frames encoded in {seconds} s of flood (logs in {work})")
-        stage = {name: m1.get("loco_encoder_cpu_seconds_total", codec="h264", stage=name)
-                 - m0.get("loco_encoder_cpu_seconds_total", codec="h264", stage=name)
-                 for name in ("convert", "encode")}
         return {"transport": transport, "fps": round(frames / seconds, 2),
-                "agent_cpu_ms_per_frame": round(1000 * (c1 - c0) / frames, 3),
-                "encoder_ms_per_frame": round(1000 * stage["encode"] / frames, 3),
-                "convert_ms_per_frame": round(1000 * stage["convert"] / frames, 3),
-                "rest_ms_per_frame": round(1000 * (c1 - c0 - stage["encode"] - stage["convert"]) / frames, 3),
+                **cpu_split(m0, m1, c1 - c0, frames),
                 "update_to_send_ms_p50": round(1000 * (quantile(0.5, h0, h1) or 0), 2),
                 "update_to_send_ms_p99": round(1000 * (quantile(0.99, h0, h1) or 0), 2),
                 "rects_per_frame": round(rects / frames, 1)}
