@@ -92,6 +92,8 @@ def recorded_figures(port: int, seconds: float, work: Path) -> dict:
     h264 = json.loads(r.stdout)["codecs"][0]
     bare = peers.time_x264(out / "ref.yuv", work)
     shutil.rmtree(out)
+    if not bare["frames"]:
+        raise RuntimeError(f"the recording of {seconds} s held no picture that changed: is the flood running?")
     return {"recorded_updates": stats["updates"], "recorded_fps": round(stats["updates"] / seconds, 2),
             "pictures": h264["pictures"], "own_encoder_alone_ms_per_frame": round(h264["cpu_ms_per_frame"], 3),
             "bare_x264_frames": bare["frames"], "bare_x264_repeats_dropped": bare["repeats_dropped"],
@@ -119,7 +121,8 @@ def main() -> int:
             result = {"run": run + 1, **agent_window(f"127.0.0.1:{5900 + TCP_DISPLAY}", args.seconds, work)}
             result.update(recorded_figures(5900 + TCP_DISPLAY, args.record_seconds, work))
             result["agent_over_bare_x264"] = round(result["agent_cpu_ms_per_frame"] / result["bare_x264_ms_per_frame"], 2)
-            result["agent_over_own_encoder"] = round(result["agent_cpu_ms_per_frame"] / result["encoder_ms_per_frame"], 2)
+            if result["encoder_ms_per_frame"]:
+                result["agent_over_own_encoder"] = round(result["agent_cpu_ms_per_frame"] / result["encoder_ms_per_frame"], 2)
             print(json.dumps(result), flush=True)
     finally:
         vm.stop()
