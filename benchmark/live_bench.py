@@ -51,6 +51,8 @@ COMPARE_SYSTEMS = ["loco/aiortc", "loco-cbr/aiortc", "loco/chromium", "novnc/chr
 # The agent's flags per loco system: its defaults, and the constant-bitrate H.264 encoder it had before.
 AGENT_FLAGS = {"loco/aiortc": [], "loco-cbr/aiortc": ["--rate-control", "cbr"]}
 SCALE_BACKENDS = ["xvnc", "standin"]
+# The stand-in's `flood` workload: a 168x56 xterm printing `od` of /dev/urandom.
+FLOOD = "xterm -geometry 168x56+0+0 -e od -An -tx1 -w32 /dev/urandom"
 CLICK_XY = (lp.ORIGIN[0] + lp.WIDTH // 2, lp.ORIGIN[1] + lp.HEIGHT // 2)
 
 UNITS = {
@@ -529,7 +531,7 @@ def run_scale(backend: str, counts: list[int], seconds: float, clicks: int, work
                         inst.start_pattern(motion=True)
                 elif w == "flood":
                     for inst in insts:
-                        inst.console.background("xterm -geometry 168x56+0+0 -e od -An -tx1 -w32 /dev/urandom")
+                        inst.console.background(FLOOD)
                 time.sleep(3.0 if w == "idle" else 2.0)
                 rows += _scale_window(backend, n, w, insts, vs, viewers, seconds, clicks if w == "motion" else 0)
             rows.append(row("scale", "loco", "aiortc", backend, n, "all", "", "boot_s", boot_s))

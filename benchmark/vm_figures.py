@@ -23,13 +23,12 @@ scale part in the guest (a 168x56 xterm printing `od` of /dev/urandom), and then
 The recording is of the same workload, not of the frames the agent coded in step 1 (the flood is
 random), so the ratio compares like with like, not the very same pixels. Prints one JSON object
 per run. It measures; it asserts nothing. The stand-in image must be built (./loco test builds
-it); loco-codec-bench is built from the workspace when it is missing.
+it); loco-codec-bench is built (or brought up to date) as `./loco bench` builds it.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -40,28 +39,22 @@ from pathlib import Path
 import peers
 import recorder
 from agent_figures import cpu_split, metrics_of, proc_cpu_seconds
+from bench import bench_binary
+from live_bench import FLOOD
 from loco_testkit.agent import Agent
 from loco_testkit.standin import StandinVM
 from loco_testkit.whep_aiortc import LoopThread, SyncViewer
 
-ROOT = Path(__file__).resolve().parents[1]
-FLOOD = "xterm -geometry 168x56+0+0 -e od -An -tx1 -w32 /dev/urandom"
 TCP_DISPLAY = 37  # QEMU -vnc 127.0.0.1:37, port 5937
 
 
-def codec_bench_bin() -> Path:
-    target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
-    path = target / "release" / "loco-codec-bench"
-    if not path.exists():
-        subprocess.run(["cargo", "build", "--release", "--locked", "-p", "loco-agent", "--bin", "loco-codec-bench"],
-                       cwd=ROOT, check=True)
-    return path
-
-
-def agent_window(vm_vnc: str, seconds: float, work: Path) -> dict:
+def agent_window(vnc: str, seconds: float, work: Path) -> tuple:
+    """Starts loco-agent on `vnc` with one aiortc viewer, waits 8 s, and returns the agent's
+    metrics before and after a window of `seconds`, its CPU seconds in the window and the frames
+    it encoded (at least one, or an error). The agent is stopped afterwards."""
     agent, lt = None, LoopThread()
     try:
-        agent = Agent.start(vm_vnc, work / "agent.log", codec="h264", rust_log="warn")
+        agent = Agent.start(vnc, work / "agent.log", codec="h264", rust_log="warn")
         agent.wait_http(30)
         viewer = SyncViewer.connect(lt, agent.url, codec="h264")
         viewer.wait_frames(1, timeout=60)
@@ -77,14 +70,14 @@ def agent_window(vm_vnc: str, seconds: float, work: Path) -> dict:
     frames = m1.get("loco_frames_encoded_total") - m0.get("loco_frames_encoded_total")
     if not frames:
         raise RuntimeError(f"the agent encoded no frame in {seconds} s of flood (log in {work})")
-    return {"fps": round(frames / seconds, 2), **cpu_split(m0, m1, c1 - c0, frames)}
+    return m0, m1, c1 - c0, frames
 
 
 def recorded_figures(port: int, seconds: float, work: Path) -> dict:
     rec = work / "flood.rec"
     stats = recorder.record(port, rec, seconds)
     out = work / "codec-bench"
-    r = subprocess.run([str(codec_bench_bin()), "--workload", str(rec), "--out-dir", str(out), "--codecs", "h264"],
+    r = subprocess.run([str(bench_binary(build=True)), "--workload", str(rec), "--out-dir", str(out), "--codecs", "h264"],
                        capture_output=True, text=True, timeout=600)
     rec.unlink()
     if r.returncode != 0:
@@ -118,7 +111,8 @@ def main() -> int:
         vm.console.background(FLOOD)
         time.sleep(3)
         for run in range(args.runs):
-            result = {"run": run + 1, **agent_window(f"127.0.0.1:{5900 + TCP_DISPLAY}", args.seconds, work)}
+            m0, m1, cpu_s, frames = agent_window(f"127.0.0.1:{5900 + TCP_DISPLAY}", args.seconds, work)
+            result = {"run": run + 1, "fps": round(frames / args.seconds, 2), **cpu_split(m0, m1, cpu_s, frames)}
             result.update(recorded_figures(5900 + TCP_DISPLAY, args.record_seconds, work))
             result["agent_over_bare_x264"] = round(result["agent_cpu_ms_per_frame"] / result["bare_x264_ms_per_frame"], 2)
             if result["encoder_ms_per_frame"]:

@@ -8,13 +8,13 @@ A pod's agent reads QEMU's VNC over a Unix socket (/run/loco/vnc.sock). Xvnc sta
 such a socket (its send buffer is smaller than a full-motion update; benchmark/README.md); this
 measures whether QEMU does. For each run and each transport, alternating: boots the stand-in VM
 (loco_testkit.standin; TCG where KVM is unusable) with its VNC server on a Unix socket or on
-127.0.0.1, starts loco-agent on it (LOCO_AGENT_BIN or the release build) with one aiortc viewer,
-starts the `flood` workload of `./loco bench`'s scale part in the guest (a 168x56 xterm printing
-`od` of /dev/urandom), waits 8 s, then reads the agent's metrics over --seconds: frames per
-second, agent CPU per frame and its split (encoder, conversion, the rest), update-to-send
-p50/p99 (all as agent_figures.py), rectangles per frame. Prints one JSON object per
-measurement. It measures; it asserts nothing. The stand-in image must be built (./loco test
-builds it).
+127.0.0.1, starts the `flood` workload of `./loco bench`'s scale part in the guest (a 168x56
+xterm printing `od` of /dev/urandom), starts loco-agent on it (LOCO_AGENT_BIN or the release
+build) with one aiortc viewer (vm_figures.agent_window), waits 8 s, then reads the agent's
+metrics over --seconds: frames per second, agent CPU per frame and its split (encoder,
+conversion, the rest), update-to-send p50/p99 (all as agent_figures.py), rectangles per frame.
+Prints one JSON object per measurement. It measures; it asserts nothing. The stand-in image must
+be built (./loco test builds it).
 """
 from __future__ import annotations
 
@@ -22,16 +22,12 @@ import argparse
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from agent_figures import cpu_split, histogram, metrics_of, proc_cpu_seconds, quantile
-from loco_testkit.agent import Agent
+from agent_figures import cpu_split, histogram, quantile
+from live_bench import FLOOD
 from loco_testkit.standin import StandinVM
-from loco_testkit.whep_aiortc import LoopThread, SyncViewer
-
-FLOOD = "xterm -geometry 168x56+0+0 -e od -An -tx1 -w32 /dev/urandom"
-TCP_DISPLAY = 37  # QEMU -vnc 127.0.0.1:37, port 5937
+from vm_figures import TCP_DISPLAY, agent_window
 
 
 def measure(transport: str, seconds: float) -> dict:
@@ -40,35 +36,19 @@ def measure(transport: str, seconds: float) -> dict:
     if transport == "tcp":
         vm.vnc = f"127.0.0.1:{TCP_DISPLAY}"
     vm.start()
-    agent, lt = None, LoopThread()
     try:
         vm.wait_ready(900)
-        agent_vnc = vm.vnc if transport == "unix" else f"127.0.0.1:{5900 + TCP_DISPLAY}"
-        agent = Agent.start(agent_vnc, work / "agent.log", codec="h264", rust_log="warn")
-        agent.wait_http(30)
-        viewer = SyncViewer.connect(lt, agent.url, codec="h264")
-        viewer.wait_frames(1, timeout=60)
         vm.console.background(FLOOD)
-        time.sleep(8)
-        m0, c0 = metrics_of(agent.url), proc_cpu_seconds(agent.pid)
-        time.sleep(seconds)
-        m1, c1 = metrics_of(agent.url), proc_cpu_seconds(agent.pid)
-        viewer.close()
-        h0, h1 = histogram(m0, "loco_update_to_send_seconds"), histogram(m1, "loco_update_to_send_seconds")
-        frames = m1.get("loco_frames_encoded_total") - m0.get("loco_frames_encoded_total")
-        rects = m1.get("loco_vnc_rects_total") - m0.get("loco_vnc_rects_total")
-        if not frames:
-            raise RuntimeError(f"no frames encoded in {seconds} s of flood (logs in {work})")
-        return {"transport": transport, "fps": round(frames / seconds, 2),
-                **cpu_split(m0, m1, c1 - c0, frames),
-                "update_to_send_ms_p50": round(1000 * (quantile(0.5, h0, h1) or 0), 2),
-                "update_to_send_ms_p99": round(1000 * (quantile(0.99, h0, h1) or 0), 2),
-                "rects_per_frame": round(rects / frames, 1)}
+        agent_vnc = vm.vnc if transport == "unix" else f"127.0.0.1:{5900 + TCP_DISPLAY}"
+        m0, m1, cpu_s, frames = agent_window(agent_vnc, seconds, work)
     finally:
-        lt.stop()
-        if agent:
-            agent.stop()
         vm.stop()
+    h0, h1 = histogram(m0, "loco_update_to_send_seconds"), histogram(m1, "loco_update_to_send_seconds")
+    rects = m1.get("loco_vnc_rects_total") - m0.get("loco_vnc_rects_total")
+    return {"transport": transport, "fps": round(frames / seconds, 2), **cpu_split(m0, m1, cpu_s, frames),
+            "update_to_send_ms_p50": round(1000 * (quantile(0.5, h0, h1) or 0), 2),
+            "update_to_send_ms_p99": round(1000 * (quantile(0.99, h0, h1) or 0), 2),
+            "rects_per_frame": round(rects / frames, 1)}
 
 
 def main() -> int:
